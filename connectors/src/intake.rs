@@ -1,0 +1,86 @@
+//! The contract between sources and the pipeline.
+
+use std::future::Future;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use gaveurs_schemas::RejectReason;
+use gaveurs_schemas::envelope::Provenance;
+use gaveurs_schemas::records::Grade;
+pub use gaveurs_schemas::route::{Route, Target};
+
+/// Tokens presented with an input; verified by the auth operator.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Credentials {
+    /// `Bearer …` carried by the message itself (MQTT 5 user property, Kafka header).
+    pub message_token: Option<String>,
+    /// The token of the connection (MQTT CONNECT password, WebSocket header or `?token=`).
+    pub connection_token: Option<String>,
+}
+
+/// One input, as a source received it.
+#[derive(Debug, Clone)]
+pub struct RawInput {
+    pub route: Route,
+    pub payload: Bytes,
+    pub provenance: Provenance,
+    pub credentials: Credentials,
+    pub received_at: DateTime<Utc>,
+    /// Set by replays: such records never trigger an SMS.
+    pub backfill: bool,
+}
+
+/// What the producer is told about an accepted record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Saved {
+    Meal {
+        code_lot: String,
+        jour: i64,
+        moment: &'static str,
+    },
+    Sample {
+        sample_id: String,
+        final_score: f64,
+        grade: Grade,
+    },
+    Outcome {
+        code_lot: String,
+    },
+}
+
+/// The intake's decision on one input.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Stored (or, when `duplicate`, already stored earlier under the same idempotency key).
+    Accepted { saved: Saved, duplicate: bool },
+    /// A heartbeat or status message: applied, nothing stored.
+    Control,
+    /// Refused; its dead-letter row is in the log.
+    Rejected {
+        reason: RejectReason,
+        message: String,
+    },
+}
+
+/// The intake stopped before the input became durable (shutdown or a failed disk): the
+/// producer must not be acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the pipeline stopped before the input was durable")]
+pub struct Unavailable;
+
+/// Resolves once the input (and everything submitted before it) is durable.
+pub type DurableTicket = BoxFuture<'static, Result<(), Unavailable>>;
+
+pub struct Submitted {
+    pub verdict: Verdict,
+    pub durable: DurableTicket,
+}
+
+/// What sources need from the pipeline. Implementations must keep the order of durability:
+/// a ticket resolves only after the tickets of every earlier `submit` from the same caller.
+pub trait Intake: Clone + Send + Sync + 'static {
+    /// Validates, authorizes and logs one input. Waits (backpressure) while the durable log
+    /// is full; never waits for durability itself — that is what the ticket is for.
+    fn submit(&self, input: RawInput) -> impl Future<Output = Submitted> + Send;
+}

@@ -1,0 +1,2 @@
+pub mod mqtt_broker;
+pub mod mqtt_embedded;

@@ -1,0 +1,7 @@
+//! Operators: the steps every input goes through between a source and the durable log.
+//!
+//! - [`validate`]: size, JSON, the record contract of SPEC §1, and agreement with the topic.
+//! - [`dedup`]: idempotency keys, so a replayed record is stored once.
+
+pub mod dedup;
+pub mod validate;

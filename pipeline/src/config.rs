@@ -1,0 +1,431 @@
+//! The configuration file (TOML). Every section is optional; unknown keys are errors.
+//! Any key can be overridden from the environment as `GAVEURS_<SECTION>__<KEY>`, e.g.
+//! `GAVEURS_HTTP__LISTEN=0.0.0.0:8000` or `GAVEURS_STORAGE__ROLL_INTERVAL_S=10`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use gaveurs_connectors::sources::mqtt_broker::BrokerUrl;
+use serde::Deserialize;
+
+const ENV_PREFIX: &str = "GAVEURS_";
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub instance: InstanceConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    #[serde(default)]
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub logs: LogsConfig,
+    #[serde(default)]
+    pub sites: SitesConfig,
+}
+
+/// `[instance]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceConfig {
+    /// This instance's id, in file names and private folders. Default: a random id created
+    /// once and kept in `.gaveurs/instance-id` in the working directory.
+    pub id: Option<String>,
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of the HTTP server (health, metrics, WebSockets). Default `127.0.0.1:8000`.
+    #[serde(default = "default_http_listen")]
+    pub listen: SocketAddr,
+}
+
+fn default_http_listen() -> SocketAddr {
+    "127.0.0.1:8000".parse().expect("valid address")
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_http_listen(),
+        }
+    }
+}
+
+/// `[mqtt]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Address of the embedded MQTT listener. Default `127.0.0.1:1883`, unless `broker` is
+    /// set, in which case the embedded listener runs only if `listen` is given too.
+    pub listen: Option<SocketAddr>,
+    /// `mqtt://host:port` of an external broker to subscribe to instead.
+    pub broker: Option<BrokerUrl>,
+    /// Client id at the external broker; it names the persistent session. Default
+    /// `gaveurs-<instance id>`.
+    pub client_id: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Seconds the external broker keeps the session while the pipeline is away. Default 86400.
+    #[serde(default = "default_session_expiry_s")]
+    pub session_expiry_s: u32,
+    /// Share the subscription as `$share/<group>/…`, so instances split the messages.
+    pub shared_group: Option<String>,
+    /// Unacknowledged messages in flight per connection. Default 1024.
+    #[serde(default = "default_max_inflight")]
+    pub max_inflight: u16,
+    /// Largest MQTT packet accepted by the embedded listener, bytes. Default 16 MiB.
+    #[serde(default = "default_max_packet_bytes")]
+    pub max_packet_bytes: usize,
+}
+
+fn default_session_expiry_s() -> u32 {
+    86_400
+}
+fn default_max_inflight() -> u16 {
+    1024
+}
+fn default_max_packet_bytes() -> usize {
+    16 * 1024 * 1024
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            broker: None,
+            client_id: None,
+            username: None,
+            password: None,
+            session_expiry_s: default_session_expiry_s(),
+            shared_group: None,
+            max_inflight: default_max_inflight(),
+            max_packet_bytes: default_max_packet_bytes(),
+        }
+    }
+}
+
+impl MqttConfig {
+    /// The embedded listener's address, if it runs.
+    pub fn embedded_listen(&self) -> Option<SocketAddr> {
+        match (self.listen, &self.broker) {
+            (Some(addr), _) => Some(addr),
+            (None, None) => Some("127.0.0.1:1883".parse().expect("valid address")),
+            (None, Some(_)) => None,
+        }
+    }
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Where the durable log, Parquet datasets and keys live. Default `./data`.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Parquet files are published at least this often, seconds. Default 30.
+    #[serde(default = "default_roll_interval_s")]
+    pub roll_interval_s: u64,
+    /// Parquet files are published early once this many rows wait. Default 500000.
+    #[serde(default = "default_max_rows_per_roll")]
+    pub max_rows_per_roll: usize,
+    /// Largest record accepted, bytes; larger ones are dead-lettered. Default 1 MiB.
+    #[serde(default = "default_max_record_bytes")]
+    pub max_record_bytes: usize,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+fn default_roll_interval_s() -> u64 {
+    30
+}
+fn default_max_rows_per_roll() -> usize {
+    500_000
+}
+fn default_max_record_bytes() -> usize {
+    1024 * 1024
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: default_data_dir(),
+            roll_interval_s: default_roll_interval_s(),
+            max_rows_per_roll: default_max_rows_per_roll(),
+            max_record_bytes: default_max_record_bytes(),
+        }
+    }
+}
+
+/// `[logs]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogsConfig {
+    /// Log folder. Default `./logs`.
+    #[serde(default = "default_logs_dir")]
+    pub dir: PathBuf,
+    /// Also log to standard error. Default true.
+    #[serde(default = "default_true")]
+    pub console: bool,
+    /// Level filter, `tracing` syntax (`info`, `warn,gaveurs_connectors=debug`). Default `info`.
+    #[serde(default = "default_level")]
+    pub level: String,
+}
+
+fn default_logs_dir() -> PathBuf {
+    PathBuf::from("logs")
+}
+fn default_true() -> bool {
+    true
+}
+fn default_level() -> String {
+    "info".into()
+}
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        Self {
+            dir: default_logs_dir(),
+            console: true,
+            level: default_level(),
+        }
+    }
+}
+
+/// `[sites]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SitesConfig {
+    /// Time zone of timestamps sent without an offset. Default `Europe/Paris`.
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    /// Per-site exceptions, e.g. `MT = "Europe/Paris"`.
+    #[serde(default)]
+    pub timezones: std::collections::BTreeMap<String, String>,
+}
+
+fn default_timezone() -> String {
+    "Europe/Paris".into()
+}
+
+impl Default for SitesConfig {
+    fn default() -> Self {
+        Self {
+            timezone: default_timezone(),
+            timezones: Default::default(),
+        }
+    }
+}
+
+impl SitesConfig {
+    pub fn zones(&self) -> anyhow::Result<gaveurs_schemas::time::SiteTimeZones> {
+        let parse = |name: &str| -> anyhow::Result<chrono_tz::Tz> {
+            name.parse()
+                .map_err(|_| anyhow::anyhow!("[sites] unknown time zone {name:?}"))
+        };
+        let overrides = self
+            .timezones
+            .iter()
+            .map(|(site, tz)| Ok((site.clone(), parse(tz)?)))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(gaveurs_schemas::time::SiteTimeZones::new(
+            parse(&self.timezone)?,
+            overrides,
+        ))
+    }
+}
+
+impl Config {
+    /// Reads `path` (or the defaults when `None`), applies `GAVEURS_…` environment overrides
+    /// and checks the result.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> anyhow::Result<Config> {
+        let text = match path {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config file {}", path.display()))?,
+            None => String::new(),
+        };
+        let origin = path
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "built-in defaults".into());
+        // Parse the file alone first, so its own mistakes are reported with line numbers.
+        let mut config: Config =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+        let overrides: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains("__"))
+            .collect();
+        if !overrides.is_empty() {
+            let mut table: toml::Table =
+                toml::from_str(&text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+            for (name, value) in &overrides {
+                apply_override(&mut table, name, value)?;
+            }
+            config = Config::deserialize(toml::Value::Table(table)).map_err(|e| {
+                anyhow::anyhow!("{origin} with environment overrides ({}): {e}", {
+                    let names: Vec<&str> = overrides.iter().map(|(k, _)| k.as_str()).collect();
+                    names.join(", ")
+                })
+            })?;
+        }
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Rules that serde cannot express.
+    fn check(&self) -> anyhow::Result<()> {
+        if let Some(id) = &self.instance.id {
+            check_instance_id(id)?;
+        }
+        if self.storage.roll_interval_s == 0 {
+            bail!("[storage] roll_interval_s must be at least 1");
+        }
+        if self.storage.max_record_bytes == 0 {
+            bail!("[storage] max_record_bytes must be at least 1");
+        }
+        if self.storage.max_record_bytes > self.mqtt.max_packet_bytes {
+            bail!(
+                "[storage] max_record_bytes ({}) exceeds [mqtt] max_packet_bytes ({}): oversize records could not be dead-lettered",
+                self.storage.max_record_bytes,
+                self.mqtt.max_packet_bytes
+            );
+        }
+        if self.mqtt.max_inflight == 0 {
+            bail!("[mqtt] max_inflight must be at least 1");
+        }
+        if self.mqtt.embedded_listen().is_none() && self.mqtt.broker.is_none() {
+            bail!("[mqtt] needs `listen` or `broker`");
+        }
+        self.sites.zones()?;
+        tracing_subscriber::EnvFilter::try_new(&self.logs.level)
+            .map_err(|e| anyhow::anyhow!("[logs] level {:?}: {e}", self.logs.level))?;
+        Ok(())
+    }
+}
+
+pub fn check_instance_id(id: &str) -> anyhow::Result<()> {
+    let valid = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !valid {
+        bail!(
+            "[instance] id {id:?} must be 1–64 characters of A–Z, a–z, 0–9, '-' or '_' (it names files)"
+        );
+    }
+    Ok(())
+}
+
+/// `GAVEURS_STORAGE__ROLL_INTERVAL_S=10` sets `[storage] roll_interval_s = 10`. The value is
+/// read as TOML when it parses as such (numbers, booleans, arrays) and as a string otherwise.
+fn apply_override(table: &mut toml::Table, name: &str, value: &str) -> anyhow::Result<()> {
+    let path: Vec<String> = name[ENV_PREFIX.len()..]
+        .split("__")
+        .map(|part| part.to_ascii_lowercase())
+        .collect();
+    if path.len() < 2 || path.iter().any(|p| p.is_empty()) {
+        bail!("environment override {name}: expected GAVEURS_<SECTION>__<KEY>");
+    }
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    let mut node = table;
+    for section in &path[..path.len() - 1] {
+        let entry = node
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        node = entry.as_table_mut().ok_or_else(|| {
+            anyhow::anyhow!("environment override {name}: {section} is not a section")
+        })?;
+    }
+    node.insert(path[path.len() - 1].clone(), parsed);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> anyhow::Result<Config> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load_with_env(Some(&path), Vec::new())
+    }
+
+    #[test]
+    fn defaults_without_a_file() {
+        let config = Config::load_with_env(None, Vec::new()).unwrap();
+        assert_eq!(config.http.listen.to_string(), "127.0.0.1:8000");
+        assert_eq!(
+            config.mqtt.embedded_listen().unwrap().to_string(),
+            "127.0.0.1:1883"
+        );
+        assert_eq!(config.storage.data_dir, PathBuf::from("data"));
+        assert_eq!(config.storage.roll_interval_s, 30);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = parse("[storage]\nroll_intervall_s = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("roll_intervall_s"), "{err}");
+        let err = parse("[nope]\n").unwrap_err().to_string();
+        assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn broker_replaces_the_embedded_listener_unless_listen_is_given() {
+        let config = parse("[mqtt]\nbroker = \"mqtt://localhost:1884\"\n").unwrap();
+        assert_eq!(config.mqtt.embedded_listen(), None);
+        let config =
+            parse("[mqtt]\nbroker = \"mqtt://localhost:1884\"\nlisten = \"127.0.0.1:1999\"\n")
+                .unwrap();
+        assert!(config.mqtt.embedded_listen().is_some());
+        assert!(parse("[mqtt]\nbroker = \"http://x\"\n").is_err());
+    }
+
+    #[test]
+    fn environment_overrides_win_and_are_checked() {
+        let env = vec![
+            (
+                "GAVEURS_STORAGE__ROLL_INTERVAL_S".to_string(),
+                "7".to_string(),
+            ),
+            (
+                "GAVEURS_HTTP__LISTEN".to_string(),
+                "127.0.0.1:9999".to_string(),
+            ),
+            ("UNRELATED".to_string(), "x".to_string()),
+        ];
+        let config = Config::load_with_env(None, env).unwrap();
+        assert_eq!(config.storage.roll_interval_s, 7);
+        assert_eq!(config.http.listen.port(), 9999);
+        let env = vec![("GAVEURS_STORAGE__NOPE".to_string(), "1".to_string())];
+        let err = Config::load_with_env(None, env).unwrap_err().to_string();
+        assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn semantic_rules() {
+        assert!(parse("[instance]\nid = \"a/b\"\n").is_err());
+        assert!(parse("[storage]\nroll_interval_s = 0\n").is_err());
+        assert!(parse("[sites]\ntimezone = \"Mars/Olympus\"\n").is_err());
+    }
+}

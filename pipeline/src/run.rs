@@ -1,0 +1,219 @@
+//! `gaveurs run`: recovery, start-up order, and shutdown.
+//!
+//! Start-up: recover the Parquet sink (finish an interrupted roll), open the durable log
+//! (replaying what was not yet published), start the sinks, start the sources, and only then
+//! bind the HTTP port — so a load balancer or test that sees HTTP up knows MQTT accepts
+//! connections and recovery is done (SPEC §9).
+//!
+//! Shutdown (SIGINT/SIGTERM): stop reading input, send the acknowledgements owed, close the
+//! log (everything accepted is fsynced), publish every buffered row to Parquet, exit 0.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use gaveurs_connectors::sources::mqtt_broker::{self, BrokerSettings};
+use gaveurs_connectors::sources::mqtt_embedded::{EmbeddedListener, ListenerLimits};
+use gaveurs_operators::dedup::DedupIndex;
+use gaveurs_operators::validate::Validator;
+use gaveurs_sinks::parquet::{self, ParquetOptions};
+use gaveurs_sinks::wal::{Wal, WalEntry, WalOptions};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::http;
+use crate::instance;
+use crate::intake::PipelineIntake;
+
+/// Where an instance keeps its files.
+pub struct Paths {
+    pub data_dir: PathBuf,
+    pub parquet_root: PathBuf,
+    pub instance_dir: PathBuf,
+}
+
+impl Paths {
+    pub fn new(config: &Config, instance_id: &str) -> Self {
+        let data_dir = config.storage.data_dir.clone();
+        Self {
+            parquet_root: data_dir.join("parquet"),
+            instance_dir: data_dir.join("instances").join(instance_id),
+            data_dir,
+        }
+    }
+}
+
+pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let instance_id = instance::resolve(&config, &std::env::current_dir()?)?;
+    let paths = Paths::new(&config, &instance_id);
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        instance = %instance_id,
+        config = config_path.as_deref().map(crate::telemetry::describe).unwrap_or_else(|| "built-in defaults".into()),
+        data_dir = %crate::telemetry::describe(&paths.data_dir),
+        "gaveurs starting"
+    );
+
+    // Recovery.
+    let parquet_options = ParquetOptions {
+        root: paths.parquet_root.clone(),
+        state_dir: paths.instance_dir.join("parquet"),
+        instance_id: instance_id.clone(),
+        roll_interval: Duration::from_secs(config.storage.roll_interval_s),
+        max_rows_per_roll: config.storage.max_rows_per_roll,
+    };
+    let recovered_state = parquet::recover(&parquet_options)
+        .with_context(|| format!("recovering {}", paths.parquet_root.display()))?;
+    let (parquet_tx, parquet_rx) = mpsc::sync_channel(256);
+    let (wal, wal_writer, replay) = Wal::open(
+        WalOptions::new(paths.instance_dir.join("wal")),
+        recovered_state.published_through,
+        vec![parquet_tx],
+    )
+    .context("opening the durable log")?;
+    let replayed_digests = replay
+        .entries
+        .iter()
+        .filter_map(|c| match c.entry.as_ref() {
+            WalEntry::Event(event) => Some(event.record.idempotency_hash()),
+            WalEntry::DeadLetter(_) => None,
+        });
+    let dedup = DedupIndex::from_digests(
+        recovered_state
+            .digests
+            .iter()
+            .copied()
+            .chain(replayed_digests),
+    );
+    tracing::info!(
+        published_through = recovered_state.published_through,
+        replayed = replay.entries.len(),
+        known_keys = dedup.len(),
+        stale_temp_files_removed = recovered_state.stale_removed,
+        "recovery done"
+    );
+    let parquet_thread = {
+        let wal = wal.clone();
+        parquet::spawn(
+            parquet_options,
+            recovered_state.published_through,
+            replay.entries,
+            parquet_rx,
+            Box::new(move |roll| wal.release_through(roll.through)),
+        )?
+    };
+
+    // Sources.
+    let validator = Validator {
+        max_record_bytes: config.storage.max_record_bytes,
+        zones: config.sites.zones()?,
+    };
+    let intake = PipelineIntake::new(validator, dedup, wal.clone());
+    let shutdown = CancellationToken::new();
+    let mut sources = tokio::task::JoinSet::new();
+    let mut mqtt_addr: Option<SocketAddr> = None;
+    if let Some(addr) = config.mqtt.embedded_listen() {
+        let limits = ListenerLimits {
+            max_packet_bytes: config.mqtt.max_packet_bytes,
+            max_inflight: config.mqtt.max_inflight,
+            ..ListenerLimits::default()
+        };
+        let listener = EmbeddedListener::bind(addr, limits)
+            .await
+            .with_context(|| format!("cannot listen for MQTT on {addr}"))?;
+        mqtt_addr = Some(listener.local_addr()?);
+        sources.spawn(listener.run(intake.clone(), shutdown.clone()));
+    }
+    let (connected_tx, connected_rx) = watch::channel(config.mqtt.broker.is_none());
+    if let Some(broker) = &config.mqtt.broker {
+        let settings = BrokerSettings {
+            host: broker.host.clone(),
+            port: broker.port,
+            client_id: config
+                .mqtt
+                .client_id
+                .clone()
+                .unwrap_or_else(|| format!("gaveurs-{instance_id}")),
+            username: config.mqtt.username.clone(),
+            password: config.mqtt.password.clone(),
+            session_expiry_s: config.mqtt.session_expiry_s,
+            shared_group: config.mqtt.shared_group.clone(),
+            max_inflight: config.mqtt.max_inflight,
+        };
+        sources.spawn(mqtt_broker::run(
+            settings,
+            intake.clone(),
+            shutdown.clone(),
+            connected_tx,
+        ));
+    }
+
+    // HTTP last.
+    let http_listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;
+    let http_addr = http_listener.local_addr()?;
+    let app = http::router(http::Health {
+        wal: wal.clone(),
+        sources_connected: connected_rx,
+    });
+    let http_task = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            axum::serve(
+                http_listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+        }
+    });
+    let mqtt_text = mqtt_addr
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "off".into());
+    tracing::info!(
+        mqtt = %mqtt_text,
+        mqtt_broker = config.mqtt.broker.as_ref().map(|b| format!("{}:{}", b.host, b.port)).unwrap_or_else(|| "none".into()),
+        http = %http_addr,
+        startup_ms = started.elapsed().as_millis() as u64,
+        "gaveurs ready"
+    );
+    // One machine-readable line on stdout, for scripts and tests that bind port 0.
+    println!("gaveurs ready mqtt={mqtt_text} http={http_addr} instance={instance_id}");
+
+    let failure = wait_for_stop(&wal).await;
+    let stopping = Instant::now();
+    tracing::info!("gaveurs stopping: no more input");
+    shutdown.cancel();
+    while sources.join_next().await.is_some() {}
+    tokio::task::spawn_blocking(move || wal_writer.close()).await?;
+    let parquet_result = tokio::task::spawn_blocking(move || parquet_thread.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the parquet sink panicked"))?;
+    let _ = http_task.await;
+    tracing::info!(
+        shutdown_ms = stopping.elapsed().as_millis() as u64,
+        "gaveurs stopped: everything accepted is durable and published"
+    );
+    parquet_result.context("publishing parquet files")?;
+    match failure {
+        Some(reason) => Err(anyhow::anyhow!(reason)),
+        None => Ok(()),
+    }
+}
+
+/// Waits for SIGINT or SIGTERM (`None`), or for the durable log to fail (`Some(reason)`).
+async fn wait_for_stop(wal: &Wal) -> Option<String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => None,
+        _ = int.recv() => None,
+        _ = wal.on_failure() => Some("the durable log failed; stopping so nothing is acknowledged that is not on disk".into()),
+    }
+}

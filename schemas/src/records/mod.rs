@@ -1,0 +1,123 @@
+//! The records producers send (SPEC §1), each as a wire type (what may arrive, which is also
+//! what the published JSON Schema describes) and a validated, normalised type (what the
+//! pipeline stores and pushes).
+
+mod device_status;
+mod gavage;
+mod outcome;
+mod sqal;
+
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use device_status::DeviceStatus;
+pub use gavage::{GavageMeal, GavageMealInput, Moment};
+pub use outcome::{LotOutcome, LotOutcomeInput};
+pub use sqal::{Grade, Matrix8x8, SqalMeasurementInput, SqalSample};
+
+use crate::envelope::StreamKind;
+
+/// A production site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum Site {
+    LL,
+    LS,
+    MT,
+}
+
+impl Site {
+    pub const ALL: [Site; 3] = [Site::LL, Site::LS, Site::MT];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Site::LL => "LL",
+            Site::LS => "LS",
+            Site::MT => "MT",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Site> {
+        Site::ALL.into_iter().find(|site| site.as_str() == text)
+    }
+}
+
+impl fmt::Display for Site {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An accepted, validated record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "record_type", rename_all = "snake_case")]
+pub enum Record {
+    Gavage(GavageMeal),
+    Sqal(Box<SqalSample>),
+    LotOutcome(LotOutcome),
+}
+
+impl Record {
+    pub fn stream(&self) -> StreamKind {
+        match self {
+            Record::Gavage(_) => StreamKind::Gavage,
+            Record::Sqal(_) => StreamKind::Sqal,
+            Record::LotOutcome(_) => StreamKind::LotOutcome,
+        }
+    }
+
+    /// The key that makes a replayed record a duplicate (SPEC §1): `code_lot` + `jour` +
+    /// `moment` for a meal, `device_id` + `sample_id` for a SQAL sample, `code_lot` for an
+    /// outcome.
+    pub fn idempotency_key(&self) -> String {
+        match self {
+            Record::Gavage(m) => format!(
+                "gavage\u{1f}{}\u{1f}{}\u{1f}{}",
+                m.code_lot, m.jour, m.moment
+            ),
+            Record::Sqal(s) => format!("sqal\u{1f}{}\u{1f}{}", s.device_id, s.sample_id),
+            Record::LotOutcome(o) => format!("lot_outcome\u{1f}{}", o.code_lot),
+        }
+    }
+
+    /// A fixed-size, stable digest of [`Self::idempotency_key`], which is what the dedup index
+    /// keeps and persists (16 bytes a record instead of the whole key).
+    pub fn idempotency_hash(&self) -> u128 {
+        xxhash_rust::xxh3::xxh3_128(self.idempotency_key().as_bytes())
+    }
+
+    /// The partition key of the envelope: `code_lot` for lot records, `device_id` for SQAL.
+    pub fn partition_key(&self) -> &str {
+        match self {
+            Record::Gavage(m) => &m.code_lot,
+            Record::Sqal(s) => &s.device_id,
+            Record::LotOutcome(o) => &o.code_lot,
+        }
+    }
+
+    pub fn event_time(&self) -> chrono::DateTime<chrono::Utc> {
+        match self {
+            Record::Gavage(m) => m.timestamp,
+            Record::Sqal(s) => s.timestamp,
+            Record::LotOutcome(o) => o.event_time,
+        }
+    }
+
+    pub fn site(&self) -> Site {
+        match self {
+            Record::Gavage(m) => m.site,
+            Record::Sqal(s) => s.site_code,
+            Record::LotOutcome(o) => o.site,
+        }
+    }
+
+    /// The gaveur who owns the record, when it belongs to a lot.
+    pub fn gaveur_id(&self) -> Option<i64> {
+        match self {
+            Record::Gavage(m) => Some(m.gaveur_id),
+            Record::LotOutcome(o) => Some(o.gaveur_id),
+            Record::Sqal(_) => None,
+        }
+    }
+}

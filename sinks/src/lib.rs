@@ -1,0 +1,9 @@
+//! Sinks: where records go once accepted.
+//!
+//! - [`wal`]: the durable log. An input is acknowledged once its entry is fsynced here.
+//! - [`parquet`]: turns the log into Parquet datasets, published atomically, and tells the
+//!   log what it may forget.
+
+pub mod fsutil;
+pub mod parquet;
+pub mod wal;

@@ -1,0 +1,372 @@
+//! The Parquet sink: turns the durable log into datasets under
+//! `parquet/<dataset>/date=YYYY-MM-DD/site=XX/` (SPEC §3).
+//!
+//! Entries arrive in LSN order and are appended to one open file per (dataset, partition).
+//! A roll publishes every open file at once: at least every `roll_interval`, sooner when many
+//! rows are buffered, and at shutdown. Files are written hidden
+//! (`.<instance>-wal-<first>.parquet.tmp`) and renamed to
+//! `<instance>-wal-<first lsn>-<last lsn>.parquet` when published.
+//!
+//! A roll is made crash-safe by a small state file in the instance's private folder:
+//! 1. every file of the roll is completed and fsynced under its hidden name;
+//! 2. the idempotency digests of its records are appended to `published.keys`;
+//! 3. the roll's intent (its LSN and its renames) is written to `state.json`;
+//! 4. the files are renamed and their folders fsynced;
+//! 5. `state.json` records the new published LSN, and the log may forget what it covered.
+//!
+//! At start, an intent left by a crash is finished (the hidden files are complete), other
+//! hidden files of this instance are deleted, and the log replays everything after the
+//! published LSN. So every logged entry reaches exactly one published file.
+
+mod state;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use gaveurs_schemas::datasets::{self, Dataset, Partition};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::WriterProperties;
+
+use crate::fsutil::{create_dir_durable, sync_dir};
+use crate::wal::{Committed, Lsn, WalEntry};
+
+pub use state::{RecoveredState, recover};
+
+#[derive(Debug, Clone)]
+pub struct ParquetOptions {
+    /// `data_dir/parquet`, shared by every instance.
+    pub root: PathBuf,
+    /// This instance's private folder for the roll state and published digests.
+    pub state_dir: PathBuf,
+    pub instance_id: String,
+    pub roll_interval: Duration,
+    /// A roll starts early once this many rows are buffered.
+    pub max_rows_per_roll: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("parquet sink I/O: {0}")]
+    Io(#[from] io::Error),
+    #[error("parquet encoding: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("arrow conversion: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+}
+
+/// What one roll published.
+#[derive(Debug, Clone)]
+pub struct PublishedRoll {
+    /// Every log entry at or below this LSN is in a published file.
+    pub through: Lsn,
+    pub files: Vec<PathBuf>,
+    pub rows: usize,
+    pub bytes: u64,
+}
+
+/// Rows converted to Arrow and handed to the Parquet encoder at a time.
+const CONVERT_ROWS: usize = 4096;
+const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+struct OpenFile {
+    dataset: Dataset,
+    dir: PathBuf,
+    tmp_name: String,
+    writer: ArrowWriter<File>,
+    buffered: Vec<Arc<WalEntry>>,
+    first_lsn: Lsn,
+    last_lsn: Lsn,
+    rows: usize,
+}
+
+impl OpenFile {
+    fn convert(&mut self) -> Result<(), SinkError> {
+        if self.buffered.is_empty() {
+            return Ok(());
+        }
+        let batch = if self.dataset == Dataset::Dlq {
+            let rows: Vec<_> = self
+                .buffered
+                .iter()
+                .filter_map(|e| match e.as_ref() {
+                    WalEntry::DeadLetter(d) => Some(d),
+                    WalEntry::Event(_) => None,
+                })
+                .collect();
+            datasets::dead_letters_to_batch(&rows)?
+        } else {
+            let rows: Vec<_> = self
+                .buffered
+                .iter()
+                .filter_map(|e| match e.as_ref() {
+                    WalEntry::Event(event) => Some(event),
+                    WalEntry::DeadLetter(_) => None,
+                })
+                .collect();
+            datasets::events_to_batch(self.dataset, &rows)?
+        };
+        self.writer.write(&batch)?;
+        self.buffered.clear();
+        Ok(())
+    }
+
+    fn final_name(&self, instance: &str) -> String {
+        format!(
+            "{instance}-wal-{:020}-{:020}.parquet",
+            self.first_lsn, self.last_lsn
+        )
+    }
+}
+
+struct Sink {
+    options: ParquetOptions,
+    open: BTreeMap<(Dataset, Partition), OpenFile>,
+    /// Digests of the records in the open files.
+    digests: Vec<u128>,
+    published_through: Lsn,
+    last_seen: Lsn,
+    buffered_rows: usize,
+    oldest_unpublished: Option<Instant>,
+    on_publish: Box<dyn FnMut(&PublishedRoll) + Send>,
+}
+
+/// Starts the sink thread. `initial` are the log entries replayed at start; `rx` brings every
+/// later batch. When `rx` hangs up (the log closed), the sink publishes everything and ends.
+pub fn spawn(
+    options: ParquetOptions,
+    published_through: Lsn,
+    initial: Vec<Committed>,
+    rx: Receiver<Arc<Vec<Committed>>>,
+    on_publish: Box<dyn FnMut(&PublishedRoll) + Send>,
+) -> io::Result<JoinHandle<Result<(), SinkError>>> {
+    std::thread::Builder::new()
+        .name("gaveurs-parquet".into())
+        .spawn(move || {
+            let mut sink = Sink {
+                options,
+                open: BTreeMap::new(),
+                digests: Vec::new(),
+                published_through,
+                last_seen: published_through,
+                buffered_rows: 0,
+                oldest_unpublished: None,
+                on_publish,
+            };
+            let result = sink.run(initial, rx);
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "parquet sink failed; its entries stay in the durable log");
+            }
+            result
+        })
+}
+
+impl Sink {
+    fn run(
+        &mut self,
+        initial: Vec<Committed>,
+        rx: Receiver<Arc<Vec<Committed>>>,
+    ) -> Result<(), SinkError> {
+        for committed in &initial {
+            self.add(committed)?;
+        }
+        loop {
+            let received = match self.oldest_unpublished {
+                Some(since) => {
+                    let due = since + self.options.roll_interval;
+                    rx.recv_timeout(due.saturating_duration_since(Instant::now()))
+                }
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match received {
+                Ok(batch) => {
+                    for committed in batch.iter() {
+                        self.add(committed)?;
+                    }
+                    let due = self
+                        .oldest_unpublished
+                        .is_some_and(|since| since.elapsed() >= self.options.roll_interval);
+                    if due || self.buffered_rows >= self.options.max_rows_per_roll {
+                        self.roll()?;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => self.roll()?,
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.roll()?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn add(&mut self, committed: &Committed) -> Result<(), SinkError> {
+        if committed.lsn <= self.last_seen {
+            return Ok(());
+        }
+        let (dataset, partition) = match committed.entry.as_ref() {
+            WalEntry::Event(event) => {
+                self.digests.push(event.record.idempotency_hash());
+                (Dataset::of(&event.record), Partition::of_event(event))
+            }
+            WalEntry::DeadLetter(dead) => (Dataset::Dlq, Partition::of_dead_letter(dead)),
+        };
+        let key = (dataset, partition);
+        if !self.open.contains_key(&key) {
+            let file = self.open_file(key.0, &key.1, committed.lsn)?;
+            self.open.insert(key.clone(), file);
+        }
+        let file = self.open.get_mut(&key).expect("just opened");
+        file.buffered.push(committed.entry.clone());
+        file.last_lsn = committed.lsn;
+        file.rows += 1;
+        if file.buffered.len() >= CONVERT_ROWS {
+            file.convert()?;
+        }
+        self.last_seen = committed.lsn;
+        self.buffered_rows += 1;
+        self.oldest_unpublished.get_or_insert_with(Instant::now);
+        Ok(())
+    }
+
+    fn open_file(
+        &self,
+        dataset: Dataset,
+        partition: &Partition,
+        first_lsn: Lsn,
+    ) -> Result<OpenFile, SinkError> {
+        let dir = self
+            .options
+            .root
+            .join(dataset.name())
+            .join(partition.path());
+        create_dir_durable(&dir)?;
+        let tmp_name = format!(
+            ".{}-wal-{first_lsn:020}.parquet.tmp",
+            self.options.instance_id
+        );
+        let file = File::create(dir.join(&tmp_name))?;
+        let properties = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
+            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+            .set_created_by(format!("gaveurs {}", env!("CARGO_PKG_VERSION")))
+            .build();
+        let writer = ArrowWriter::try_new(file, dataset.schema(), Some(properties))?;
+        Ok(OpenFile {
+            dataset,
+            dir,
+            tmp_name,
+            writer,
+            buffered: Vec::new(),
+            first_lsn,
+            last_lsn: first_lsn,
+            rows: 0,
+        })
+    }
+
+    fn roll(&mut self) -> Result<(), SinkError> {
+        if self.open.is_empty() {
+            self.oldest_unpublished = None;
+            return Ok(());
+        }
+        let instance = self.options.instance_id.clone();
+        let mut renames = Vec::new();
+        let mut rows = 0;
+        let mut bytes = 0;
+        for (_, mut file) in std::mem::take(&mut self.open) {
+            file.convert()?;
+            let final_name = file.final_name(&instance);
+            for (key, value) in [
+                ("gaveurs.instance", instance.clone()),
+                ("gaveurs.source", "wal".to_string()),
+                ("gaveurs.first_lsn", file.first_lsn.to_string()),
+                ("gaveurs.last_lsn", file.last_lsn.to_string()),
+            ] {
+                file.writer
+                    .append_key_value_metadata(KeyValue::new(key.to_string(), value));
+            }
+            let handle = file.writer.into_inner()?;
+            handle.sync_all()?;
+            bytes += handle.metadata()?.len();
+            rows += file.rows;
+            renames.push((file.dir.join(&file.tmp_name), file.dir.join(final_name)));
+        }
+        let through = self.last_seen;
+        state::append_digests(&self.options.state_dir, &self.digests)?;
+        state::write(
+            &self.options,
+            &state::State {
+                published_through: self.published_through,
+                rolling: Some(state::Rolling::new(&self.options.root, through, &renames)),
+            },
+        )?;
+        publish_renames(&renames)?;
+        state::write(
+            &self.options,
+            &state::State {
+                published_through: through,
+                rolling: None,
+            },
+        )?;
+        self.published_through = through;
+        self.digests.clear();
+        self.buffered_rows = 0;
+        self.oldest_unpublished = None;
+        let roll = PublishedRoll {
+            through,
+            files: renames.into_iter().map(|(_, to)| to).collect(),
+            rows,
+            bytes,
+        };
+        tracing::debug!(
+            through,
+            files = roll.files.len(),
+            rows,
+            bytes,
+            "published parquet files"
+        );
+        (self.on_publish)(&roll);
+        Ok(())
+    }
+}
+
+/// Renames hidden files to their published names and fsyncs the folders once each.
+fn publish_renames(renames: &[(PathBuf, PathBuf)]) -> io::Result<()> {
+    let mut dirs: Vec<&Path> = Vec::new();
+    for (from, to) in renames {
+        match std::fs::rename(from, to) {
+            Ok(()) => {}
+            // Already renamed before a crash.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && to.exists() => {}
+            Err(e) => return Err(e),
+        }
+        if let Some(dir) = to.parent()
+            && !dirs.contains(&dir)
+        {
+            dirs.push(dir);
+        }
+    }
+    for dir in dirs {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Appends raw bytes and fsyncs.
+fn append_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    file.write_all(bytes)?;
+    file.sync_data()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,141 @@
+//! The Parquet sink's private state: the published LSN, a roll in progress, and the digests
+//! of every published record.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{ParquetOptions, append_synced, publish_renames};
+use crate::fsutil::{create_dir_durable, write_atomic};
+use crate::wal::Lsn;
+
+const STATE_FILE: &str = "state.json";
+const DIGESTS_FILE: &str = "published.keys";
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(super) struct State {
+    pub published_through: Lsn,
+    #[serde(default)]
+    pub rolling: Option<Rolling>,
+}
+
+/// A roll whose files are complete under their hidden names; paths relative to the root.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct Rolling {
+    pub through: Lsn,
+    pub renames: Vec<(PathBuf, PathBuf)>,
+}
+
+impl Rolling {
+    pub(super) fn new(root: &Path, through: Lsn, renames: &[(PathBuf, PathBuf)]) -> Self {
+        let relative = |p: &PathBuf| p.strip_prefix(root).unwrap_or(p).to_path_buf();
+        Rolling {
+            through,
+            renames: renames
+                .iter()
+                .map(|(from, to)| (relative(from), relative(to)))
+                .collect(),
+        }
+    }
+}
+
+pub(super) fn write(options: &ParquetOptions, state: &State) -> io::Result<()> {
+    let text = serde_json::to_vec_pretty(state).expect("state serialises");
+    write_atomic(&options.state_dir.join(STATE_FILE), &text)
+}
+
+pub(super) fn append_digests(state_dir: &Path, digests: &[u128]) -> io::Result<()> {
+    if digests.is_empty() {
+        return Ok(());
+    }
+    let mut bytes = Vec::with_capacity(digests.len() * 16);
+    for digest in digests {
+        bytes.extend_from_slice(&digest.to_le_bytes());
+    }
+    append_synced(&state_dir.join(DIGESTS_FILE), &bytes)
+}
+
+/// What the sink knows at start.
+pub struct RecoveredState {
+    pub published_through: Lsn,
+    /// Idempotency digests of every record in a published file.
+    pub digests: Vec<u128>,
+    /// Hidden files of this instance removed because no roll owned them.
+    pub stale_removed: usize,
+}
+
+/// Finishes a roll interrupted by a crash, removes this instance's stale hidden files, and
+/// reads the published digests. Never touches another instance's files.
+pub fn recover(options: &ParquetOptions) -> io::Result<RecoveredState> {
+    create_dir_durable(&options.state_dir)?;
+    create_dir_durable(&options.root)?;
+    let path = options.state_dir.join(STATE_FILE);
+    let mut state: State = match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} is unreadable: {e}", path.display()),
+            )
+        })?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => State::default(),
+        Err(e) => return Err(e),
+    };
+    if let Some(rolling) = state.rolling.take() {
+        let renames: Vec<(PathBuf, PathBuf)> = rolling
+            .renames
+            .iter()
+            .map(|(from, to)| (options.root.join(from), options.root.join(to)))
+            .collect();
+        publish_renames(&renames)?;
+        tracing::info!(
+            through = rolling.through,
+            files = renames.len(),
+            "finished a parquet roll interrupted by a crash"
+        );
+        state.published_through = rolling.through;
+        write(options, &state)?;
+    }
+    let stale_removed = remove_stale_temp_files(&options.root, &options.instance_id)?;
+    let digests = match std::fs::read(options.state_dir.join(DIGESTS_FILE)) {
+        Ok(bytes) => bytes
+            .chunks_exact(16)
+            .map(|c| u128::from_le_bytes(c.try_into().expect("16 bytes")))
+            .collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    Ok(RecoveredState {
+        published_through: state.published_through,
+        digests,
+        stale_removed,
+    })
+}
+
+fn remove_stale_temp_files(root: &Path, instance: &str) -> io::Result<usize> {
+    let prefix = format!(".{instance}-");
+    let mut removed = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(&prefix) && name.ends_with(".parquet.tmp") {
+                std::fs::remove_file(&path)?;
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
+}
