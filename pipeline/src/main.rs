@@ -1,18 +1,11 @@
 //! `gaveurs`: the realtime pipeline of a foie-gras production system.
 
-mod config;
-mod http;
-mod instance;
-mod intake;
-mod run;
-mod telemetry;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-
-use crate::config::Config;
+use gaveurs_pipeline::config::Config;
+use gaveurs_pipeline::{run, telemetry};
 
 /// Realtime pipeline for foie-gras production: MQTT in, durable log, Parquet out.
 ///

@@ -48,6 +48,8 @@ impl Paths {
 
 pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let started = Instant::now();
+    // Before anything can announce readiness, so an early SIGTERM is a clean stop.
+    let stop_signals = StopSignals::install()?;
     let instance_id = instance::resolve(&config, &std::env::current_dir()?)?;
     let paths = Paths::new(&config, &instance_id);
     tracing::info!(
@@ -185,7 +187,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     // One machine-readable line on stdout, for scripts and tests that bind port 0.
     println!("gaveurs ready mqtt={mqtt_text} http={http_addr} instance={instance_id}");
 
-    let failure = wait_for_stop(&wal).await;
+    let failure = stop_signals.wait(&wal).await;
     let stopping = Instant::now();
     tracing::info!("gaveurs stopping: no more input");
     shutdown.cancel();
@@ -206,14 +208,26 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     }
 }
 
-/// Waits for SIGINT or SIGTERM (`None`), or for the durable log to fail (`Some(reason)`).
-async fn wait_for_stop(wal: &Wal) -> Option<String> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => None,
-        _ = int.recv() => None,
-        _ = wal.on_failure() => Some("the durable log failed; stopping so nothing is acknowledged that is not on disk".into()),
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Waits for SIGINT or SIGTERM (`None`), or for the durable log to fail (`Some(reason)`).
+    async fn wait(mut self, wal: &Wal) -> Option<String> {
+        tokio::select! {
+            _ = self.term.recv() => None,
+            _ = self.int.recv() => None,
+            _ = wal.on_failure() => Some("the durable log failed; stopping so nothing is acknowledged that is not on disk".into()),
+        }
     }
 }

@@ -105,8 +105,14 @@ fn is_syntax(err: &serde_json::Error) -> bool {
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        if is_syntax(e.inner()) {
-            DecodeError::NotJson(e.inner().to_string())
+        // serde stops at the first problem, which can be a type error in a document that is
+        // also broken further on (`[1,2`): only a document that parses is "invalid".
+        let parses = serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok();
+        if is_syntax(e.inner()) || !parses {
+            match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                Err(syntax) => DecodeError::NotJson(syntax.to_string()),
+                Ok(_) => DecodeError::NotJson(e.inner().to_string()),
+            }
         } else {
             DecodeError::Invalid(ValidationError::from_serde(e.path(), e.inner()))
         }

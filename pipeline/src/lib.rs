@@ -1,0 +1,11 @@
+//! The `gaveurs` binary's library: configuration, wiring of sources, operators and sinks,
+//! the HTTP server, lifecycle, and the MQTT producer used by the simulator, the load tool
+//! and the tests.
+
+pub mod config;
+pub mod http;
+pub mod instance;
+pub mod intake;
+pub mod producer;
+pub mod run;
+pub mod telemetry;

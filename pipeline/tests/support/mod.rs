@@ -1,0 +1,367 @@
+//! Shared harness for the end-to-end tests: the real `gaveurs` binary in a temporary working
+//! directory, a real Mosquitto, and Parquet read back by readers other than the writer.
+
+#![allow(dead_code)]
+
+pub mod records;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_gaveurs");
+
+/// A running `gaveurs run`.
+pub struct Gaveurs {
+    pub dir: PathBuf,
+    pub mqtt: Option<SocketAddr>,
+    pub http: SocketAddr,
+    pub instance: String,
+    child: Option<Child>,
+}
+
+/// Config shared by the tests: ephemeral ports, everything inside `dir`.
+pub fn base_config(dir: &Path) -> String {
+    format!(
+        "[http]\nlisten = \"127.0.0.1:0\"\n\n[storage]\ndata_dir = \"{data}\"\n\n[logs]\ndir = \"{logs}\"\nconsole = true\nlevel = \"info\"\n",
+        data = dir.join("data").display(),
+        logs = dir.join("logs").display(),
+    )
+}
+
+impl Gaveurs {
+    /// Starts the binary in `dir` with `base_config` plus `extra` TOML (which may add
+    /// sections; `[mqtt] listen` defaults to an ephemeral port when `extra` has no `[mqtt]`).
+    pub fn start(dir: &Path, extra: &str) -> Gaveurs {
+        let mut config: toml::Table = toml::from_str(&base_config(dir)).unwrap();
+        let extra: toml::Table = toml::from_str(extra).expect("extra config is TOML");
+        if !extra.contains_key("mqtt") {
+            config.insert(
+                "mqtt".into(),
+                toml::from_str("listen = \"127.0.0.1:0\"").unwrap(),
+            );
+        }
+        for (section, values) in extra {
+            match (config.get_mut(&section), values) {
+                (Some(toml::Value::Table(base)), toml::Value::Table(values)) => base.extend(values),
+                (_, values) => {
+                    config.insert(section, values);
+                }
+            }
+        }
+        let path = dir.join("gaveurs.toml");
+        std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+        Self::start_with(dir, &["run", "--config", path.to_str().unwrap()])
+    }
+
+    pub fn start_with(dir: &Path, args: &[&str]) -> Gaveurs {
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("stderr.log"))
+            .unwrap();
+        let mut child = Command::new(BIN)
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("start gaveurs");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.starts_with("gaveurs ready") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "gaveurs did not get ready; stderr:\n{}",
+                    std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default()
+                );
+            }
+        };
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                .unwrap()
+                .to_string()
+        };
+        Gaveurs {
+            dir: dir.to_path_buf(),
+            mqtt: field("mqtt").parse().ok(),
+            http: field("http").parse().unwrap(),
+            instance: field("instance"),
+            child: Some(child),
+        }
+    }
+
+    pub fn mqtt(&self) -> SocketAddr {
+        self.mqtt.expect("embedded listener running")
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().unwrap().id() as i32)
+    }
+
+    /// SIGTERM, then waits; returns the exit status and how long the exit took.
+    pub fn stop(mut self) -> (ExitStatus, Duration) {
+        let started = Instant::now();
+        kill(self.pid(), Signal::SIGTERM).unwrap();
+        let status = wait_with_deadline(self.child.as_mut().unwrap(), Duration::from_secs(30));
+        self.child = None;
+        (status, started.elapsed())
+    }
+
+    /// SIGTERM and insist on a clean, prompt exit.
+    pub fn stop_cleanly(self) {
+        let dir = self.dir.clone();
+        let (status, took) = self.stop();
+        assert!(
+            status.success(),
+            "gaveurs exited with {status}; stderr:\n{}",
+            std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default()
+        );
+        assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+    }
+
+    pub fn kill9(mut self) {
+        kill(self.pid(), Signal::SIGKILL).unwrap();
+        let _ = self.child.as_mut().unwrap().wait();
+        self.child = None;
+    }
+
+    pub fn parquet_root(&self) -> PathBuf {
+        self.dir.join("data/parquet")
+    }
+}
+
+impl Drop for Gaveurs {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn wait_with_deadline(child: &mut Child, limit: Duration) -> ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every published Parquet file of a dataset (hidden in-progress files excluded).
+pub fn parquet_files(root: &Path, dataset: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.join(dataset)];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "parquet")
+                && !path.file_name().unwrap().to_string_lossy().starts_with('.')
+            {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Rows of a dataset as JSON objects, read with the arrow-rs Parquet reader.
+pub fn read_rows(root: &Path, dataset: &str) -> Vec<serde_json::Map<String, Value>> {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let mut rows = Vec::new();
+    for file in parquet_files(root, dataset) {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&file).unwrap())
+            .unwrap()
+            .build()
+            .unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let mut writer = arrow::json::ArrayWriter::new(Vec::new());
+            writer.write(&batch).unwrap();
+            writer.finish().unwrap();
+            let Value::Array(items) = serde_json::from_slice(&writer.into_inner()).unwrap() else {
+                unreachable!()
+            };
+            rows.extend(items.into_iter().map(|v| match v {
+                Value::Object(map) => map,
+                _ => unreachable!(),
+            }));
+        }
+    }
+    rows
+}
+
+/// Runs `sql` in DuckDB (an independent Parquet reader) and returns the rows as JSON.
+/// `{root}` in the query is replaced by the Parquet root.
+pub fn duckdb(root: &Path, sql: &str) -> Vec<Value> {
+    let sql = sql.replace("{root}", &root.display().to_string());
+    let script = r#"
+import json, sys, duckdb
+con = duckdb.connect()
+cur = con.execute(sys.argv[1])
+cols = [d[0] for d in cur.description]
+print(json.dumps([dict(zip(cols, row)) for row in cur.fetchall()], default=str))
+"#;
+    let output = Command::new("python3")
+        .args(["-c", script, &sql])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        output.status.success(),
+        "duckdb failed (install it with `pip install duckdb`; ./scripts/test.sh does): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// Polls `probe` until it returns `Some`, failing after `limit`. For outcomes that have no
+/// event to wait on (a broker delivering a backlog).
+pub fn eventually<T>(limit: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A Mosquitto broker on a free port, stopped on drop.
+pub struct Mosquitto {
+    pub port: u16,
+    child: Child,
+}
+
+impl Mosquitto {
+    pub fn start(dir: &Path) -> Mosquitto {
+        let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("mosquitto is not installed: run ./scripts/test.sh, which installs it");
+        let port = free_port();
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\n"
+            ),
+        )
+        .unwrap();
+        let child = Command::new(binary)
+            .args(["-c", conf.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        eventually(Duration::from_secs(10), "mosquitto to listen", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        Mosquitto { port, child }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Publishes each message and waits for its acknowledgement before the next; returns the
+/// reason code of each (0 = success). QoS 2 messages are released after their PUBREC.
+pub async fn publish_each(
+    addr: SocketAddr,
+    version: gaveurs_pipeline::producer::MqttVersion,
+    messages: &[(String, Vec<u8>, u8)],
+) -> Vec<u8> {
+    use gaveurs_pipeline::producer::{ServerPacket, connect};
+    let (mut writer, mut reader) = connect(addr, version, &format!("test-{}", rand_id()), None)
+        .await
+        .unwrap();
+    let mut codes = Vec::new();
+    for (n, (topic, payload, qos)) in messages.iter().enumerate() {
+        let pkid = (n % 60_000) as u16 + 1;
+        writer
+            .publish(topic, bytes::Bytes::from(payload.clone()), *qos, pkid, None)
+            .unwrap();
+        writer.flush().await.unwrap();
+        if *qos == 0 {
+            codes.push(0);
+            continue;
+        }
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), reader.next())
+                .await
+                .expect("acknowledged within 10 s")
+                .unwrap()
+            {
+                ServerPacket::Ack { pkid: p, reason } if p == pkid => {
+                    codes.push(reason);
+                    break;
+                }
+                ServerPacket::Received { pkid: p, reason } if p == pkid => {
+                    writer.pubrel(pkid).unwrap();
+                    writer.flush().await.unwrap();
+                    if reason >= 0x80 {
+                        codes.push(reason);
+                    } else {
+                        // The PUBCOMP follows.
+                        continue;
+                    }
+                    break;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    writer.disconnect().await.unwrap();
+    codes
+}
+
+pub fn rand_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    (std::process::id() as u64) << 20 | NEXT.fetch_add(1, Ordering::Relaxed)
+}
