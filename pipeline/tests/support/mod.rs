@@ -365,3 +365,22 @@ pub fn rand_id() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     (std::process::id() as u64) << 20 | NEXT.fetch_add(1, Ordering::Relaxed)
 }
+
+/// GET `path` on the pipeline's HTTP port: (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let response = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+/// Waits until `/health/ready` answers 200.
+pub async fn wait_ready(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if http_get(addr, "/health/ready").await.0 == 200 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "pipeline not ready within 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -135,6 +135,16 @@ pub async fn run<I: Intake>(
                     }
                 }
                 tracing::info!(broker = %source, session_present = ack.session_present, "connected to MQTT broker");
+                if ack.session_present {
+                    connected.send_replace(true);
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                let refused = ack.return_codes.iter().filter(|c| !matches!(c, rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(_))).count();
+                if refused > 0 {
+                    tracing::error!(broker = %source, refused, "the broker refused subscriptions");
+                }
+                // Ready once subscribed: a message published before that would be missed.
                 connected.send_replace(true);
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {

@@ -1,0 +1,58 @@
+//! `gaveurs check`: the documented example passes; mistakes are named.
+
+mod support;
+
+use std::process::Command;
+
+fn check(path: &std::path::Path, env: &[(&str, &str)]) -> (bool, String) {
+    let output = Command::new(support::BIN)
+        .args(["check", "--config", path.to_str().unwrap()])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+#[test]
+fn the_example_config_is_accepted() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/gaveurs.example.toml");
+    let (ok, output) = check(&example, &[]);
+    assert!(ok, "{output}");
+    assert!(output.contains("ok"));
+}
+
+#[test]
+fn an_unknown_key_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[storage]\ndata_dir = \"d\"\nrol_interval_s = 5\n").unwrap();
+    let (ok, output) = check(&path, &[]);
+    assert!(!ok);
+    assert!(output.contains("rol_interval_s"), "{output}");
+    assert!(output.contains("line 3"), "{output}");
+}
+
+#[test]
+fn bad_values_and_bad_overrides_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, "[mqtt]\nbroker = \"amqp://x\"\n").unwrap();
+    let (ok, output) = check(&path, &[]);
+    assert!(!ok && output.contains("mqtt://"), "{output}");
+
+    std::fs::write(&path, "").unwrap();
+    let (ok, output) = check(&path, &[("GAVEURS_STORAGE__ROLL_INTERVAL_S", "soon")]);
+    assert!(!ok && output.contains("roll_interval_s"), "{output}");
+    let (ok, output) = check(&path, &[("GAVEURS_STORAGE__ROLL_INTERVAL_S", "5")]);
+    assert!(ok, "{output}");
+    let missing = dir.path().join("missing.toml");
+    let (ok, output) = check(&missing, &[]);
+    assert!(!ok && output.contains("cannot read"), "{output}");
+}

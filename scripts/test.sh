@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh machine: installs what the tests talk to when it is
+# missing (Mosquitto from Debian packages, DuckDB for Python as an independent Parquet
+# reader), then cargo fmt --check, clippy and every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Keep the build cache outside the clone so a fresh clone does not rebuild DataFusion.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/gaveurs/target}"
+
+need_apt=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
+command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "installing ${need_apt[*]}" >&2
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get install -y "${need_apt[@]}" >/dev/null 2>&1 || {
+    $SUDO apt-get update >/dev/null && $SUDO apt-get install -y "${need_apt[@]}" >/dev/null
+  }
+fi
+# The Debian package starts a system broker on 1883, the embedded listener's default port.
+if command -v systemctl >/dev/null 2>&1; then systemctl stop mosquitto >/dev/null 2>&1 || true; fi
+pkill -x mosquitto >/dev/null 2>&1 || true
+
+python3 -c "import duckdb" 2>/dev/null || {
+  echo "installing duckdb (python)" >&2
+  python3 -m pip install --quiet duckdb
+}
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked "$@"
