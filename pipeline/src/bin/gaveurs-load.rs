@@ -1,0 +1,197 @@
+//! `gaveurs-load`: the end-to-end load tool. Publishes gavage meals (or SQAL samples) to an
+//! MQTT endpoint at a target rate over several connections, each keeping a fixed window of
+//! unacknowledged messages, and reports acknowledged records/s and PUBACK latency.
+//!
+//! PUBACK latency here is durability latency: the embedded listener acknowledges a record
+//! only once it is fsynced.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::{Parser, ValueEnum};
+use gaveurs_pipeline::producer::{MqttVersion, ServerPacket, connect};
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+
+#[derive(Parser)]
+#[command(name = "gaveurs-load", version)]
+struct Args {
+    /// MQTT endpoint (the embedded listener).
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    mqtt: SocketAddr,
+    /// Target records per second over all connections; 0 = as fast as acknowledgements allow.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Seconds to publish.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Producer connections.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Unacknowledged messages each connection keeps in flight (1 = wait for every PUBACK).
+    #[arg(long, default_value_t = 64)]
+    window: usize,
+    #[arg(long, value_enum, default_value_t = Kind::Gavage)]
+    kind: Kind,
+    /// Report the peak RSS (VmHWM) of this process id, e.g. the pipeline's.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Distinguishes lots between runs, so runs against one pipeline are not duplicates.
+    #[arg(long, default_value = "run")]
+    tag: String,
+    /// Print one JSON line instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Kind {
+    Gavage,
+    Sqal,
+}
+
+struct Totals {
+    latency_us: Histogram<u64>,
+    acked: u64,
+    refused: u64,
+}
+
+fn payload(kind: Kind, tag: &str, conn: usize, n: u64) -> (String, Bytes) {
+    match kind {
+        Kind::Gavage => {
+            let lot = format!("LL{tag}{conn:02}{n:09}");
+            let body = format!(
+                r#"{{"code_lot":"{lot}","gaveur_id":1,"gaveur_nom":"Jean Martin","site":"LL","genetique":"Mulard","jour":{jour},"moment":"soir","dose_theorique":380.0,"dose_reelle":371.5,"poids_moyen":5820.0,"nb_canards_vivants":996,"taux_mortalite":0.4,"temperature_stabule":21.3,"humidite_stabule":63.0,"timestamp":"2026-01-20T18:05:00","pret_abattage":false}}"#,
+                jour = 1 + n % 14
+            );
+            ("gaveurs/LL/1/gavage".into(), Bytes::from(body))
+        }
+        Kind::Sqal => {
+            let matrix = |v: u32| {
+                let row = vec![v.to_string(); 8].join(",");
+                format!("[{}]", vec![format!("[{row}]"); 8].join(","))
+            };
+            let bins = format!("[{}]", vec![format!("[{}]", vec!["1234"; 128].join(",")); 64].join(","));
+            let body = format!(
+                r#"{{"type":"sensor_data","device_id":"ESP32_LL_{conn:02}","sample_id":"{tag}-{n}","timestamp":"2026-01-20T10:00:00Z","vl53l8ch":{{"distance_matrix":{d},"reflectance_matrix":{r},"amplitude_matrix":{a},"ambient_matrix":{b},"status_matrix":{s},"volume_mm3":640000.0}},"vl53l8ch_raw":{{"bins_matrix":{bins}}},"as7341":{{"channels":{{"F1_415nm":101.0,"NIR":40.0}},"freshness_index":0.8}},"fusion":{{"final_score":0.82}}}}"#,
+                d = matrix(123), r = matrix(41), a = matrix(812), b = matrix(7), s = matrix(5)
+            );
+            (format!("sqal/LL/ESP32_LL_{conn:02}/measurements"), Bytes::from(body))
+        }
+    }
+}
+
+async fn producer(args: Arc<Args>, conn: usize, totals: Arc<Mutex<Totals>>, stop_at: Instant) {
+    let (mut writer, mut reader) = connect(args.mqtt, MqttVersion::V5, &format!("load-{}-{conn}", args.tag), None)
+        .await
+        .expect("connect");
+    let per_conn_rate = args.rate as f64 / args.connections as f64;
+    let started = Instant::now();
+    let mut sent_at: Vec<Option<Instant>> = vec![None; 65_536];
+    let mut inflight = 0usize;
+    let mut n: u64 = 0;
+    let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    let (mut acked, mut refused) = (0u64, 0u64);
+    loop {
+        let publishing = Instant::now() < stop_at;
+        while publishing && inflight < args.window {
+            if per_conn_rate > 0.0 {
+                let due = started + Duration::from_secs_f64(n as f64 / per_conn_rate);
+                if due > Instant::now() {
+                    if inflight > 0 {
+                        break;
+                    }
+                    tokio::time::sleep_until(due.into()).await;
+                }
+            }
+            let pkid = (n % 65_535) as u16 + 1;
+            let (topic, body) = payload(args.kind, &args.tag, conn, n);
+            writer.publish(&topic, body, 1, pkid, None).unwrap();
+            sent_at[pkid as usize] = Some(Instant::now());
+            inflight += 1;
+            n += 1;
+        }
+        writer.flush().await.expect("send");
+        if inflight == 0 {
+            if !publishing {
+                break;
+            }
+            continue;
+        }
+        let next = if per_conn_rate > 0.0 && publishing && inflight < args.window {
+            let due = started + Duration::from_secs_f64(n as f64 / per_conn_rate);
+            match tokio::time::timeout_at(due.into(), reader.next()).await {
+                Ok(packet) => packet,
+                Err(_) => continue,
+            }
+        } else {
+            reader.next().await
+        };
+        match next.expect("connection alive") {
+            ServerPacket::Ack { pkid, reason } => {
+                if let Some(at) = sent_at[pkid as usize].take() {
+                    local.saturating_record(at.elapsed().as_micros() as u64);
+                    inflight -= 1;
+                    if reason == 0 { acked += 1 } else { refused += 1 }
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let _ = writer.disconnect().await;
+    let mut totals = totals.lock();
+    totals.latency_us.add(&local).unwrap();
+    totals.acked += acked;
+    totals.refused += refused;
+}
+
+fn peak_rss_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Arc::new(Args::parse());
+    let totals = Arc::new(Mutex::new(Totals {
+        latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).unwrap(),
+        acked: 0,
+        refused: 0,
+    }));
+    let started = Instant::now();
+    let stop_at = started + Duration::from_secs(args.duration);
+    let tasks: Vec<_> = (0..args.connections)
+        .map(|c| tokio::spawn(producer(args.clone(), c, totals.clone(), stop_at)))
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let totals = totals.lock();
+    let h = &totals.latency_us;
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let rss = args.pid.and_then(peak_rss_mb);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "target_rate": args.rate, "connections": args.connections, "window": args.window,
+                "acked": totals.acked, "refused": totals.refused,
+                "records_per_s": (totals.acked as f64 / elapsed).round(),
+                "ack_p50_ms": ms(0.5), "ack_p99_ms": ms(0.99), "ack_max_ms": h.max() as f64 / 1000.0,
+                "peak_rss_mb": rss,
+            })
+        );
+    } else {
+        println!(
+            "target {} rec/s, {} connections × window {}: {} acked ({} refused) in {:.1} s = {:.0} rec/s; PUBACK p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms{}",
+            args.rate, args.connections, args.window, totals.acked, totals.refused, elapsed,
+            totals.acked as f64 / elapsed, ms(0.5), ms(0.99), h.max() as f64 / 1000.0,
+            rss.map(|r| format!("; pipeline peak RSS {r:.0} MB")).unwrap_or_default()
+        );
+    }
+}
