@@ -70,7 +70,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     };
     let recovered_state = parquet::recover(&parquet_options)
         .with_context(|| format!("recovering {}", paths.parquet_root.display()))?;
-    let (parquet_tx, parquet_rx) = mpsc::sync_channel(256);
+    // Small: the durable log waits when Parquet falls behind, which bounds memory and
+    // pushes back on producers instead of buffering without limit.
+    let (parquet_tx, parquet_rx) = mpsc::sync_channel(8);
     let (wal, wal_writer, replay) = Wal::open(
         WalOptions::new(paths.instance_dir.join("wal")),
         recovered_state.published_through,
