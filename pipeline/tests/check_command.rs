@@ -22,7 +22,8 @@ fn check(path: &std::path::Path, env: &[(&str, &str)]) -> (bool, String) {
 
 #[test]
 fn the_example_config_is_accepted() {
-    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/gaveurs.example.toml");
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/gaveurs.example.toml");
     let (ok, output) = check(&example, &[]);
     assert!(ok, "{output}");
     assert!(output.contains("ok"));

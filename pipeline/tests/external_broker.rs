@@ -21,7 +21,9 @@ fn meals(from: usize, to: usize) -> Vec<(String, Vec<u8>, u8)> {
             let lot = format!("LS{n:06}");
             (
                 "gaveurs/LS/2/gavage".to_string(),
-                records::meal(&lot, 2, "LS", 1, "soir").to_string().into_bytes(),
+                records::meal(&lot, 2, "LS", 1, "soir")
+                    .to_string()
+                    .into_bytes(),
                 1,
             )
         })
@@ -31,7 +33,9 @@ fn meals(from: usize, to: usize) -> Vec<(String, Vec<u8>, u8)> {
 fn lot_counts(root: &std::path::Path) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
     for row in read_rows(root, "gavage_meals") {
-        *counts.entry(row["code_lot"].as_str().unwrap().to_string()).or_insert(0) += 1;
+        *counts
+            .entry(row["code_lot"].as_str().unwrap().to_string())
+            .or_insert(0) += 1;
     }
     counts
 }
@@ -41,12 +45,17 @@ async fn records_through_mosquitto_reach_parquet_and_bad_ones_the_dlq() {
     let dir = tempfile::tempdir().unwrap();
     let mosquitto = Mosquitto::start(dir.path());
     let gaveurs = Gaveurs::start(dir.path(), &broker_config(&mosquitto));
-    assert!(gaveurs.mqtt.is_none(), "no embedded listener when a broker is configured");
+    assert!(
+        gaveurs.mqtt.is_none(),
+        "no embedded listener when a broker is configured"
+    );
     wait_ready(gaveurs.http).await;
     let mut messages = meals(0, 50);
     messages.push((
         "sqal/LL/ESP32_LL_01/measurements".into(),
-        records::sqal("ESP32_LL_01", "S-9", 0.5).to_string().into_bytes(),
+        records::sqal("ESP32_LL_01", "S-9", 0.5)
+            .to_string()
+            .into_bytes(),
         1,
     ));
     messages.push(("gaveurs/LS/2/gavage".into(), b"not json".to_vec(), 1));

@@ -12,7 +12,9 @@ use support::{Gaveurs, read_rows, records};
 async fn sigterm_publishes_everything_acknowledged_and_says_goodbye() {
     let dir = tempfile::tempdir().unwrap();
     let gaveurs = Gaveurs::start(dir.path(), "");
-    let (mut writer, mut reader) = connect(gaveurs.mqtt(), MqttVersion::V5, "steady", None).await.unwrap();
+    let (mut writer, mut reader) = connect(gaveurs.mqtt(), MqttVersion::V5, "steady", None)
+        .await
+        .unwrap();
     let (acked_tx, mut acked_rx) = tokio::sync::watch::channel(0usize);
     let consumer = tokio::spawn(async move {
         let mut acked = HashSet::new();
@@ -31,20 +33,32 @@ async fn sigterm_publishes_everything_acknowledged_and_says_goodbye() {
     // 5000 records in one burst (pkids 1..=5000), then SIGTERM while most are in flight.
     for n in 1..=5000u16 {
         let payload = records::meal(&format!("LLS{n:05}"), 1, "LL", 1, "matin").to_string();
-        writer.publish("gaveurs/LL/1/gavage", payload.into(), 1, n, None).unwrap();
+        writer
+            .publish("gaveurs/LL/1/gavage", payload.into(), 1, n, None)
+            .unwrap();
     }
     writer.flush().await.unwrap();
     acked_rx.wait_for(|n| *n >= 100).await.unwrap();
     let root = gaveurs.parquet_root();
     gaveurs.stop_cleanly();
     let (acked, goodbye) = consumer.await.unwrap();
-    assert_eq!(goodbye, Some(0x8B), "MQTT 5 clients are told the server is shutting down");
+    assert_eq!(
+        goodbye,
+        Some(0x8B),
+        "MQTT 5 clients are told the server is shutting down"
+    );
     let stored: HashSet<u16> = read_rows(&root, "gavage_meals")
         .iter()
         .map(|r| r["code_lot"].as_str().unwrap()[3..].parse().unwrap())
         .collect();
     let missing: Vec<_> = acked.difference(&stored).collect();
-    assert!(missing.is_empty(), "acknowledged but not published: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "acknowledged but not published: {missing:?}"
+    );
     // Whatever was read before the stop was acknowledged: nothing read is left unanswered.
-    assert_eq!(acked, stored, "every stored record was acknowledged before the goodbye");
+    assert_eq!(
+        acked, stored,
+        "every stored record was acknowledged before the goodbye"
+    );
 }

@@ -73,20 +73,35 @@ fn payload(kind: Kind, tag: &str, conn: usize, n: u64) -> (String, Bytes) {
                 let row = vec![v.to_string(); 8].join(",");
                 format!("[{}]", vec![format!("[{row}]"); 8].join(","))
             };
-            let bins = format!("[{}]", vec![format!("[{}]", vec!["1234"; 128].join(",")); 64].join(","));
+            let bins = format!(
+                "[{}]",
+                vec![format!("[{}]", vec!["1234"; 128].join(",")); 64].join(",")
+            );
             let body = format!(
                 r#"{{"type":"sensor_data","device_id":"ESP32_LL_{conn:02}","sample_id":"{tag}-{n}","timestamp":"2026-01-20T10:00:00Z","vl53l8ch":{{"distance_matrix":{d},"reflectance_matrix":{r},"amplitude_matrix":{a},"ambient_matrix":{b},"status_matrix":{s},"volume_mm3":640000.0}},"vl53l8ch_raw":{{"bins_matrix":{bins}}},"as7341":{{"channels":{{"F1_415nm":101.0,"NIR":40.0}},"freshness_index":0.8}},"fusion":{{"final_score":0.82}}}}"#,
-                d = matrix(123), r = matrix(41), a = matrix(812), b = matrix(7), s = matrix(5)
+                d = matrix(123),
+                r = matrix(41),
+                a = matrix(812),
+                b = matrix(7),
+                s = matrix(5)
             );
-            (format!("sqal/LL/ESP32_LL_{conn:02}/measurements"), Bytes::from(body))
+            (
+                format!("sqal/LL/ESP32_LL_{conn:02}/measurements"),
+                Bytes::from(body),
+            )
         }
     }
 }
 
 async fn producer(args: Arc<Args>, conn: usize, totals: Arc<Mutex<Totals>>, stop_at: Instant) {
-    let (mut writer, mut reader) = connect(args.mqtt, MqttVersion::V5, &format!("load-{}-{conn}", args.tag), None)
-        .await
-        .expect("connect");
+    let (mut writer, mut reader) = connect(
+        args.mqtt,
+        MqttVersion::V5,
+        &format!("load-{}-{conn}", args.tag),
+        None,
+    )
+    .await
+    .expect("connect");
     let per_conn_rate = args.rate as f64 / args.connections as f64;
     let started = Instant::now();
     let mut sent_at: Vec<Option<Instant>> = vec![None; 65_536];
@@ -134,7 +149,11 @@ async fn producer(args: Arc<Args>, conn: usize, totals: Arc<Mutex<Totals>>, stop
                 if let Some(at) = sent_at[pkid as usize].take() {
                     local.saturating_record(at.elapsed().as_micros() as u64);
                     inflight -= 1;
-                    if reason == 0 { acked += 1 } else { refused += 1 }
+                    if reason == 0 {
+                        acked += 1
+                    } else {
+                        refused += 1
+                    }
                 }
             }
             other => panic!("unexpected {other:?}"),
@@ -189,9 +208,18 @@ async fn main() {
     } else {
         println!(
             "target {} rec/s, {} connections × window {}: {} acked ({} refused) in {:.1} s = {:.0} rec/s; PUBACK p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms{}",
-            args.rate, args.connections, args.window, totals.acked, totals.refused, elapsed,
-            totals.acked as f64 / elapsed, ms(0.5), ms(0.99), h.max() as f64 / 1000.0,
-            rss.map(|r| format!("; pipeline peak RSS {r:.0} MB")).unwrap_or_default()
+            args.rate,
+            args.connections,
+            args.window,
+            totals.acked,
+            totals.refused,
+            elapsed,
+            totals.acked as f64 / elapsed,
+            ms(0.5),
+            ms(0.99),
+            h.max() as f64 / 1000.0,
+            rss.map(|r| format!("; pipeline peak RSS {r:.0} MB"))
+                .unwrap_or_default()
         );
     }
 }

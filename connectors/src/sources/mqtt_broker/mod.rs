@@ -140,7 +140,16 @@ pub async fn run<I: Intake>(
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                let refused = ack.return_codes.iter().filter(|c| !matches!(c, rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(_))).count();
+                let refused = ack
+                    .return_codes
+                    .iter()
+                    .filter(|c| {
+                        !matches!(
+                            c,
+                            rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(_)
+                        )
+                    })
+                    .count();
                 if refused > 0 {
                     tracing::error!(broker = %source, refused, "the broker refused subscriptions");
                 }
