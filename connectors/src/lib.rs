@@ -8,6 +8,7 @@
 //!
 //! - [`sources::mqtt_embedded`]: the pipeline's own MQTT 3.1.1/5 listener.
 //! - [`sources::mqtt_broker`]: a subscription to an external broker (Mosquitto, EMQX…).
+//! - [`sources::websocket`]: the V3-compatible WebSocket ingest (`/ws/gavage`, `/ws/sensors/`).
 
 pub mod intake;
 pub mod sources;

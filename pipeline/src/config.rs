@@ -26,6 +26,44 @@ pub struct Config {
     pub logs: LogsConfig,
     #[serde(default)]
     pub sites: SitesConfig,
+    #[serde(default)]
+    pub websocket: WebSocketConfig,
+}
+
+/// `[websocket]`: live channels.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSocketConfig {
+    /// Messages each gaveur channel keeps for clients resuming with `?since=N`. Default 512.
+    #[serde(default = "default_replay")]
+    pub replay: usize,
+    /// Messages a client may have waiting; a client further behind is closed with 1013.
+    /// Default 256.
+    #[serde(default = "default_client_queue")]
+    pub client_queue: usize,
+    /// Seconds between pings to channel and dashboard clients. Default 30.
+    #[serde(default = "default_ping_interval_s")]
+    pub ping_interval_s: u64,
+}
+
+fn default_replay() -> usize {
+    512
+}
+fn default_client_queue() -> usize {
+    256
+}
+fn default_ping_interval_s() -> u64 {
+    30
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        Self {
+            replay: default_replay(),
+            client_queue: default_client_queue(),
+            ping_interval_s: default_ping_interval_s(),
+        }
+    }
 }
 
 /// `[instance]`
@@ -302,6 +340,9 @@ impl Config {
                 self.storage.max_record_bytes,
                 self.mqtt.max_packet_bytes
             );
+        }
+        if self.websocket.client_queue == 0 || self.websocket.ping_interval_s == 0 {
+            bail!("[websocket] client_queue and ping_interval_s must be at least 1");
         }
         if self.mqtt.max_inflight == 0 {
             bail!("[mqtt] max_inflight must be at least 1");

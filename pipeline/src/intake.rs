@@ -1,4 +1,5 @@
-//! The operator chain behind every source: validate → dedup → envelope → durable log.
+//! The operator chain behind every source: validate → dedup → envelope → live push →
+//! durable log.
 //! Sources call [`PipelineIntake::submit`]; the returned ticket resolves when the entry is
 //! fsynced, which is when the producer may be acknowledged.
 
@@ -14,6 +15,9 @@ use gaveurs_schemas::envelope::Envelope;
 use gaveurs_schemas::records::Record;
 use gaveurs_schemas::{DeadLetter, Event};
 use gaveurs_sinks::wal::{Lsn, Wal, WalEntry};
+use gaveurs_sinks::websocket::Hub;
+
+use crate::devices::DeviceRegistry;
 
 #[derive(Clone)]
 pub struct PipelineIntake {
@@ -24,15 +28,25 @@ struct Inner {
     validator: Validator,
     dedup: DedupIndex,
     wal: Wal,
+    hub: Arc<Hub>,
+    devices: Arc<DeviceRegistry>,
 }
 
 impl PipelineIntake {
-    pub fn new(validator: Validator, dedup: DedupIndex, wal: Wal) -> Self {
+    pub fn new(
+        validator: Validator,
+        dedup: DedupIndex,
+        wal: Wal,
+        hub: Arc<Hub>,
+        devices: Arc<DeviceRegistry>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 validator,
                 dedup,
                 wal,
+                hub,
+                devices,
             }),
         }
     }
@@ -54,6 +68,7 @@ impl Inner {
             Ok(Validated::Record(record)) => self.accept(record, input).await,
             Ok(Validated::DeviceStatus(status)) => {
                 tracing::debug!(device = %status.device_id, "device status");
+                self.devices.update(status);
                 // Nothing is written, but the answer must not overtake earlier messages.
                 self.after_everything_so_far(Verdict::Control)
             }
@@ -102,6 +117,8 @@ impl Inner {
             },
             record,
         };
+        // Live views get the record now; they must not wait for the disk (SPEC §3).
+        self.hub.publish_event(&event);
         self.log(
             WalEntry::Event(event),
             Verdict::Accepted {

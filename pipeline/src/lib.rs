@@ -3,6 +3,7 @@
 //! and the tests.
 
 pub mod config;
+pub mod devices;
 pub mod http;
 pub mod instance;
 pub mod intake;

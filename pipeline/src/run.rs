@@ -10,7 +10,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -20,10 +20,12 @@ use gaveurs_operators::dedup::DedupIndex;
 use gaveurs_operators::validate::Validator;
 use gaveurs_sinks::parquet::{self, ParquetOptions};
 use gaveurs_sinks::wal::{Wal, WalEntry, WalOptions};
+use gaveurs_sinks::websocket::{Hub, HubOptions};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::devices::DeviceRegistry;
 use crate::http;
 use crate::instance;
 use crate::intake::PipelineIntake;
@@ -116,7 +118,13 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         max_record_bytes: config.storage.max_record_bytes,
         zones: config.sites.zones()?,
     };
-    let intake = PipelineIntake::new(validator, dedup, wal.clone());
+    let hub = Hub::new(HubOptions {
+        replay: config.websocket.replay,
+        client_queue: config.websocket.client_queue,
+        ..HubOptions::default()
+    });
+    let devices = Arc::new(DeviceRegistry::default());
+    let intake = PipelineIntake::new(validator, dedup, wal.clone(), hub.clone(), devices.clone());
     let shutdown = CancellationToken::new();
     let mut sources = tokio::task::JoinSet::new();
     let mut mqtt_addr: Option<SocketAddr> = None;
@@ -161,9 +169,16 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;
     let http_addr = http_listener.local_addr()?;
-    let app = http::router(http::Health {
+    let ingest_sockets = tokio_util::task::TaskTracker::new();
+    let app = http::router(http::AppState {
         wal: wal.clone(),
         sources_connected: connected_rx,
+        intake: intake.clone(),
+        hub: hub.clone(),
+        devices,
+        ping_every: Duration::from_secs(config.websocket.ping_interval_s),
+        shutdown: shutdown.clone(),
+        ingest_sockets: ingest_sockets.clone(),
     });
     let http_task = tokio::spawn({
         let shutdown = shutdown.clone();
@@ -193,7 +208,10 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     let stopping = Instant::now();
     tracing::info!("gaveurs stopping: no more input");
     shutdown.cancel();
+    hub.close_all();
     while sources.join_next().await.is_some() {}
+    ingest_sockets.close();
+    ingest_sockets.wait().await;
     tokio::task::spawn_blocking(move || wal_writer.close()).await?;
     let parquet_result = tokio::task::spawn_blocking(move || parquet_thread.join())
         .await?

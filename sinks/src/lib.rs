@@ -3,7 +3,9 @@
 //! - [`wal`]: the durable log. An input is acknowledged once its entry is fsynced here.
 //! - [`parquet`]: turns the log into Parquet datasets, published atomically, and tells the
 //!   log what it may forget.
+//! - [`websocket`]: live pushes to each gaveur's channel and to dashboards.
 
 pub mod fsutil;
 pub mod parquet;
 pub mod wal;
+pub mod websocket;

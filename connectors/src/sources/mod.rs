@@ -1,2 +1,3 @@
 pub mod mqtt_broker;
 pub mod mqtt_embedded;
+pub mod websocket;

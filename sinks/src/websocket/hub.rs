@@ -1,0 +1,411 @@
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::extract::ws::Utf8Bytes;
+use gaveurs_schemas::Event;
+use gaveurs_schemas::records::{Grade, Record, Site};
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::realtime::{RealtimeFilters, RealtimeKind, RealtimeMeta};
+
+/// One serialised message, shared by all its receivers.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub seq: u64,
+    pub text: Utf8Bytes,
+}
+
+#[derive(Debug, Clone)]
+pub struct HubOptions {
+    /// Frames each gaveur channel keeps for `?since=` resumes.
+    pub replay: usize,
+    /// Frames a client may have queued before it is closed with 1013.
+    pub client_queue: usize,
+    /// First sequence number of every channel. Starting from the start-up time in
+    /// milliseconds keeps numbers growing across restarts, so a client resuming with a number
+    /// from before a restart sees a gap instead of silently wrong frames.
+    pub seq_base: u64,
+}
+
+impl Default for HubOptions {
+    fn default() -> Self {
+        Self {
+            replay: 512,
+            client_queue: 256,
+            seq_base: chrono::Utc::now().timestamp_millis().max(1) as u64,
+        }
+    }
+}
+
+struct Subscriber {
+    id: u64,
+    tx: mpsc::Sender<Frame>,
+    evicted: CancellationToken,
+}
+
+/// Pushes `frame` to every subscriber; those whose queue is full are evicted and removed.
+fn fan_out(subscribers: &mut Vec<Subscriber>, frame: &Frame) -> usize {
+    let before = subscribers.len();
+    subscribers.retain(|s| match s.tx.try_send(frame.clone()) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            s.evicted.cancel();
+            false
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    });
+    before - subscribers.len()
+}
+
+struct ChannelState {
+    next_seq: u64,
+    replay: VecDeque<Frame>,
+    subscribers: Vec<Subscriber>,
+}
+
+/// What a gaveur-channel client gets when it joins.
+pub struct GaveurSubscription {
+    /// Frames after `since` still in the replay buffer, oldest first.
+    pub backlog: Vec<Frame>,
+    /// `Some((since, oldest_kept))` when frames after `since` were already dropped.
+    pub gap: Option<(u64, u64)>,
+    pub frames: mpsc::Receiver<Frame>,
+    /// Cancelled when the client fell too far behind.
+    pub evicted: CancellationToken,
+    pub(super) hub: Arc<Hub>,
+    pub(super) gaveur_id: i64,
+    pub(super) id: u64,
+}
+
+impl GaveurSubscription {
+    /// Moves the live frames and the eviction token out, keeping the registration (which
+    /// ends when the subscription is dropped).
+    pub(super) fn take_stream(&mut self) -> (mpsc::Receiver<Frame>, CancellationToken) {
+        let (_, empty) = mpsc::channel(1);
+        (
+            std::mem::replace(&mut self.frames, empty),
+            self.evicted.clone(),
+        )
+    }
+}
+
+impl Drop for GaveurSubscription {
+    fn drop(&mut self) {
+        if let Some(channel) = self.hub.gaveurs.lock().get(&self.gaveur_id) {
+            channel.lock().subscribers.retain(|s| s.id != self.id);
+        }
+    }
+}
+
+pub(super) struct RealtimeSubscriber {
+    pub(super) id: u64,
+    pub(super) tx: mpsc::Sender<Frame>,
+    pub(super) evicted: CancellationToken,
+    pub(super) filters: Arc<Mutex<RealtimeFilters>>,
+}
+
+pub struct Hub {
+    options: HubOptions,
+    gaveurs: Mutex<HashMap<i64, Arc<Mutex<ChannelState>>>>,
+    pub(super) realtime: Mutex<Vec<RealtimeSubscriber>>,
+    next_subscriber: AtomicU64,
+    slow_disconnects: AtomicU64,
+    closing: CancellationToken,
+}
+
+#[derive(Serialize)]
+struct Envelope<'a, T: Serialize> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    seq: u64,
+    data: &'a T,
+}
+
+impl Hub {
+    pub fn new(options: HubOptions) -> Arc<Hub> {
+        Arc::new(Hub {
+            options,
+            gaveurs: Mutex::new(HashMap::new()),
+            realtime: Mutex::new(Vec::new()),
+            next_subscriber: AtomicU64::new(1),
+            slow_disconnects: AtomicU64::new(0),
+            closing: CancellationToken::new(),
+        })
+    }
+
+    /// Closes every client socket (1001, going away); used at shutdown.
+    pub fn close_all(&self) {
+        self.closing.cancel();
+    }
+
+    pub(super) fn closing(&self) -> CancellationToken {
+        self.closing.clone()
+    }
+
+    pub fn options(&self) -> &HubOptions {
+        &self.options
+    }
+
+    /// Clients closed with 1013 so far.
+    pub fn slow_disconnects(&self) -> u64 {
+        self.slow_disconnects.load(Ordering::Relaxed)
+    }
+
+    /// Connected clients: (gaveur channels, dashboards).
+    pub fn clients(&self) -> (usize, usize) {
+        let gaveurs = self
+            .gaveurs
+            .lock()
+            .values()
+            .map(|c| c.lock().subscribers.len())
+            .sum();
+        (gaveurs, self.realtime.lock().len())
+    }
+
+    fn channel(&self, gaveur_id: i64) -> Arc<Mutex<ChannelState>> {
+        self.gaveurs
+            .lock()
+            .entry(gaveur_id)
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(ChannelState {
+                    next_seq: self.options.seq_base,
+                    replay: VecDeque::new(),
+                    subscribers: Vec::new(),
+                }))
+            })
+            .clone()
+    }
+
+    /// Sends `{"type": kind, "seq": N, "data": data}` on one gaveur's channel.
+    pub fn publish_to_gaveur<T: Serialize>(&self, gaveur_id: i64, kind: &str, data: &T) {
+        let channel = self.channel(gaveur_id);
+        let mut state = channel.lock();
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        let text = serde_json::to_string(&Envelope { kind, seq, data }).expect("frames serialise");
+        let frame = Frame {
+            seq,
+            text: text.into(),
+        };
+        state.replay.push_back(frame.clone());
+        while state.replay.len() > self.options.replay {
+            state.replay.pop_front();
+        }
+        let evicted = fan_out(&mut state.subscribers, &frame);
+        self.slow_disconnects
+            .fetch_add(evicted as u64, Ordering::Relaxed);
+    }
+
+    /// Routes an accepted record to its gaveur's channel and to the dashboards.
+    pub fn publish_event(&self, event: &Event) {
+        match &event.record {
+            Record::Gavage(meal) => {
+                self.publish_to_gaveur(meal.gaveur_id, "gavage", meal);
+                self.publish_realtime(
+                    RealtimeMeta {
+                        kind: RealtimeKind::Gavage,
+                        site: meal.site,
+                        device_id: None,
+                        grade: None,
+                    },
+                    "gavage_realtime",
+                    event,
+                    meal,
+                );
+            }
+            Record::Sqal(sample) => {
+                self.publish_realtime(
+                    RealtimeMeta {
+                        kind: RealtimeKind::Sqal,
+                        site: sample.site_code,
+                        device_id: Some(sample.device_id.clone()),
+                        grade: Some(sample.grade),
+                    },
+                    "sensor_update",
+                    event,
+                    sample.as_ref(),
+                );
+            }
+            Record::LotOutcome(outcome) => {
+                #[derive(Serialize)]
+                struct Notification<'a, T> {
+                    kind: &'static str,
+                    #[serde(flatten)]
+                    outcome: &'a T,
+                }
+                self.publish_to_gaveur(
+                    outcome.gaveur_id,
+                    "notification",
+                    &Notification {
+                        kind: "lot_outcome",
+                        outcome,
+                    },
+                );
+            }
+        }
+    }
+
+    fn publish_realtime<T: Serialize>(
+        &self,
+        meta: RealtimeMeta,
+        kind: &str,
+        event: &Event,
+        data: &T,
+    ) {
+        let mut subscribers = self.realtime.lock();
+        if subscribers.is_empty() {
+            return;
+        }
+        #[derive(Serialize)]
+        struct Message<'a, T> {
+            #[serde(rename = "type")]
+            kind: &'a str,
+            timestamp: chrono::DateTime<chrono::Utc>,
+            site_code: Site,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            device_id: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            grade: Option<Grade>,
+            data: &'a T,
+        }
+        let text = serde_json::to_string(&Message {
+            kind,
+            timestamp: event.envelope.ingest_time,
+            site_code: meta.site,
+            device_id: meta.device_id.as_deref(),
+            grade: meta.grade,
+            data,
+        })
+        .expect("frames serialise");
+        let frame = Frame {
+            seq: 0,
+            text: text.into(),
+        };
+        let before = subscribers.len();
+        subscribers.retain(|s| {
+            if !s.filters.lock().accepts(&meta) {
+                return true;
+            }
+            match s.tx.try_send(frame.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    s.evicted.cancel();
+                    self.slow_disconnects.fetch_add(1, Ordering::Relaxed);
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
+        });
+        let _ = before;
+    }
+
+    /// Joins a gaveur's channel, optionally resuming after `since`.
+    pub fn subscribe_gaveur(
+        self: &Arc<Self>,
+        gaveur_id: i64,
+        since: Option<u64>,
+    ) -> GaveurSubscription {
+        let channel = self.channel(gaveur_id);
+        let mut state = channel.lock();
+        let (tx, rx) = mpsc::channel(self.options.client_queue);
+        let evicted = CancellationToken::new();
+        let id = self.next_subscriber.fetch_add(1, Ordering::Relaxed);
+        let (backlog, gap) = match since {
+            None => (Vec::new(), None),
+            Some(since) => {
+                let backlog: Vec<Frame> = state
+                    .replay
+                    .iter()
+                    .filter(|f| f.seq > since)
+                    .cloned()
+                    .collect();
+                let oldest = state
+                    .replay
+                    .front()
+                    .map(|f| f.seq)
+                    .unwrap_or(state.next_seq);
+                // Frames after `since` that were published but are no longer kept.
+                let gap = (since + 1 < oldest && since < state.next_seq.saturating_sub(1))
+                    .then_some((since, oldest));
+                (backlog, gap)
+            }
+        };
+        state.subscribers.push(Subscriber {
+            id,
+            tx,
+            evicted: evicted.clone(),
+        });
+        GaveurSubscription {
+            backlog,
+            gap,
+            frames: rx,
+            evicted,
+            hub: self.clone(),
+            gaveur_id,
+            id,
+        }
+    }
+
+    pub(super) fn next_id(&self) -> u64 {
+        self.next_subscriber.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub(replay: usize, queue: usize) -> Arc<Hub> {
+        Hub::new(HubOptions {
+            replay,
+            client_queue: queue,
+            seq_base: 1,
+        })
+    }
+
+    #[test]
+    fn channels_number_frames_and_replay_after_since() {
+        let hub = hub(3, 16);
+        for n in 0..5 {
+            hub.publish_to_gaveur(1, "gavage", &n);
+        }
+        hub.publish_to_gaveur(2, "gavage", &"other");
+        let sub = hub.subscribe_gaveur(1, Some(3));
+        let seqs: Vec<u64> = sub.backlog.iter().map(|f| f.seq).collect();
+        assert_eq!(seqs, vec![4, 5]);
+        assert_eq!(sub.gap, None);
+        assert_eq!(
+            &*sub.backlog[0].text,
+            r#"{"type":"gavage","seq":4,"data":3}"#
+        );
+        // Frames 2..=2 were dropped from the buffer (which keeps 3..=5).
+        let late = hub.subscribe_gaveur(1, Some(1));
+        assert_eq!(late.gap, Some((1, 3)));
+        assert_eq!(late.backlog.len(), 3);
+        // Another gaveur's channel numbers on its own.
+        let other = hub.subscribe_gaveur(2, Some(0));
+        assert_eq!(other.backlog[0].seq, 1);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_evicts_only_that_client() {
+        let hub = hub(8, 2);
+        let slow = hub.subscribe_gaveur(1, None);
+        let mut fast = hub.subscribe_gaveur(1, None);
+        for n in 0..3 {
+            hub.publish_to_gaveur(1, "gavage", &n);
+            fast.frames.recv().await.unwrap();
+        }
+        assert!(slow.evicted.is_cancelled());
+        assert!(!fast.evicted.is_cancelled());
+        assert_eq!(hub.slow_disconnects(), 1);
+        hub.publish_to_gaveur(1, "gavage", &9);
+        assert_eq!(fast.frames.recv().await.unwrap().seq, 4);
+        drop(slow);
+        assert_eq!(hub.clients().0, 1);
+    }
+}

@@ -1,0 +1,174 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{Utf8Bytes, WebSocket};
+use gaveurs_schemas::records::{Grade, Site};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::Hub;
+use super::hub::RealtimeSubscriber;
+use super::pump::Pump;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RealtimeKind {
+    Gavage,
+    Sqal,
+}
+
+pub(super) struct RealtimeMeta {
+    pub kind: RealtimeKind,
+    pub site: Site,
+    pub device_id: Option<String>,
+    pub grade: Option<Grade>,
+}
+
+/// The V3 dashboard filters, set with `{"type":"subscribe","filters":{…}}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RealtimeFilters {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site_code: Option<String>,
+    /// Only SQAL samples of this grade or better (`A+`, `A`, `B`, `C`, `REJECT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_grade: Option<String>,
+    /// `sqal_only` leaves out gavage messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_type: Option<String>,
+}
+
+impl RealtimeFilters {
+    pub(super) fn accepts(&self, meta: &RealtimeMeta) -> bool {
+        if self.data_type.as_deref() == Some("sqal_only") && meta.kind != RealtimeKind::Sqal {
+            return false;
+        }
+        if let Some(site) = &self.site_code
+            && site != meta.site.as_str()
+        {
+            return false;
+        }
+        if let Some(device) = &self.device_id
+            && meta.device_id.as_deref() != Some(device.as_str())
+        {
+            return false;
+        }
+        if let Some(min) = self.min_grade.as_deref().and_then(Grade::parse) {
+            // Gavage messages carry no grade; a grade filter is about samples.
+            if let Some(grade) = meta.grade
+                && grade < min
+            {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+#[derive(Deserialize)]
+struct ClientMessage {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    filters: Option<RealtimeFilters>,
+}
+
+/// Serves `/ws/realtime/`: `sensor_update` and `gavage_realtime` messages that pass the
+/// client's filters; `subscribe` → `subscribe_ack`, `heartbeat` → `heartbeat_ack`,
+/// `ping` → `pong`.
+pub async fn serve_realtime(socket: WebSocket, hub: Arc<Hub>, ping_every: Duration) {
+    let filters = Arc::new(Mutex::new(RealtimeFilters::default()));
+    let (tx, frames) = mpsc::channel(hub.options().client_queue);
+    let evicted = CancellationToken::new();
+    let id = hub.next_id();
+    hub.realtime.lock().push(RealtimeSubscriber {
+        id,
+        tx,
+        evicted: evicted.clone(),
+        filters: filters.clone(),
+    });
+    let welcome: Utf8Bytes = serde_json::json!({
+        "type": "connection_established",
+        "message": "connected to gaveurs realtime",
+        "timestamp": chrono::Utc::now(),
+    })
+    .to_string()
+    .into();
+    let on_text = Box::new(move |text: &str| -> Option<Utf8Bytes> {
+        let now = chrono::Utc::now();
+        let reply = match serde_json::from_str::<ClientMessage>(text) {
+            Ok(message) => match message.kind.as_str() {
+                "subscribe" => {
+                    let new = message.filters.unwrap_or_default();
+                    *filters.lock() = new.clone();
+                    serde_json::json!({"type": "subscribe_ack", "filters": new, "timestamp": now})
+                }
+                "heartbeat" => serde_json::json!({"type": "heartbeat_ack", "timestamp": now}),
+                "ping" => serde_json::json!({"type": "pong", "timestamp": now}),
+                other => {
+                    serde_json::json!({"type": "error", "message": format!("unknown message type {other:?}")})
+                }
+            },
+            Err(e) => {
+                serde_json::json!({"type": "error", "message": format!("not a dashboard message: {e}")})
+            }
+        };
+        Some(reply.to_string().into())
+    });
+    Pump {
+        prelude: vec![welcome],
+        frames,
+        evicted,
+        ping_every,
+        on_text,
+        closing: hub.closing(),
+    }
+    .run(socket)
+    .await;
+    hub.realtime.lock().retain(|s| s.id != id);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(site: Site, grade: Grade) -> RealtimeMeta {
+        RealtimeMeta {
+            kind: RealtimeKind::Sqal,
+            site,
+            device_id: Some(format!("ESP32_{site}_01")),
+            grade: Some(grade),
+        }
+    }
+
+    #[test]
+    fn filters_combine() {
+        let meal = RealtimeMeta {
+            kind: RealtimeKind::Gavage,
+            site: Site::LL,
+            device_id: None,
+            grade: None,
+        };
+        let all = RealtimeFilters::default();
+        assert!(all.accepts(&meal) && all.accepts(&sample(Site::LS, Grade::C)));
+        let sqal_ll_b = RealtimeFilters {
+            site_code: Some("LL".into()),
+            min_grade: Some("B".into()),
+            data_type: Some("sqal_only".into()),
+            ..Default::default()
+        };
+        assert!(!sqal_ll_b.accepts(&meal));
+        assert!(sqal_ll_b.accepts(&sample(Site::LL, Grade::A)));
+        assert!(sqal_ll_b.accepts(&sample(Site::LL, Grade::B)));
+        assert!(!sqal_ll_b.accepts(&sample(Site::LL, Grade::C)));
+        assert!(!sqal_ll_b.accepts(&sample(Site::LS, Grade::APlus)));
+        let device = RealtimeFilters {
+            device_id: Some("ESP32_MT_01".into()),
+            ..Default::default()
+        };
+        assert!(device.accepts(&sample(Site::MT, Grade::C)));
+        assert!(!device.accepts(&sample(Site::LL, Grade::C)));
+    }
+}
