@@ -9,4 +9,5 @@ pub mod instance;
 pub mod intake;
 pub mod producer;
 pub mod run;
+pub mod simulate;
 pub mod telemetry;

@@ -1,13 +1,16 @@
 //! `gaveurs`: the realtime pipeline of a foie-gras production system.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use gaveurs_pipeline::config::Config;
+use gaveurs_pipeline::simulate::{self, Destination, SimulateOptions};
 use gaveurs_pipeline::{run, telemetry};
 
-/// Realtime pipeline for foie-gras production: MQTT in, durable log, Parquet out.
+/// Realtime pipeline for foie-gras production: MQTT and WebSocket in, durable log, live
+/// WebSocket channels and Parquet out.
 ///
 /// Data and logs go under the working directory by default (`./data`, `./logs`).
 #[derive(Parser)]
@@ -19,16 +22,55 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the pipeline: embedded MQTT listener on 127.0.0.1:1883, HTTP on 127.0.0.1:8000.
+    /// Run the pipeline: embedded MQTT listener on 127.0.0.1:1883, HTTP and WebSockets on
+    /// 127.0.0.1:8000 (/ws/gavage, /ws/sensors/, /ws/gaveur/{id}, /ws/realtime/).
     ///
-    /// Records are acknowledged once fsynced to the durable log and published to Parquet
-    /// under data/parquet/<dataset>/date=…/site=…/ at least every 30 s. SIGINT or SIGTERM
-    /// stops intake, publishes everything accepted and exits 0.
+    /// Records are acknowledged once fsynced to the durable log, pushed live right after
+    /// validation, and published to Parquet under data/parquet/<dataset>/date=…/site=…/ at
+    /// least every 30 s. SIGINT or SIGTERM stops intake, publishes everything accepted and
+    /// exits 0.
     Run {
         /// TOML configuration file; every section is optional. Keys can be overridden from
         /// the environment as GAVEURS_<SECTION>__<KEY>.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Also run the built-in simulator, so data flows: 6 lots of 3 gaveurs (4 meals/s)
+        /// and 3 SQAL stations (one sample every 2 s). Without it, `run` never makes records.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Publish realistic records to a running pipeline: gavage lots meal by meal (two meals a
+    /// day over 11–14 days, rising doses, weights, deaths, barn climate), their outcomes, and
+    /// SQAL measurements in the stations' full V3 shape (50–140 KB).
+    Simulate {
+        /// MQTT endpoint to publish to.
+        #[arg(long, default_value = "127.0.0.1:1883", conflicts_with = "ws")]
+        mqtt: SocketAddr,
+        /// Publish to the V3 WebSocket ingest of the pipeline at this HTTP address instead
+        /// (`/ws/gavage`, `/ws/sensors/`).
+        #[arg(long)]
+        ws: Option<SocketAddr>,
+        /// Lots fed at the same time.
+        #[arg(long, default_value_t = 10)]
+        lots: usize,
+        /// Gaveurs owning those lots (gaveur 1 farms at LL, 2 at LS, 3 at MT, …).
+        #[arg(long, default_value_t = 4)]
+        gaveurs: usize,
+        /// SQAL stations.
+        #[arg(long, default_value_t = 3)]
+        devices: usize,
+        /// Gavage records per second.
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+        /// SQAL measurements per second.
+        #[arg(long, default_value_t = 1.0)]
+        sqal_rate: f64,
+        /// Seconds to run; runs until interrupted when absent.
+        #[arg(long)]
+        duration: Option<u64>,
+        /// Random seed, to replay the same data.
+        #[arg(long)]
+        seed: Option<u64>,
     },
     /// Check a configuration file (and GAVEURS_… overrides) and exit non-zero if it is wrong.
     Check {
@@ -53,7 +95,52 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { config } => {
+        Command::Simulate {
+            mqtt,
+            ws,
+            lots,
+            gaveurs,
+            devices,
+            rate,
+            sqal_rate,
+            duration,
+            seed,
+        } => {
+            telemetry::init_console_only();
+            let options = SimulateOptions {
+                destination: match ws {
+                    Some(http) => Destination::WebSocket(http),
+                    None => Destination::Mqtt(mqtt),
+                },
+                lots,
+                gaveurs,
+                devices,
+                rate,
+                sqal_rate,
+                duration: duration.map(std::time::Duration::from_secs),
+                seed: seed.unwrap_or_else(rand::random),
+            };
+            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+            runtime.block_on(async {
+                let stop = tokio_util::sync::CancellationToken::new();
+                let on_signal = stop.clone();
+                tokio::spawn(async move {
+                    let _ = tokio::signal::ctrl_c().await;
+                    on_signal.cancel();
+                });
+                match simulate::run(options, stop).await {
+                    Ok(counters) => {
+                        println!("{}", counters.summary());
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
+        Command::Run { config, demo } => {
             let loaded = match Config::load(config.as_deref()) {
                 Ok(loaded) => loaded,
                 Err(e) => {
@@ -76,7 +163,7 @@ fn main() -> ExitCode {
                 .thread_name("gaveurs")
                 .build()
                 .expect("tokio runtime");
-            match runtime.block_on(run::run(loaded, config)) {
+            match runtime.block_on(run::run(loaded, config, demo)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("gaveurs failed: {e:#}");

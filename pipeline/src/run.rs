@@ -48,7 +48,23 @@ impl Paths {
     }
 }
 
-pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+/// The simulator `gaveurs run --demo` feeds the pipeline with.
+pub fn demo_simulation(
+    destination: crate::simulate::Destination,
+) -> crate::simulate::SimulateOptions {
+    crate::simulate::SimulateOptions {
+        destination,
+        lots: 6,
+        gaveurs: 3,
+        devices: 3,
+        rate: 4.0,
+        sqal_rate: 0.5,
+        duration: None,
+        seed: rand::random(),
+    }
+}
+
+pub async fn run(config: Config, config_path: Option<PathBuf>, demo: bool) -> anyhow::Result<()> {
     let started = Instant::now();
     // Before anything can announce readiness, so an early SIGTERM is a clean stop.
     let stop_signals = StopSignals::install()?;
@@ -204,8 +220,32 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     // One machine-readable line on stdout, for scripts and tests that bind port 0.
     println!("gaveurs ready mqtt={mqtt_text} http={http_addr} instance={instance_id}");
 
+    let simulator_stop = CancellationToken::new();
+    let simulator = demo.then(|| {
+        let destination = match mqtt_addr {
+            Some(addr) => crate::simulate::Destination::Mqtt(addr),
+            None => crate::simulate::Destination::WebSocket(http_addr),
+        };
+        tracing::info!(
+            ?destination,
+            "demo: simulator publishing gavage lots and SQAL samples"
+        );
+        tokio::spawn(crate::simulate::run(
+            demo_simulation(destination),
+            simulator_stop.clone(),
+        ))
+    });
+
     let failure = stop_signals.wait(&wal).await;
     let stopping = Instant::now();
+    if let Some(simulator) = simulator {
+        simulator_stop.cancel();
+        match simulator.await {
+            Ok(Ok(counters)) => tracing::info!("demo simulator stopped: {}", counters.summary()),
+            Ok(Err(e)) => tracing::warn!("demo simulator failed: {e:#}"),
+            Err(e) => tracing::warn!("demo simulator panicked: {e}"),
+        }
+    }
     tracing::info!("gaveurs stopping: no more input");
     shutdown.cancel();
     hub.close_all();

@@ -44,6 +44,17 @@ struct Args {
     /// Print one JSON line instead of text.
     #[arg(long)]
     json: bool,
+    /// Also measure live pushes: open WebSocket clients on this HTTP address's
+    /// `/ws/gaveur/{id}` and report publish → receive latency (receive time − the record's
+    /// timestamp, which is set to the publish time).
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    /// Gaveurs the gavage records are spread over (ids 1..=N), with `--http`.
+    #[arg(long, default_value_t = 10)]
+    gaveurs: i64,
+    /// WebSocket clients per gaveur, with `--http`.
+    #[arg(long, default_value_t = 1)]
+    clients_per_gaveur: usize,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -58,17 +69,30 @@ struct Totals {
     refused: u64,
 }
 
-fn payload(kind: Kind, tag: &str, conn: usize, n: u64) -> (String, Bytes) {
-    match kind {
+fn payload(args: &Args, conn: usize, n: u64) -> (String, Bytes) {
+    let tag = &args.tag;
+    match args.kind {
         Kind::Gavage => {
             let lot = format!("LL{tag}{conn:02}{n:09}");
+            let gaveur = if args.http.is_some() {
+                1 + (n as i64 % args.gaveurs)
+            } else {
+                1
+            };
+            // With live measurement the timestamp is the publish time, in UTC.
+            let timestamp = if args.http.is_some() {
+                chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+            } else {
+                "2026-01-20T18:05:00".to_string()
+            };
             let body = format!(
-                r#"{{"code_lot":"{lot}","gaveur_id":1,"gaveur_nom":"Jean Martin","site":"LL","genetique":"Mulard","jour":{jour},"moment":"soir","dose_theorique":380.0,"dose_reelle":371.5,"poids_moyen":5820.0,"nb_canards_vivants":996,"taux_mortalite":0.4,"temperature_stabule":21.3,"humidite_stabule":63.0,"timestamp":"2026-01-20T18:05:00","pret_abattage":false}}"#,
+                r#"{{"code_lot":"{lot}","gaveur_id":{gaveur},"gaveur_nom":"Jean Martin","site":"LL","genetique":"Mulard","jour":{jour},"moment":"soir","dose_theorique":380.0,"dose_reelle":371.5,"poids_moyen":5820.0,"nb_canards_vivants":996,"taux_mortalite":0.4,"temperature_stabule":21.3,"humidite_stabule":63.0,"timestamp":"{timestamp}","pret_abattage":false}}"#,
                 jour = 1 + n % 14
             );
-            ("gaveurs/LL/1/gavage".into(), Bytes::from(body))
+            (format!("gaveurs/LL/{gaveur}/gavage"), Bytes::from(body))
         }
         Kind::Sqal => {
+            let tag = &args.tag;
             let matrix = |v: u32| {
                 let row = vec![v.to_string(); 8].join(",");
                 format!("[{}]", vec![format!("[{row}]"); 8].join(","))
@@ -122,7 +146,7 @@ async fn producer(args: Arc<Args>, conn: usize, totals: Arc<Mutex<Totals>>, stop
                 }
             }
             let pkid = (n % 65_535) as u16 + 1;
-            let (topic, body) = payload(args.kind, &args.tag, conn, n);
+            let (topic, body) = payload(&args, conn, n);
             writer.publish(&topic, body, 1, pkid, None).unwrap();
             sent_at[pkid as usize] = Some(Instant::now());
             inflight += 1;
@@ -181,6 +205,10 @@ async fn main() {
         acked: 0,
         refused: 0,
     }));
+    let live = match args.http {
+        Some(http) => Some(LiveClients::open(http, args.gaveurs, args.clients_per_gaveur).await),
+        None => None,
+    };
     let started = Instant::now();
     let stop_at = started + Duration::from_secs(args.duration);
     let tasks: Vec<_> = (0..args.connections)
@@ -190,6 +218,10 @@ async fn main() {
         task.await.unwrap();
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let live = match live {
+        Some(live) => Some(live.finish().await),
+        None => None,
+    };
     let totals = totals.lock();
     let h = &totals.latency_us;
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
@@ -203,6 +235,11 @@ async fn main() {
                 "records_per_s": (totals.acked as f64 / elapsed).round(),
                 "ack_p50_ms": ms(0.5), "ack_p99_ms": ms(0.99), "ack_max_ms": h.max() as f64 / 1000.0,
                 "peak_rss_mb": rss,
+                "ws_clients": live.as_ref().map(|l| l.clients),
+                "ws_received": live.as_ref().map(|l| l.received),
+                "ws_latency_p50_ms": live.as_ref().map(|l| l.p50_ms),
+                "ws_latency_p99_ms": live.as_ref().map(|l| l.p99_ms),
+                "ws_closed_slow": live.as_ref().map(|l| l.closed),
             })
         );
     } else {
@@ -221,5 +258,91 @@ async fn main() {
             rss.map(|r| format!("; pipeline peak RSS {r:.0} MB"))
                 .unwrap_or_default()
         );
+    }
+}
+
+/// WebSocket clients on gaveur channels, recording publish → receive latency.
+struct LiveClients {
+    tasks: Vec<tokio::task::JoinHandle<(Histogram<u64>, u64, bool)>>,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+struct LiveSummary {
+    clients: usize,
+    received: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+    closed: usize,
+}
+
+impl LiveClients {
+    async fn open(http: SocketAddr, gaveurs: i64, per_gaveur: usize) -> LiveClients {
+        use futures::StreamExt;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let mut tasks = Vec::new();
+        for gaveur in 1..=gaveurs {
+            for _ in 0..per_gaveur {
+                let (mut socket, _) =
+                    tokio_tungstenite::connect_async(format!("ws://{http}/ws/gaveur/{gaveur}"))
+                        .await
+                        .expect("open a gaveur channel");
+                let stop = stop.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+                    let mut received = 0;
+                    loop {
+                        let message = tokio::select! {
+                            _ = stop.cancelled() => return (latency, received, false),
+                            message = socket.next() => message,
+                        };
+                        let text = match message {
+                            Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text))) => text,
+                            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_)))
+                            | None
+                            | Some(Err(_)) => {
+                                return (latency, received, true);
+                            }
+                            Some(Ok(_)) => continue,
+                        };
+                        let now = chrono::Utc::now();
+                        let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
+                        // `data.timestamp` is the UTC publish time set by this tool.
+                        if let Some(sent) = frame["data"]["timestamp"]
+                            .as_str()
+                            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                        {
+                            let micros = (now - sent.with_timezone(&chrono::Utc))
+                                .num_microseconds()
+                                .unwrap_or(0);
+                            latency.saturating_record(micros.max(1) as u64);
+                            received += 1;
+                        }
+                    }
+                }));
+            }
+        }
+        LiveClients { tasks, stop }
+    }
+
+    async fn finish(self) -> LiveSummary {
+        // Frames still in flight arrive within a moment of the last acknowledgement.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        self.stop.cancel();
+        let clients = self.tasks.len();
+        let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+        let (mut received, mut closed) = (0, 0);
+        for task in self.tasks {
+            let (latency, n, was_closed) = task.await.unwrap();
+            all.add(&latency).unwrap();
+            received += n;
+            closed += usize::from(was_closed);
+        }
+        LiveSummary {
+            clients,
+            received,
+            p50_ms: all.value_at_quantile(0.5) as f64 / 1000.0,
+            p99_ms: all.value_at_quantile(0.99) as f64 / 1000.0,
+            closed,
+        }
     }
 }
