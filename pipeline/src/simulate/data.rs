@@ -219,7 +219,17 @@ impl Farm {
         let bins: Vec<Vec<Vec<u32>>> = (0..8)
             .map(|_| {
                 (0..8)
-                    .map(|_| (0..128).map(|_| rng.random_range(0..4096)).collect())
+                    .map(|_| (0..128).map(|_| rng.random_range(0..16384)).collect())
+                    .collect()
+            })
+            .collect();
+        // Stations also send per-zone analysis profiles of varying length, which is what
+        // makes their messages 50–140 KB.
+        let profile_len = rng.random_range(16..=128);
+        let profiles: Vec<Vec<f64>> = (0..64)
+            .map(|_| {
+                (0..profile_len)
+                    .map(|_| round2(rng.random_range(0.0..1000.0)))
                     .collect()
             })
             .collect();
@@ -251,6 +261,7 @@ impl Farm {
                 "defects": if quality < 0.5 { json!([{"type": "hematome", "severity": "moderate"}]) } else { json!([]) },
             },
             "vl53l8ch_raw": {"bins_matrix": bins, "integration_time_ms": 20},
+            "analysis": {"zone_profiles": profiles, "model": "fusion-v3"},
             "as7341": {
                 "channels": {
                     "F1_415nm": channel(rng, 120.0), "F2_445nm": channel(rng, 340.0),
@@ -323,13 +334,15 @@ mod tests {
             .find(|m| m.jour == 1 && m.moment.as_str() == "matin")
             .unwrap();
         assert_eq!(first_day.dose_theorique, 200.0);
-        let sample = farm.next_sample(chrono::Utc::now()).unwrap();
-        let bytes = sample.body.to_string();
-        assert!(
-            (50_000..=140_000).contains(&bytes.len()),
-            "{} bytes",
-            bytes.len()
-        );
-        SqalSample::decode(bytes.as_bytes()).unwrap();
+        for _ in 0..20 {
+            let sample = farm.next_sample(chrono::Utc::now()).unwrap();
+            let bytes = sample.body.to_string();
+            assert!(
+                (50_000..=140_000).contains(&bytes.len()),
+                "{} bytes",
+                bytes.len()
+            );
+            SqalSample::decode(bytes.as_bytes()).unwrap();
+        }
     }
 }
