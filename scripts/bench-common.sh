@@ -1,6 +1,7 @@
 # Shared by the benchmark scripts: start a fresh release pipeline in $work/<name>, stop it and
 # check that its Parquet output holds exactly the records it acknowledged.
-# Needs $BIN and $work; sets $pid, $mqtt, $http, $run.
+# Needs $BIN and $work; sets $pid, $mqtt, $http, $run, and exports GAVEURS_TOKEN (an admin
+# dev-mode token, which gaveurs-load sends with every record).
 
 start_pipeline() {
   run="$work/$1"; mkdir -p "$run"
@@ -10,6 +11,8 @@ start_pipeline() {
   for _ in $(seq 100); do grep -q "gaveurs ready" "$run/ready.txt" 2>/dev/null && break; sleep 0.1; done
   mqtt=$(sed -n 's/.*mqtt=\([^ ]*\).*/\1/p' "$run/ready.txt")
   http=$(sed -n 's/.*http=\([^ ]*\).*/\1/p' "$run/ready.txt")
+  GAVEURS_TOKEN=$(cd "$run" && "$BIN/gaveurs" token --user admin@euralis.fr --config gaveurs.toml | tail -1)
+  export GAVEURS_TOKEN
 }
 
 stop_pipeline() {

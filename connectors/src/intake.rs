@@ -27,6 +27,9 @@ pub struct RawInput {
     pub provenance: Provenance,
     pub credentials: Credentials,
     pub received_at: DateTime<Utc>,
+    /// When the record was produced to a broker that kept it (Kafka): its token is judged
+    /// as of then, so a backlog read after an outage is not refused as expired.
+    pub produced_at: Option<DateTime<Utc>>,
     /// Set by replays: such records never trigger an SMS.
     pub backfill: bool,
 }
@@ -77,10 +80,28 @@ pub struct Submitted {
     pub durable: DurableTicket,
 }
 
+/// A connection's credentials were refused (MQTT CONNACK 0x86 / 0x04).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadCredentials(pub String);
+
+/// Who is connecting, for the audit log.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionContext<'a> {
+    pub transport: &'a str,
+    pub source: &'a str,
+}
+
 /// What sources need from the pipeline. Implementations must keep the order of durability:
 /// a ticket resolves only after the tickets of every earlier `submit` from the same caller.
 pub trait Intake: Clone + Send + Sync + 'static {
     /// Validates, authorizes and logs one input. Waits (backpressure) while the durable log
     /// is full; never waits for durability itself — that is what the ticket is for.
     fn submit(&self, input: RawInput) -> impl Future<Output = Submitted> + Send;
+
+    /// Checks a token presented when a connection opens (an MQTT CONNECT password).
+    fn authenticate_connection(
+        &self,
+        token: &str,
+        context: ConnectionContext<'_>,
+    ) -> impl Future<Output = Result<(), BadCredentials>> + Send;
 }

@@ -3,5 +3,6 @@
 //! - [`validate`]: size, JSON, the record contract of SPEC §1, and agreement with the topic.
 //! - [`dedup`]: idempotency keys, so a replayed record is stored once.
 
+pub mod auth;
 pub mod dedup;
 pub mod validate;

@@ -28,6 +28,82 @@ pub struct Config {
     pub sites: SitesConfig,
     #[serde(default)]
     pub websocket: WebSocketConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+}
+
+/// How tokens are checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// Zero-setup: a signing key generated once in `data_dir/auth/`, its JWKS served at the
+    /// Keycloak-shaped path on the HTTP port, tokens from `gaveurs token`.
+    #[default]
+    Dev,
+    /// A Keycloak realm.
+    Keycloak,
+}
+
+/// `[auth]`: every record, connection and request needs a verified token (SPEC §6).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `dev` (default) or `keycloak`.
+    #[serde(default)]
+    pub mode: AuthMode,
+    /// The realm URL tokens must name as `iss`, e.g.
+    /// `http://keycloak:8080/realms/gaveurs-production`. Required in keycloak mode; in dev
+    /// mode `http://<[http] listen>/realms/gaveurs-production`.
+    pub issuer: Option<String>,
+    /// A token is for this pipeline when its `aud` or `azp` is one of these.
+    #[serde(default = "default_audience")]
+    pub audience: Vec<String>,
+    /// Where the signing keys are; default `{issuer}/protocol/openid-connect/certs`.
+    pub jwks_url: Option<String>,
+    /// Clock leeway for `exp`, `nbf`, `iat`, seconds (at most 60). Default 30.
+    #[serde(default = "default_leeway_s")]
+    pub leeway_s: u64,
+    /// A record that waited in a broker is judged at its broker timestamp, but not older
+    /// than this many seconds. Default 604800 (7 days).
+    #[serde(default = "default_max_backlog_age_s")]
+    pub max_backlog_age_s: u64,
+    /// Verified tokens kept in memory. Default 10000.
+    #[serde(default = "default_token_cache")]
+    pub token_cache: usize,
+    /// Lifetime of tokens minted by `gaveurs token` in dev mode, seconds. Default 43200 (12 h).
+    #[serde(default = "default_dev_token_ttl_s")]
+    pub dev_token_ttl_s: u64,
+}
+
+fn default_audience() -> Vec<String> {
+    vec!["backend-api".into()]
+}
+fn default_leeway_s() -> u64 {
+    30
+}
+fn default_max_backlog_age_s() -> u64 {
+    7 * 24 * 3600
+}
+fn default_token_cache() -> usize {
+    10_000
+}
+fn default_dev_token_ttl_s() -> u64 {
+    12 * 3600
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            mode: AuthMode::Dev,
+            issuer: None,
+            audience: default_audience(),
+            jwks_url: None,
+            leeway_s: default_leeway_s(),
+            max_backlog_age_s: default_max_backlog_age_s(),
+            token_cache: default_token_cache(),
+            dev_token_ttl_s: default_dev_token_ttl_s(),
+        }
+    }
 }
 
 /// `[websocket]`: live channels.
@@ -343,6 +419,17 @@ impl Config {
         }
         if self.websocket.client_queue == 0 || self.websocket.ping_interval_s == 0 {
             bail!("[websocket] client_queue and ping_interval_s must be at least 1");
+        }
+        if self.auth.mode == AuthMode::Keycloak && self.auth.issuer.is_none() {
+            bail!(
+                "[auth] mode = \"keycloak\" needs `issuer`, e.g. \"http://keycloak:8080/realms/gaveurs-production\""
+            );
+        }
+        if self.auth.leeway_s > 60 {
+            bail!("[auth] leeway_s is at most 60 (got {})", self.auth.leeway_s);
+        }
+        if self.auth.audience.is_empty() {
+            bail!("[auth] audience needs at least one client id, e.g. [\"backend-api\"]");
         }
         if self.mqtt.max_inflight == 0 {
             bail!("[mqtt] max_inflight must be at least 1");

@@ -1,19 +1,23 @@
-//! The operator chain behind every source: validate → dedup → envelope → live push →
-//! durable log.
-//! Sources call [`PipelineIntake::submit`]; the returned ticket resolves when the entry is
-//! fsynced, which is when the producer may be acknowledged.
+//! The operator chain behind every source: authenticate → validate → authorize → dedup →
+//! envelope → live push → durable log. Sources call [`PipelineIntake::submit`]; the returned
+//! ticket resolves when the entry is fsynced, which is when the producer may be acknowledged.
 
 use std::sync::Arc;
 
 use futures::FutureExt;
 use gaveurs_connectors::intake::{
-    DurableTicket, Intake, RawInput, Saved, Submitted, Unavailable, Verdict,
+    BadCredentials, ConnectionContext, DurableTicket, Intake, RawInput, Saved, Submitted,
+    Unavailable, Verdict,
 };
+use gaveurs_operators::auth::audit::{self, AccessContext};
+use gaveurs_operators::auth::permissions::{self, Action, Resource, Scope};
+use gaveurs_operators::auth::{AuthError, Verifier};
 use gaveurs_operators::dedup::DedupIndex;
 use gaveurs_operators::validate::{Validated, Validator};
+use gaveurs_schemas::dead_letter::Rejection;
 use gaveurs_schemas::envelope::Envelope;
-use gaveurs_schemas::records::Record;
-use gaveurs_schemas::{DeadLetter, Event};
+use gaveurs_schemas::records::{Record, SqalSample};
+use gaveurs_schemas::{DeadLetter, Event, Principal};
 use gaveurs_sinks::wal::{Lsn, Wal, WalEntry};
 use gaveurs_sinks::websocket::Hub;
 
@@ -24,29 +28,34 @@ pub struct PipelineIntake {
     inner: Arc<Inner>,
 }
 
+pub struct IntakeParts {
+    pub validator: Validator,
+    pub dedup: DedupIndex,
+    pub wal: Wal,
+    pub hub: Arc<Hub>,
+    pub devices: Arc<DeviceRegistry>,
+    pub verifier: Arc<Verifier>,
+}
+
 struct Inner {
     validator: Validator,
     dedup: DedupIndex,
     wal: Wal,
     hub: Arc<Hub>,
     devices: Arc<DeviceRegistry>,
+    verifier: Arc<Verifier>,
 }
 
 impl PipelineIntake {
-    pub fn new(
-        validator: Validator,
-        dedup: DedupIndex,
-        wal: Wal,
-        hub: Arc<Hub>,
-        devices: Arc<DeviceRegistry>,
-    ) -> Self {
+    pub fn new(parts: IntakeParts) -> Self {
         Self {
             inner: Arc::new(Inner {
-                validator,
-                dedup,
-                wal,
-                hub,
-                devices,
+                validator: parts.validator,
+                dedup: parts.dedup,
+                wal: parts.wal,
+                hub: parts.hub,
+                devices: parts.devices,
+                verifier: parts.verifier,
             }),
         }
     }
@@ -57,16 +66,90 @@ impl Intake for PipelineIntake {
         let inner = self.inner.clone();
         async move { inner.submit(input).await }
     }
+
+    fn authenticate_connection(
+        &self,
+        token: &str,
+        context: ConnectionContext<'_>,
+    ) -> impl Future<Output = Result<(), BadCredentials>> + Send {
+        let inner = self.inner.clone();
+        let token = token.to_string();
+        let source = context.source.to_string();
+        let transport = context.transport.to_string();
+        async move {
+            match inner.verifier.verify(&token, None).await {
+                Ok(verified) => {
+                    audit::authenticated(AccessContext {
+                        resource: &transport,
+                        source: &source,
+                        request_id: "-",
+                        user: Some(verified.principal.display_name()),
+                    });
+                    Ok(())
+                }
+                Err(e) => {
+                    audit::unauthorized(
+                        &e,
+                        AccessContext {
+                            resource: &transport,
+                            source: &source,
+                            request_id: "-",
+                            user: None,
+                        },
+                    );
+                    Err(BadCredentials(e.to_string()))
+                }
+            }
+        }
+    }
 }
 
 impl Inner {
     async fn submit(&self, input: RawInput) -> Submitted {
+        // Nothing is processed without a verified principal.
+        let token = input
+            .credentials
+            .message_token
+            .as_deref()
+            .or(input.credentials.connection_token.as_deref());
+        let principal = match token {
+            None => Err(AuthError::missing()),
+            Some(token) => self
+                .verifier
+                .verify(token, input.produced_at)
+                .await
+                .map(|v| v.principal),
+        };
+        let principal = match principal {
+            Ok(principal) => principal,
+            Err(e) => return self.refuse_auth(e, None, input).await,
+        };
         let validated = self
             .validator
             .validate(&input.route, &input.payload, input.received_at);
         match validated {
-            Ok(Validated::Record(record)) => self.accept(record, input).await,
+            Ok(Validated::Record(record)) => {
+                if let Err(e) = authorize_write(&principal, &record) {
+                    return self.refuse_auth(e, Some(&principal), input).await;
+                }
+                self.accept(record, principal, input).await
+            }
             Ok(Validated::DeviceStatus(status)) => {
+                let site = SqalSample::site_of_device(&status.device_id)
+                    .map(|s| s.as_str().to_string())
+                    .or_else(|| input.route.site.clone());
+                let scope = Scope {
+                    gaveur_id: None,
+                    site: site.as_deref(),
+                };
+                if !permissions::allowed(&principal, Resource::SqalData, Action::Write, scope) {
+                    let e = AuthError::forbidden(format!(
+                        "{} may not report the status of {}",
+                        principal.display_name(),
+                        status.device_id
+                    ));
+                    return self.refuse_auth(e, Some(&principal), input).await;
+                }
                 tracing::debug!(device = %status.device_id, "device status");
                 self.devices.update(status);
                 // Nothing is written, but the answer must not overtake earlier messages.
@@ -79,24 +162,75 @@ impl Inner {
                     "input refused: {}",
                     rejection.message
                 );
-                let dead = DeadLetter::new(
-                    &rejection,
-                    &input.payload,
-                    input.route.target.stream(),
-                    input.route.site.clone(),
-                    input.provenance,
-                    input.received_at,
-                );
-                let verdict = Verdict::Rejected {
-                    reason: rejection.reason,
-                    message: rejection.message,
-                };
-                self.log(WalEntry::DeadLetter(dead), verdict).await
+                self.dead_letter(rejection, Some(&principal), input).await
             }
         }
     }
 
-    async fn accept(&self, record: Record, input: RawInput) -> Submitted {
+    /// A refused token or permission: audit line, dead-letter row, refusal verdict.
+    async fn refuse_auth(
+        &self,
+        error: AuthError,
+        principal: Option<&Principal>,
+        input: RawInput,
+    ) -> Submitted {
+        let rejection = Rejection::new(error.code.reject_reason(), error.to_string());
+        let dead = self.dead_letter_row(&rejection, principal, &input);
+        audit::unauthorized(
+            &error,
+            AccessContext {
+                resource: input.provenance.topic.as_deref().unwrap_or("-"),
+                source: input.provenance.source.as_deref().unwrap_or("-"),
+                request_id: &dead.event_id.to_string(),
+                user: principal.map(|p| p.display_name()),
+            },
+        );
+        let verdict = Verdict::Rejected {
+            reason: rejection.reason,
+            message: rejection.message,
+        };
+        self.log(WalEntry::DeadLetter(dead), verdict).await
+    }
+
+    async fn dead_letter(
+        &self,
+        rejection: Rejection,
+        principal: Option<&Principal>,
+        input: RawInput,
+    ) -> Submitted {
+        let dead = self.dead_letter_row(&rejection, principal, &input);
+        let verdict = Verdict::Rejected {
+            reason: rejection.reason,
+            message: rejection.message,
+        };
+        self.log(WalEntry::DeadLetter(dead), verdict).await
+    }
+
+    fn dead_letter_row(
+        &self,
+        rejection: &Rejection,
+        principal: Option<&Principal>,
+        input: &RawInput,
+    ) -> DeadLetter {
+        DeadLetter {
+            principal_sub: principal.map(|p| p.sub.clone()),
+            ..DeadLetter::new(
+                rejection,
+                &input.payload,
+                input.route.target.stream(),
+                input.route.site.clone(),
+                input.provenance.clone(),
+                input.received_at,
+            )
+        }
+    }
+
+    async fn accept(
+        &self,
+        record: Record,
+        principal: Arc<Principal>,
+        input: RawInput,
+    ) -> Submitted {
         let saved = saved(&record);
         if !self.dedup.first_sighting(record.idempotency_hash()) {
             return self.after_everything_so_far(Verdict::Accepted {
@@ -112,7 +246,7 @@ impl Inner {
                 event_time: record.event_time(),
                 ingest_time: input.received_at,
                 provenance: input.provenance,
-                principal: None,
+                principal: Some(Principal::clone(&principal)),
                 backfill: input.backfill,
             },
             record,
@@ -156,6 +290,45 @@ impl Inner {
             .durable(lsn)
             .map(|r| r.map_err(|_| Unavailable))
             .boxed()
+    }
+}
+
+/// May `principal` write this record? Meals and outcomes are gavage data of their gaveur and
+/// site; samples are SQAL data of their station's site.
+fn authorize_write(principal: &Principal, record: &Record) -> Result<(), AuthError> {
+    let (resource, scope, what) = match record {
+        Record::Gavage(meal) => (
+            Resource::GavageData,
+            Scope {
+                gaveur_id: Some(meal.gaveur_id),
+                site: Some(meal.site.as_str()),
+            },
+            format!("gavage data of gaveur {} at {}", meal.gaveur_id, meal.site),
+        ),
+        Record::LotOutcome(outcome) => (
+            Resource::GavageData,
+            Scope {
+                gaveur_id: Some(outcome.gaveur_id),
+                site: Some(outcome.site.as_str()),
+            },
+            format!("the outcome of gaveur {}'s lot", outcome.gaveur_id),
+        ),
+        Record::Sqal(sample) => (
+            Resource::SqalData,
+            Scope {
+                gaveur_id: None,
+                site: Some(sample.site_code.as_str()),
+            },
+            format!("SQAL data of {}", sample.device_id),
+        ),
+    };
+    if permissions::allowed(principal, resource, Action::Write, scope) {
+        Ok(())
+    } else {
+        Err(AuthError::forbidden(format!(
+            "{} may not write {what}",
+            principal.display_name()
+        )))
     }
 }
 

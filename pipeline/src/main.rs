@@ -29,6 +29,11 @@ enum Command {
     /// validation, and published to Parquet under data/parquet/<dataset>/date=…/site=…/ at
     /// least every 30 s. SIGINT or SIGTERM stops intake, publishes everything accepted and
     /// exits 0.
+    ///
+    /// Every record and every channel needs a JWT. Without `[auth]` the pipeline runs in dev
+    /// mode: it keeps a signing key in data/auth/, serves its JWKS at
+    /// /realms/gaveurs-production/protocol/openid-connect/certs, and `gaveurs token` mints
+    /// tokens for the demo users. `[auth] mode = "keycloak"` verifies Keycloak's tokens.
     Run {
         /// TOML configuration file; every section is optional. Keys can be overridden from
         /// the environment as GAVEURS_<SECTION>__<KEY>.
@@ -71,6 +76,32 @@ enum Command {
         /// Random seed, to replay the same data.
         #[arg(long)]
         seed: Option<u64>,
+        /// Bearer token to publish with. Default: a dev-mode token for `--user`, minted with
+        /// the key of the pipeline running in this working directory (see `--config`).
+        #[arg(long, env = "GAVEURS_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Demo user to mint a dev-mode token for, when no `--token` is given.
+        #[arg(long, default_value = "admin@euralis.fr")]
+        user: String,
+        /// The pipeline's configuration (for dev-mode tokens: data dir, issuer, audience).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Print a dev-mode token for a demo user (run it in the working directory of
+    /// `gaveurs run`, with the same --config). The token is the last word on stdout.
+    ///
+    /// Users: admin@euralis.fr (admin), superviseur@euralis.fr (superviseur),
+    /// jean.martin@gaveur.fr (gaveur 1, site LL), sophie.dubois@gaveur.fr (gaveur 2, site LS),
+    /// tech@sqal.fr (technicien_sqal), gateway-ll@sensors (client role gateway of sensors,
+    /// site LL).
+    Token {
+        #[arg(long)]
+        user: String,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Lifetime in seconds; default `[auth] dev_token_ttl_s` (12 h).
+        #[arg(long)]
+        ttl: Option<u64>,
     },
     /// Check a configuration file (and GAVEURS_… overrides) and exit non-zero if it is wrong.
     Check {
@@ -105,8 +136,23 @@ fn main() -> ExitCode {
             sqal_rate,
             duration,
             seed,
+            token,
+            user,
+            config,
         } => {
             telemetry::init_console_only();
+            let token = match token {
+                Some(token) => token,
+                None => match Config::load(config.as_deref())
+                    .and_then(|c| gaveurs_pipeline::auth::mint_dev_token(&c, &user, None))
+                {
+                    Ok(token) => token,
+                    Err(e) => {
+                        eprintln!("error: no --token, and no dev-mode token for {user}: {e:#}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+            };
             let options = SimulateOptions {
                 destination: match ws {
                     Some(http) => Destination::WebSocket(http),
@@ -119,6 +165,7 @@ fn main() -> ExitCode {
                 sqal_rate,
                 duration: duration.map(std::time::Duration::from_secs),
                 seed: seed.unwrap_or_else(rand::random),
+                token: Some(token),
             };
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
             runtime.block_on(async {
@@ -139,6 +186,26 @@ fn main() -> ExitCode {
                     }
                 }
             })
+        }
+        Command::Token { user, config, ttl } => {
+            telemetry::init_console_only();
+            let minted = Config::load(config.as_deref()).and_then(|c| {
+                gaveurs_pipeline::auth::mint_dev_token(
+                    &c,
+                    &user,
+                    ttl.map(std::time::Duration::from_secs),
+                )
+            });
+            match minted {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Run { config, demo } => {
             let loaded = match Config::load(config.as_deref()) {

@@ -28,7 +28,7 @@ use crate::config::Config;
 use crate::devices::DeviceRegistry;
 use crate::http;
 use crate::instance;
-use crate::intake::PipelineIntake;
+use crate::intake::{IntakeParts, PipelineIntake};
 
 /// Where an instance keeps its files.
 pub struct Paths {
@@ -61,6 +61,7 @@ pub fn demo_simulation(
         sqal_rate: 0.5,
         duration: None,
         seed: rand::random(),
+        token: None,
     }
 }
 
@@ -140,7 +141,22 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, demo: bool) -> an
         ..HubOptions::default()
     });
     let devices = Arc::new(DeviceRegistry::default());
-    let intake = PipelineIntake::new(validator, dedup, wal.clone(), hub.clone(), devices.clone());
+    let (verifier, dev_keys) = crate::auth::verifier(&config).await?;
+    tracing::info!(
+        target: "auth",
+        mode = ?config.auth.mode,
+        issuer = %verifier.settings().issuer,
+        audience = ?config.auth.audience,
+        "token verification ready"
+    );
+    let intake = PipelineIntake::new(IntakeParts {
+        validator,
+        dedup,
+        wal: wal.clone(),
+        hub: hub.clone(),
+        devices: devices.clone(),
+        verifier: verifier.clone(),
+    });
     let shutdown = CancellationToken::new();
     let mut sources = tokio::task::JoinSet::new();
     let mut mqtt_addr: Option<SocketAddr> = None;
@@ -192,6 +208,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, demo: bool) -> an
         intake: intake.clone(),
         hub: hub.clone(),
         devices,
+        verifier,
+        dev_keys,
         ping_every: Duration::from_secs(config.websocket.ping_interval_s),
         shutdown: shutdown.clone(),
         ingest_sockets: ingest_sockets.clone(),
@@ -228,12 +246,16 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, demo: bool) -> an
         };
         tracing::info!(
             ?destination,
-            "demo: simulator publishing gavage lots and SQAL samples"
+            "demo: simulator publishing gavage lots and SQAL samples as admin@euralis.fr"
         );
-        tokio::spawn(crate::simulate::run(
-            demo_simulation(destination),
-            simulator_stop.clone(),
-        ))
+        let mut options = demo_simulation(destination);
+        match crate::auth::mint_dev_token(&config, "admin@euralis.fr", None) {
+            Ok(token) => options.token = Some(token),
+            Err(e) => tracing::warn!(
+                "demo: no token for the simulator ({e:#}); its records will be refused"
+            ),
+        }
+        tokio::spawn(crate::simulate::run(options, simulator_stop.clone()))
     });
 
     let failure = stop_signals.wait(&wal).await;

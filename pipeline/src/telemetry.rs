@@ -1,9 +1,13 @@
-//! Logging set-up: the console (standard error) and `logs/main.log`.
+//! Logging set-up: the console (standard error), `logs/main.log`, and `logs/audit.log` for
+//! the auth operator's audit events (target `audit`: refusals, token validations,
+//! authenticated connections).
 
 use std::path::Path;
 
+use tracing::Level;
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -11,21 +15,33 @@ use crate::config::LogsConfig;
 
 /// Keeps the non-blocking writers alive; dropping it flushes them.
 pub struct LogGuard {
-    _file: WorkerGuard,
+    _main: WorkerGuard,
+    _audit: WorkerGuard,
+}
+
+fn append(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
 }
 
 pub fn init(config: &LogsConfig) -> anyhow::Result<LogGuard> {
     std::fs::create_dir_all(&config.dir)?;
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(config.dir.join("main.log"))?;
-    let (file_writer, file_guard) = tracing_appender::non_blocking(file);
+    let (main_writer, main_guard) =
+        tracing_appender::non_blocking(append(&config.dir.join("main.log"))?);
+    let (audit_writer, audit_guard) =
+        tracing_appender::non_blocking(append(&config.dir.join("audit.log"))?);
     let filter = || EnvFilter::try_new(&config.level).unwrap_or_else(|_| EnvFilter::new("info"));
     let file_layer = tracing_subscriber::fmt::layer()
         .with_ansi(false)
-        .with_writer(file_writer)
+        .with_writer(main_writer)
         .with_filter(filter());
+    // Audit events are kept whatever the configured level: they are a record, not a diagnostic.
+    let audit_layer = tracing_subscriber::fmt::layer()
+        .with_ansi(false)
+        .with_writer(audit_writer)
+        .with_filter(Targets::new().with_target("audit", Level::INFO));
     let console_layer = config.console.then(|| {
         tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
@@ -33,10 +49,14 @@ pub fn init(config: &LogsConfig) -> anyhow::Result<LogGuard> {
     });
     tracing_subscriber::registry()
         .with(file_layer)
+        .with(audit_layer)
         .with(console_layer)
         .try_init()
         .map_err(|e| anyhow::anyhow!("logging already initialised: {e}"))?;
-    Ok(LogGuard { _file: file_guard })
+    Ok(LogGuard {
+        _main: main_guard,
+        _audit: audit_guard,
+    })
 }
 
 /// For commands that only print (check): warnings to standard error.

@@ -17,8 +17,11 @@ async fn publish_until_broken(
     window: usize,
     progress: watch::Sender<usize>,
     name: String,
+    token: String,
 ) -> (HashSet<String>, HashSet<String>) {
-    let (mut writer, mut reader) = connect(addr, MqttVersion::V5, &name, None).await.unwrap();
+    let (mut writer, mut reader) = connect(addr, MqttVersion::V5, &name, Some(&token))
+        .await
+        .unwrap();
     let mut sent = HashSet::new();
     let mut acked = HashSet::new();
     let mut inflight: HashMap<u16, String> = HashMap::new();
@@ -69,6 +72,7 @@ async fn every_acknowledged_record_survives_sigkill_exactly_once() {
                     256,
                     progress_tx.clone(),
                     format!("R{round}P{p}"),
+                    gaveurs.admin.clone(),
                 ))
             })
             .collect();

@@ -24,12 +24,12 @@ async fn the_demo_feeds_parquet_and_the_live_channels() {
         &["run", "--demo", "--config", config.to_str().unwrap()],
     );
     // Gaveur 1 (jean.martin, LL) owns some of the demo lots.
-    let mut jean = ws_connect(gaveurs.http, "/ws/gaveur/1").await;
+    let mut jean = ws_connect(gaveurs.http, "/ws/gaveur/1", &gaveurs.admin).await;
     let meal = next_json(&mut jean).await;
     assert_eq!(meal["type"], "gavage");
     assert_eq!(meal["data"]["gaveur_id"], 1);
     assert_eq!(meal["data"]["site"], "LL");
-    let mut dashboard = ws_connect(gaveurs.http, "/ws/realtime/").await;
+    let mut dashboard = ws_connect(gaveurs.http, "/ws/realtime/", &gaveurs.admin).await;
     loop {
         if next_json(&mut dashboard).await["type"] == "sensor_update" {
             break;
@@ -45,8 +45,9 @@ async fn the_demo_feeds_parquet_and_the_live_channels() {
     );
 }
 
-fn simulate(args: &[&str]) -> String {
+fn simulate(dir: &std::path::Path, args: &[&str]) -> String {
     let output = Command::new(support::BIN)
+        .current_dir(dir)
         .arg("simulate")
         .args(args)
         .output()
@@ -64,39 +65,49 @@ fn the_simulator_publishes_valid_lots_over_mqtt_and_websocket() {
     let dir = tempfile::tempdir().unwrap();
     let gaveurs = Gaveurs::start(dir.path(), "");
     let mqtt = gaveurs.mqtt().to_string();
-    let summary = simulate(&[
-        "--mqtt",
-        &mqtt,
-        "--lots",
-        "2",
-        "--gaveurs",
-        "2",
-        "--devices",
-        "2",
-        "--rate",
-        "200",
-        "--sqal-rate",
-        "10",
-        "--duration",
-        "3",
-        "--seed",
-        "1",
-    ]);
+    let summary = simulate(
+        dir.path(),
+        &[
+            "--token",
+            &gaveurs.admin,
+            "--mqtt",
+            &mqtt,
+            "--lots",
+            "2",
+            "--gaveurs",
+            "2",
+            "--devices",
+            "2",
+            "--rate",
+            "200",
+            "--sqal-rate",
+            "10",
+            "--duration",
+            "3",
+            "--seed",
+            "1",
+        ],
+    );
     let http = gaveurs.http.to_string();
-    let over_ws = simulate(&[
-        "--ws",
-        &http,
-        "--lots",
-        "2",
-        "--rate",
-        "50",
-        "--sqal-rate",
-        "5",
-        "--duration",
-        "2",
-        "--seed",
-        "2",
-    ]);
+    let over_ws = simulate(
+        dir.path(),
+        &[
+            "--token",
+            &gaveurs.admin,
+            "--ws",
+            &http,
+            "--lots",
+            "2",
+            "--rate",
+            "50",
+            "--sqal-rate",
+            "5",
+            "--duration",
+            "2",
+            "--seed",
+            "2",
+        ],
+    );
     let root = gaveurs.parquet_root();
     gaveurs.stop_cleanly();
     let count = |summary: &str, what: &str| -> u64 {

@@ -60,7 +60,7 @@ async fn records_through_mosquitto_reach_parquet_and_bad_ones_the_dlq() {
     ));
     messages.push(("gaveurs/LS/2/gavage".into(), b"not json".to_vec(), 1));
     // Mosquitto acknowledges on receipt; the pipeline's own acknowledgement goes to Mosquitto.
-    let codes = publish_each(mosquitto.addr(), MqttVersion::V5, &messages).await;
+    let codes = publish_each(mosquitto.addr(), MqttVersion::V5, &gaveurs.admin, &messages).await;
     assert!(codes.iter().all(|c| *c == 0));
     let root = gaveurs.parquet_root();
     support::eventually(Duration::from_secs(30), "50 meals in parquet", || {
@@ -87,8 +87,12 @@ async fn the_broker_redelivers_what_a_killed_pipeline_never_acknowledged() {
     // A producer publishing while the pipeline is killed in the middle of the stream.
     let producer = {
         let addr = mosquitto.addr();
-        tokio::spawn(async move { publish_each(addr, MqttVersion::V5, &meals(0, 600)).await })
+        let token = gaveurs.admin.clone();
+        tokio::spawn(
+            async move { publish_each(addr, MqttVersion::V5, &token, &meals(0, 600)).await },
+        )
     };
+    let token = gaveurs.admin.clone();
     let root = gaveurs.parquet_root();
     support::eventually(Duration::from_secs(30), "some meals published", || {
         Some(()).filter(|_| !lot_counts(&root).is_empty())
@@ -96,7 +100,7 @@ async fn the_broker_redelivers_what_a_killed_pipeline_never_acknowledged() {
     gaveurs.kill9();
     producer.await.unwrap();
     // While it is down, more arrive; the persistent session queues them.
-    publish_each(mosquitto.addr(), MqttVersion::V311, &meals(600, 700)).await;
+    publish_each(mosquitto.addr(), MqttVersion::V5, &token, &meals(600, 700)).await;
 
     let gaveurs = Gaveurs::start(dir.path(), &config);
     support::eventually(Duration::from_secs(60), "all 700 meals", || {

@@ -19,6 +19,7 @@ async fn v5_and_v311_records_reach_parquet_field_by_field() {
     let v5 = publish_each(
         mqtt,
         MqttVersion::V5,
+        &gaveurs.admin,
         &[
             msg("gaveurs/LL/1/gavage", &full, 1),
             msg(
@@ -38,6 +39,7 @@ async fn v5_and_v311_records_reach_parquet_field_by_field() {
     let v311 = publish_each(
         mqtt,
         MqttVersion::V311,
+        &gaveurs.admin,
         &[msg(
             "gaveurs/MT/7/gavage",
             &records::meal("MT2601007", 7, "MT", 1, "matin"),
@@ -149,6 +151,7 @@ async fn every_bad_input_is_dead_lettered_with_its_reason_and_the_connection_sta
     let v5 = publish_each(
         mqtt,
         MqttVersion::V5,
+        &gaveurs.admin,
         &[
             ("gaveurs/LL/1/gavage".into(), b"{not json".to_vec(), 1),
             msg("gaveurs/LL/1/gavage", &empty_lot, 1),
@@ -165,6 +168,7 @@ async fn every_bad_input_is_dead_lettered_with_its_reason_and_the_connection_sta
     let v311 = publish_each(
         mqtt,
         MqttVersion::V311,
+        &gaveurs.admin,
         &[("gaveurs/LL/1/gavage".into(), b"[1,2".to_vec(), 1)],
     )
     .await;
@@ -173,6 +177,7 @@ async fn every_bad_input_is_dead_lettered_with_its_reason_and_the_connection_sta
     let again = publish_each(
         mqtt,
         MqttVersion::V5,
+        &gaveurs.admin,
         &[msg(
             "gaveurs/LL/1/gavage",
             &records::meal("LL1", 1, "LL", 2, "matin"),
@@ -242,6 +247,7 @@ async fn a_duplicate_is_stored_once_even_across_restarts() {
     let codes = publish_each(
         gaveurs.mqtt(),
         MqttVersion::V5,
+        &gaveurs.admin,
         &[
             msg("gaveurs/LL/1/gavage", &meal, 1),
             msg("gaveurs/LL/1/gavage", &corrected, 1),
@@ -258,6 +264,7 @@ async fn a_duplicate_is_stored_once_even_across_restarts() {
     let codes = publish_each(
         gaveurs.mqtt(),
         MqttVersion::V311,
+        &gaveurs.admin,
         &[msg("gaveurs/LL/1/gavage", &meal, 1)],
     )
     .await;
@@ -277,9 +284,14 @@ async fn subscriptions_are_refused_and_pings_answered() {
     use gaveurs_pipeline::producer::{ServerPacket, connect};
     let dir = tempfile::tempdir().unwrap();
     let gaveurs = Gaveurs::start(dir.path(), "");
-    let (mut writer, mut reader) = connect(gaveurs.mqtt(), MqttVersion::V311, "sub", None)
-        .await
-        .unwrap();
+    let (mut writer, mut reader) = connect(
+        gaveurs.mqtt(),
+        MqttVersion::V311,
+        "sub",
+        Some(&gaveurs.admin),
+    )
+    .await
+    .unwrap();
     // SUBSCRIBE pkid 9 to "a/b" at QoS 1, then PINGREQ.
     let mut raw = vec![0x82, 8, 0, 9, 0, 3, b'a', b'/', b'b', 1];
     raw.extend_from_slice(&[0xC0, 0]);

@@ -12,9 +12,14 @@ use support::{Gaveurs, read_rows, records};
 async fn sigterm_publishes_everything_acknowledged_and_says_goodbye() {
     let dir = tempfile::tempdir().unwrap();
     let gaveurs = Gaveurs::start(dir.path(), "");
-    let (mut writer, mut reader) = connect(gaveurs.mqtt(), MqttVersion::V5, "steady", None)
-        .await
-        .unwrap();
+    let (mut writer, mut reader) = connect(
+        gaveurs.mqtt(),
+        MqttVersion::V5,
+        "steady",
+        Some(&gaveurs.admin),
+    )
+    .await
+    .unwrap();
     let (acked_tx, mut acked_rx) = tokio::sync::watch::channel(0usize);
     let consumer = tokio::spawn(async move {
         let mut acked = HashSet::new();

@@ -18,13 +18,14 @@ fn msg(topic: &str, value: &Value) -> (String, Vec<u8>, u8) {
 async fn an_mqtt_record_reaches_its_gaveur_only_and_ws_ingest_answers_like_v3() {
     let dir = tempfile::tempdir().unwrap();
     let gaveurs = Gaveurs::start(dir.path(), "");
-    let mut jean = ws_connect(gaveurs.http, "/ws/gaveur/1").await;
-    let mut sophie = ws_connect(gaveurs.http, "/ws/gaveur/2").await;
+    let mut jean = ws_connect(gaveurs.http, "/ws/gaveur/1", &gaveurs.admin).await;
+    let mut sophie = ws_connect(gaveurs.http, "/ws/gaveur/2", &gaveurs.admin).await;
 
     let meal = records::meal("LL2601001", 1, "LL", 4, "matin");
     publish_each(
         gaveurs.mqtt(),
         MqttVersion::V5,
+        &gaveurs.admin,
         &[msg("gaveurs/LL/1/gavage", &meal)],
     )
     .await;
@@ -40,6 +41,7 @@ async fn an_mqtt_record_reaches_its_gaveur_only_and_ws_ingest_answers_like_v3() 
     publish_each(
         gaveurs.mqtt(),
         MqttVersion::V311,
+        &gaveurs.admin,
         &[msg("gaveurs/LS/2/gavage", &hers)],
     )
     .await;
@@ -47,7 +49,7 @@ async fn an_mqtt_record_reaches_its_gaveur_only_and_ws_ingest_answers_like_v3() 
     assert_eq!(pushed["data"]["code_lot"], "LS2601002");
 
     // The same kind of record over the V3 ingest path.
-    let mut station = ws_connect(gaveurs.http, "/ws/gavage").await;
+    let mut station = ws_connect(gaveurs.http, "/ws/gavage", &gaveurs.admin).await;
     assert_eq!(
         next_json(&mut station).await["type"],
         "connection_established"
@@ -90,7 +92,7 @@ async fn an_mqtt_record_reaches_its_gaveur_only_and_ws_ingest_answers_like_v3() 
 async fn sensors_socket_speaks_the_station_protocol() {
     let dir = tempfile::tempdir().unwrap();
     let gaveurs = Gaveurs::start(dir.path(), "");
-    let mut station = ws_connect(gaveurs.http, "/ws/sensors/").await;
+    let mut station = ws_connect(gaveurs.http, "/ws/sensors/", &gaveurs.admin).await;
     assert_eq!(
         next_json(&mut station).await["type"],
         "connection_established"
@@ -134,7 +136,8 @@ async fn sensors_socket_speaks_the_station_protocol() {
             .starts_with("vl53l8ch.distance_matrix"),
         "{error}"
     );
-    let (status, devices) = support::http_get(gaveurs.http, "/api/v1/devices").await;
+    let (status, devices) =
+        support::http_get_as(gaveurs.http, "/api/v1/devices", &gaveurs.admin).await;
     assert_eq!(status, 200);
     let devices: Value = serde_json::from_str(&devices).unwrap();
     assert_eq!(devices[0]["device_id"], "ESP32_LL_01");
@@ -154,7 +157,7 @@ async fn producers_that_never_read_or_reconnect_per_message_do_not_hurt() {
     let dir = tempfile::tempdir().unwrap();
     let gaveurs = Gaveurs::start(dir.path(), "[storage]\nroll_interval_s = 1\n");
     // Sends 3000 records and never reads a reply.
-    let mut deaf = ws_connect(gaveurs.http, "/ws/gavage").await;
+    let mut deaf = ws_connect(gaveurs.http, "/ws/gavage", &gaveurs.admin).await;
     for n in 0..3000 {
         send_json(
             &mut deaf,
@@ -164,7 +167,7 @@ async fn producers_that_never_read_or_reconnect_per_message_do_not_hurt() {
     }
     // One connection per message, closed without reading.
     for n in 0..50 {
-        let mut once = ws_connect(gaveurs.http, "/ws/gavage").await;
+        let mut once = ws_connect(gaveurs.http, "/ws/gavage", &gaveurs.admin).await;
         send_json(
             &mut once,
             &records::meal(&format!("LLO{n:05}"), 1, "LL", 1, "soir"),
@@ -173,7 +176,7 @@ async fn producers_that_never_read_or_reconnect_per_message_do_not_hurt() {
         drop(once);
     }
     // A well-behaved station still gets its answer.
-    let mut polite = ws_connect(gaveurs.http, "/ws/gavage").await;
+    let mut polite = ws_connect(gaveurs.http, "/ws/gavage", &gaveurs.admin).await;
     next_json(&mut polite).await;
     send_json(&mut polite, &records::meal("LLP00001", 1, "LL", 2, "matin")).await;
     assert_eq!(next_json(&mut polite).await["status"], "saved");
@@ -201,8 +204,8 @@ async fn producers_that_never_read_or_reconnect_per_message_do_not_hurt() {
 async fn a_slow_channel_client_is_closed_with_1013_and_others_keep_receiving() {
     let dir = tempfile::tempdir().unwrap();
     let gaveurs = Gaveurs::start(dir.path(), "[websocket]\nclient_queue = 1024\n");
-    let mut slow = ws_connect(gaveurs.http, "/ws/gaveur/1").await;
-    let fast = ws_connect(gaveurs.http, "/ws/gaveur/1").await;
+    let mut slow = ws_connect(gaveurs.http, "/ws/gaveur/1", &gaveurs.admin).await;
+    let fast = ws_connect(gaveurs.http, "/ws/gaveur/1", &gaveurs.admin).await;
     const N: usize = 8000;
     let reader = tokio::spawn(async move {
         let mut fast = fast;
@@ -215,9 +218,14 @@ async fn a_slow_channel_client_is_closed_with_1013_and_others_keep_receiving() {
     });
     // Big frames (a long name), so the slow client's socket buffers fill up quickly.
     let name = "Jean Martin ".repeat(200);
-    let (mut writer, mut acks) = connect(gaveurs.mqtt(), MqttVersion::V5, "burst", None)
-        .await
-        .unwrap();
+    let (mut writer, mut acks) = connect(
+        gaveurs.mqtt(),
+        MqttVersion::V5,
+        "burst",
+        Some(&gaveurs.admin),
+    )
+    .await
+    .unwrap();
     let mut inflight = 0;
     for n in 0..N {
         let mut meal = records::meal(&format!("LLF{n:05}"), 1, "LL", 1, "matin");
@@ -279,10 +287,11 @@ async fn resuming_with_since_delivers_exactly_the_missed_messages() {
             &records::meal("MT2603003", 3, "MT", jour, "matin"),
         )
     };
-    let mut client = ws_connect(gaveurs.http, "/ws/gaveur/3").await;
+    let mut client = ws_connect(gaveurs.http, "/ws/gaveur/3", &gaveurs.admin).await;
     publish_each(
         gaveurs.mqtt(),
         MqttVersion::V5,
+        &gaveurs.admin,
         &(1..=5).map(lot).collect::<Vec<_>>(),
     )
     .await;
@@ -296,17 +305,23 @@ async fn resuming_with_since_delivers_exactly_the_missed_messages() {
     publish_each(
         gaveurs.mqtt(),
         MqttVersion::V5,
+        &gaveurs.admin,
         &(6..=9).map(lot).collect::<Vec<_>>(),
     )
     .await;
-    let mut client = ws_connect(gaveurs.http, &format!("/ws/gaveur/3?since={last}")).await;
+    let mut client = ws_connect(
+        gaveurs.http,
+        &format!("/ws/gaveur/3?since={last}"),
+        &gaveurs.admin,
+    )
+    .await;
     for jour in 6..=9 {
         let frame = next_json(&mut client).await;
         assert_eq!(frame["data"]["jour"], jour);
         assert_eq!(frame["seq"].as_u64().unwrap(), last + (jour as u64 - 5));
     }
     // Then live, with no repeat in between.
-    publish_each(gaveurs.mqtt(), MqttVersion::V5, &[lot(10)]).await;
+    publish_each(gaveurs.mqtt(), MqttVersion::V5, &gaveurs.admin, &[lot(10)]).await;
     let frame = next_json(&mut client).await;
     assert_eq!(frame["data"]["jour"], 10);
     assert_eq!(frame["seq"].as_u64().unwrap(), last + 5);
@@ -317,8 +332,8 @@ async fn resuming_with_since_delivers_exactly_the_missed_messages() {
 async fn dashboards_filter_what_they_receive() {
     let dir = tempfile::tempdir().unwrap();
     let gaveurs = Gaveurs::start(dir.path(), "");
-    let mut filtered = ws_connect(gaveurs.http, "/ws/realtime/").await;
-    let mut everything = ws_connect(gaveurs.http, "/ws/realtime/").await;
+    let mut filtered = ws_connect(gaveurs.http, "/ws/realtime/", &gaveurs.admin).await;
+    let mut everything = ws_connect(gaveurs.http, "/ws/realtime/", &gaveurs.admin).await;
     assert_eq!(
         next_json(&mut filtered).await["type"],
         "connection_established"
@@ -337,6 +352,7 @@ async fn dashboards_filter_what_they_receive() {
     publish_each(
         gaveurs.mqtt(),
         MqttVersion::V5,
+        &gaveurs.admin,
         &[
             msg(
                 "gaveurs/LL/1/gavage",
@@ -395,6 +411,7 @@ async fn dashboards_filter_what_they_receive() {
     publish_each(
         gaveurs.mqtt(),
         MqttVersion::V5,
+        &gaveurs.admin,
         &[
             msg(
                 "sqal/LL/ESP32_LL_01/measurements",

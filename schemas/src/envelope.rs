@@ -98,14 +98,35 @@ pub struct Principal {
     pub sub: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
+    /// Realm roles (`admin`, `superviseur`, `gaveur`, `technicien_sqal`, `consommateur`).
     #[serde(default)]
     pub roles: Vec<String>,
+    /// Client roles by client id, e.g. `sensors` → `[gateway]`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub client_roles: std::collections::BTreeMap<String, Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gaveur_id: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub site_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub organization: Option<String>,
+}
+
+impl Principal {
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+
+    pub fn has_client_role(&self, client: &str, role: &str) -> bool {
+        self.client_roles
+            .get(client)
+            .is_some_and(|roles| roles.iter().any(|r| r == role))
+    }
+
+    /// `preferred_username`, else `sub`: who to name in logs.
+    pub fn display_name(&self) -> &str {
+        self.username.as_deref().unwrap_or(&self.sub)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

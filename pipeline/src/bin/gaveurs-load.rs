@@ -55,6 +55,11 @@ struct Args {
     /// WebSocket clients per gaveur, with `--http`.
     #[arg(long, default_value_t = 1)]
     clients_per_gaveur: usize,
+    /// Bearer token sent with every PUBLISH (MQTT 5 user property `authorization`) and on
+    /// the WebSocket clients' URL, e.g. `$(gaveurs token --user admin@euralis.fr)`. Without
+    /// one the pipeline refuses every record.
+    #[arg(long, env = "GAVEURS_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -147,7 +152,9 @@ async fn producer(args: Arc<Args>, conn: usize, totals: Arc<Mutex<Totals>>, stop
             }
             let pkid = (n % 65_535) as u16 + 1;
             let (topic, body) = payload(&args, conn, n);
-            writer.publish(&topic, body, 1, pkid, None).unwrap();
+            writer
+                .publish(&topic, body, 1, pkid, args.token.as_deref())
+                .unwrap();
             sent_at[pkid as usize] = Some(Instant::now());
             inflight += 1;
             n += 1;
@@ -206,7 +213,15 @@ async fn main() {
         refused: 0,
     }));
     let live = match args.http {
-        Some(http) => Some(LiveClients::open(http, args.gaveurs, args.clients_per_gaveur).await),
+        Some(http) => Some(
+            LiveClients::open(
+                http,
+                args.gaveurs,
+                args.clients_per_gaveur,
+                args.token.as_deref(),
+            )
+            .await,
+        ),
         None => None,
     };
     let started = Instant::now();
@@ -276,16 +291,23 @@ struct LiveSummary {
 }
 
 impl LiveClients {
-    async fn open(http: SocketAddr, gaveurs: i64, per_gaveur: usize) -> LiveClients {
+    async fn open(
+        http: SocketAddr,
+        gaveurs: i64,
+        per_gaveur: usize,
+        token: Option<&str>,
+    ) -> LiveClients {
         use futures::StreamExt;
         let stop = tokio_util::sync::CancellationToken::new();
         let mut tasks = Vec::new();
         for gaveur in 1..=gaveurs {
             for _ in 0..per_gaveur {
-                let (mut socket, _) =
-                    tokio_tungstenite::connect_async(format!("ws://{http}/ws/gaveur/{gaveur}"))
-                        .await
-                        .expect("open a gaveur channel");
+                let (mut socket, _) = tokio_tungstenite::connect_async(format!(
+                    "ws://{http}/ws/gaveur/{gaveur}?token={}",
+                    token.unwrap_or_default()
+                ))
+                .await
+                .expect("open a gaveur channel");
                 let stop = stop.clone();
                 tasks.push(tokio::spawn(async move {
                     let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();

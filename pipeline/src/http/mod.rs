@@ -1,20 +1,28 @@
-//! The HTTP server: health, the WebSocket ingest and live channels.
+//! The HTTP server: health, the dev-mode JWKS, the API, the WebSocket ingest and live
+//! channels. Every response carries the security headers and an `X-Request-ID`.
 
+mod access;
 mod ws;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use gaveurs_operators::auth::Verifier;
+use gaveurs_operators::auth::dev::DevKeys;
+use gaveurs_operators::auth::permissions::{Action, Resource, Scope};
 use gaveurs_sinks::wal::Wal;
 use gaveurs_sinks::websocket::Hub;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+pub use access::RequestId;
 
 use crate::devices::DeviceRegistry;
 use crate::intake::PipelineIntake;
@@ -28,6 +36,9 @@ pub struct AppState {
     pub intake: PipelineIntake,
     pub hub: Arc<Hub>,
     pub devices: Arc<DeviceRegistry>,
+    pub verifier: Arc<Verifier>,
+    /// Dev mode: the keys whose JWKS is served at the Keycloak-shaped path.
+    pub dev_keys: Option<Arc<DevKeys>>,
     pub ping_every: Duration,
     /// Stops the WebSocket ingest at shutdown.
     pub shutdown: CancellationToken,
@@ -39,6 +50,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
+        .route(&crate::auth::jwks_path(), get(jwks))
         .route("/api/v1/devices", get(devices))
         .route("/ws/gavage", get(ws::gavage_ingest))
         .route("/ws/sensors/", get(ws::sensors_ingest))
@@ -46,7 +58,45 @@ pub fn router(state: AppState) -> Router {
         .route("/ws/gaveur/{gaveur_id}", get(ws::gaveur_channel))
         .route("/ws/realtime/", get(ws::realtime))
         .route("/ws/realtime", get(ws::realtime))
+        .layer(axum::middleware::from_fn(security_headers))
         .with_state(Arc::new(state))
+}
+
+const SECURITY_HEADERS: [(&str, &str); 6] = [
+    (
+        "strict-transport-security",
+        "max-age=31536000; includeSubDomains",
+    ),
+    ("x-frame-options", "DENY"),
+    ("x-content-type-options", "nosniff"),
+    (
+        "content-security-policy",
+        "default-src 'none'; frame-ancestors 'none'",
+    ),
+    ("referrer-policy", "no-referrer"),
+    (
+        "permissions-policy",
+        "camera=(), microphone=(), geolocation=(), payment=()",
+    ),
+];
+
+/// Adds the SPEC's security headers and an `X-Request-ID` (the caller's, when it sent a sane
+/// one) to every response, and makes the id available to handlers for their audit lines.
+async fn security_headers(mut request: Request, next: Next) -> Response {
+    let request_id = RequestId::from_headers(request.headers());
+    request.extensions_mut().insert(request_id.clone());
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    for (name, value) in SECURITY_HEADERS {
+        headers.insert(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
+    }
+    if let Ok(value) = HeaderValue::from_str(&request_id.0) {
+        headers.insert(HeaderName::from_static("x-request-id"), value);
+    }
+    response
 }
 
 async fn live() -> impl IntoResponse {
@@ -73,6 +123,34 @@ async fn ready(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     }
 }
 
-async fn devices(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    axum::Json(state.devices.snapshot())
+async fn jwks(State(state): State<Arc<AppState>>) -> Response {
+    match &state.dev_keys {
+        Some(keys) => (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            keys.jwks().to_string(),
+        )
+            .into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            "keys are served by Keycloak in keycloak mode",
+        )
+            .into_response(),
+    }
+}
+
+/// Station status, for superviseurs and SQAL technicians.
+async fn devices(
+    State(state): State<Arc<AppState>>,
+    access: access::Access,
+) -> Result<impl IntoResponse, access::Forbidden> {
+    access.require(Resource::SqalData, Action::Read, Scope::default())?;
+    Ok(axum::Json(state.devices.snapshot()))
+}
+
+pub(crate) fn bearer_from_headers(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| gaveurs_operators::auth::bearer(v).to_string())
+        .filter(|t| !t.is_empty())
 }

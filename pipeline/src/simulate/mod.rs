@@ -41,6 +41,8 @@ pub struct SimulateOptions {
     /// Stop after this long; `None` runs until stopped.
     pub duration: Option<Duration>,
     pub seed: u64,
+    /// Bearer token the records are published with (MQTT 5 user property, WebSocket header).
+    pub token: Option<String>,
 }
 
 /// What was published and how the pipeline answered.
@@ -66,7 +68,12 @@ pub async fn run(
         options.devices,
         chrono::Utc::now().date_naive(),
     );
-    let mut sink = Publisher::connect(&options.destination, counters.clone()).await?;
+    let mut sink = Publisher::connect(
+        &options.destination,
+        options.token.clone(),
+        counters.clone(),
+    )
+    .await?;
     let started = Instant::now();
     let deadline = options.duration.map(|d| started + d);
     let interval = |rate: f64| (rate > 0.0).then(|| Duration::from_secs_f64(1.0 / rate));
@@ -106,6 +113,7 @@ enum Publisher {
         writer: ProducerWriter,
         window: Arc<Semaphore>,
         pkid: u16,
+        token: Option<String>,
         reader: tokio::task::JoinHandle<()>,
     },
     WebSocket {
@@ -123,6 +131,7 @@ type WsSink = futures::stream::SplitSink<
 impl Publisher {
     async fn connect(
         destination: &Destination,
+        token: Option<String>,
         counters: Arc<Counters>,
     ) -> anyhow::Result<Publisher> {
         match destination {
@@ -152,14 +161,20 @@ impl Publisher {
                     writer,
                     window,
                     pkid: 0,
+                    token,
                     reader,
                 })
             }
             Destination::WebSocket(http) => {
                 let mut readers = Vec::new();
+                // `?token=` is how V3 stations authenticate: only their URL changed.
+                let query = token
+                    .as_deref()
+                    .map(|t| format!("?token={t}"))
+                    .unwrap_or_default();
                 let mut open = async |path: &str| -> anyhow::Result<WsSink> {
                     let (socket, _) =
-                        tokio_tungstenite::connect_async(format!("ws://{http}{path}"))
+                        tokio_tungstenite::connect_async(format!("ws://{http}{path}{query}"))
                             .await
                             .with_context(|| format!("cannot open ws://{http}{path}"))?;
                     let (sink, mut stream) = socket.split();
@@ -200,11 +215,12 @@ impl Publisher {
                 writer,
                 window,
                 pkid,
+                token,
                 ..
             } => {
                 window.acquire().await?.forget();
                 *pkid = pkid.checked_add(1).unwrap_or(1);
-                writer.publish(&out.topic, payload.into(), 1, *pkid, None)?;
+                writer.publish(&out.topic, payload.into(), 1, *pkid, token.as_deref())?;
                 writer.flush().await.context("MQTT connection lost")?;
             }
             Publisher::WebSocket {

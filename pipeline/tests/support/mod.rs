@@ -23,6 +23,9 @@ pub struct Gaveurs {
     pub mqtt: Option<SocketAddr>,
     pub http: SocketAddr,
     pub instance: String,
+    /// A dev-mode token of admin@euralis.fr, who may write everything.
+    pub admin: String,
+    config: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -99,13 +102,60 @@ impl Gaveurs {
                 .unwrap()
                 .to_string()
         };
-        Gaveurs {
+        let config = args
+            .windows(2)
+            .find(|w| w[0] == "--config")
+            .map(|w| PathBuf::from(w[1]));
+        let mut gaveurs = Gaveurs {
             dir: dir.to_path_buf(),
             mqtt: field("mqtt").parse().ok(),
             http: field("http").parse().unwrap(),
             instance: field("instance"),
+            admin: String::new(),
+            config,
             child: Some(child),
+        };
+        if args.first() == Some(&"run")
+            && !std::fs::read_to_string(gaveurs.config.as_ref().unwrap())
+                .unwrap_or_default()
+                .contains("keycloak")
+        {
+            gaveurs.admin = gaveurs.token("admin@euralis.fr");
         }
+        gaveurs
+    }
+
+    /// A dev-mode token for a demo user, from `gaveurs token` in the pipeline's directory.
+    pub fn token(&self, email: &str) -> String {
+        self.mint(email, &[])
+    }
+
+    /// A dev-mode token that expires `ttl_s` seconds from now.
+    pub fn token_with_ttl(&self, email: &str, ttl_s: u64) -> String {
+        self.mint(email, &["--ttl", &ttl_s.to_string()])
+    }
+
+    fn mint(&self, email: &str, extra: &[&str]) -> String {
+        let mut command = Command::new(BIN);
+        command
+            .current_dir(&self.dir)
+            .args(["token", "--user", email])
+            .args(extra);
+        if let Some(config) = &self.config {
+            command.arg("--config").arg(config);
+        }
+        let output = command.output().unwrap();
+        assert!(
+            output.status.success(),
+            "gaveurs token: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout)
+            .unwrap()
+            .split_whitespace()
+            .last()
+            .expect("the token is the last word")
+            .to_string()
     }
 
     pub fn mqtt(&self) -> SocketAddr {
@@ -314,17 +364,30 @@ pub fn free_port() -> u16 {
 pub async fn publish_each(
     addr: SocketAddr,
     version: gaveurs_pipeline::producer::MqttVersion,
+    token: &str,
     messages: &[(String, Vec<u8>, u8)],
 ) -> Vec<u8> {
-    use gaveurs_pipeline::producer::{ServerPacket, connect};
-    let (mut writer, mut reader) = connect(addr, version, &format!("test-{}", rand_id()), None)
+    use gaveurs_pipeline::producer::{MqttVersion, ServerPacket, connect};
+    // MQTT 5 carries the token on every PUBLISH (it survives a broker); 3.1.1 can only give
+    // it as the CONNECT password, which only the embedded listener reads.
+    let (password, per_message) = match version {
+        MqttVersion::V5 => (None, Some(token)),
+        MqttVersion::V311 => (Some(token), None),
+    };
+    let (mut writer, mut reader) = connect(addr, version, &format!("test-{}", rand_id()), password)
         .await
         .unwrap();
     let mut codes = Vec::new();
     for (n, (topic, payload, qos)) in messages.iter().enumerate() {
         let pkid = (n % 60_000) as u16 + 1;
         writer
-            .publish(topic, bytes::Bytes::from(payload.clone()), *qos, pkid, None)
+            .publish(
+                topic,
+                bytes::Bytes::from(payload.clone()),
+                *qos,
+                pkid,
+                per_message,
+            )
             .unwrap();
         writer.flush().await.unwrap();
         if *qos == 0 {
@@ -373,6 +436,18 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, response.text().await.unwrap())
 }
 
+/// GET `path` with a bearer token: (status, body).
+pub async fn http_get_as(addr: SocketAddr, path: &str, token: &str) -> (u16, String) {
+    let response = reqwest::Client::new()
+        .get(format!("http://{addr}{path}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
 /// Waits until `/health/ready` answers 200.
 pub async fn wait_ready(addr: SocketAddr) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -388,11 +463,13 @@ pub async fn wait_ready(addr: SocketAddr) {
 pub type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// Opens a WebSocket on the pipeline's HTTP port.
-pub async fn ws_connect(http: SocketAddr, path: &str) -> Ws {
-    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{http}{path}"))
-        .await
-        .unwrap_or_else(|e| panic!("connect {path}: {e}"));
+/// Opens a WebSocket on the pipeline's HTTP port, authenticated with `?token=`.
+pub async fn ws_connect(http: SocketAddr, path: &str, token: &str) -> Ws {
+    let separator = if path.contains('?') { '&' } else { '?' };
+    let (ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{http}{path}{separator}token={token}"))
+            .await
+            .unwrap_or_else(|e| panic!("connect {path}: {e}"));
     ws
 }
 
@@ -421,4 +498,32 @@ pub async fn send_json(ws: &mut Ws, value: &Value) {
     ))
     .await
     .unwrap();
+}
+
+/// Reads until the server closes the socket (pings and text skipped, within 15 s): the close
+/// code and reason.
+pub async fn next_close(ws: &mut Ws) -> (u16, String) {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(15), ws.next())
+            .await
+            .expect("closed within 15 s");
+        match message {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                return (u16::from(frame.code), frame.reason.to_string());
+            }
+            Some(Ok(Message::Close(None))) | None => panic!("closed without a code"),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => panic!("socket error before the close frame: {e}"),
+        }
+    }
+}
+
+/// Opens a WebSocket without any token.
+pub async fn ws_connect_anonymous(http: SocketAddr, path: &str) -> Ws {
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{http}{path}"))
+        .await
+        .unwrap_or_else(|e| panic!("connect {path}: {e}"));
+    ws
 }

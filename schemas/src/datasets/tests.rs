@@ -28,6 +28,7 @@ fn envelope(record: &Record) -> Envelope {
             sub: "u-1".into(),
             username: Some("jean".into()),
             roles: vec!["gaveur".into(), "gateway".into()],
+            client_roles: Default::default(),
             gaveur_id: Some(1),
             site_id: Some("LL".into()),
             organization: Some("euralis".into()),

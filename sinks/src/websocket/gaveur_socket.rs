@@ -12,6 +12,7 @@ pub async fn serve_gaveur_channel(
     mut subscription: GaveurSubscription,
     ping_every: Duration,
     on_text: OnText,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
 ) {
     let mut prelude = Vec::new();
     if let Some((since, oldest)) = subscription.gap {
@@ -38,6 +39,7 @@ pub async fn serve_gaveur_channel(
         ping_every,
         on_text,
         closing: subscription.hub.closing(),
+        expires_at,
     }
     .run(socket)
     .await;

@@ -10,7 +10,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::realtime::{RealtimeFilters, RealtimeKind, RealtimeMeta};
+use super::realtime::{RealtimeFilters, RealtimeKind, RealtimeMeta, RealtimeScope};
 
 /// One serialised message, shared by all its receivers.
 #[derive(Debug, Clone)]
@@ -106,6 +106,7 @@ pub(super) struct RealtimeSubscriber {
     pub(super) tx: mpsc::Sender<Frame>,
     pub(super) evicted: CancellationToken,
     pub(super) filters: Arc<Mutex<RealtimeFilters>>,
+    pub(super) scope: RealtimeScope,
 }
 
 pub struct Hub {
@@ -287,7 +288,7 @@ impl Hub {
         };
         let before = subscribers.len();
         subscribers.retain(|s| {
-            if !s.filters.lock().accepts(&meta) {
+            if !s.scope.accepts(&meta) || !s.filters.lock().accepts(&meta) {
                 return true;
             }
             match s.tx.try_send(frame.clone()) {

@@ -15,8 +15,8 @@ mod realtime;
 
 pub use gaveur_socket::serve_gaveur_channel;
 pub use hub::{Frame, GaveurSubscription, Hub, HubOptions};
-pub use pump::OnText;
-pub use realtime::{RealtimeFilters, serve_realtime};
+pub use pump::{CLOSE_FORBIDDEN, CLOSE_UNAUTHORIZED, ClientReply, OnText};
+pub use realtime::{RealtimeFilters, RealtimeScope, serve_realtime};
 
 /// Close code for a client dropped because it reads too slowly ("try again later").
 pub const CLOSE_TOO_SLOW: u16 = 1013;

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Hub;
 use super::hub::RealtimeSubscriber;
-use super::pump::Pump;
+use super::pump::{ClientReply, OnText, Pump};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum RealtimeKind {
@@ -75,10 +75,59 @@ struct ClientMessage {
     filters: Option<RealtimeFilters>,
 }
 
-/// Serves `/ws/realtime/`: `sensor_update` and `gavage_realtime` messages that pass the
-/// client's filters; `subscribe` → `subscribe_ack`, `heartbeat` → `heartbeat_ack`,
-/// `ping` → `pong`.
-pub async fn serve_realtime(socket: WebSocket, hub: Arc<Hub>, ping_every: Duration) {
+/// What a dashboard client may see, from its token: which sites (all when `None`) and
+/// whether gavage data at all (a technicien_sqal sees SQAL only).
+#[derive(Debug, Clone, Default)]
+pub struct RealtimeScope {
+    pub site: Option<String>,
+    pub sqal_only: bool,
+}
+
+impl RealtimeScope {
+    pub(super) fn accepts(&self, meta: &RealtimeMeta) -> bool {
+        !(self.sqal_only && meta.kind != RealtimeKind::Sqal)
+            && self
+                .site
+                .as_deref()
+                .is_none_or(|site| site == meta.site.as_str())
+    }
+}
+
+/// Handles the dashboard's own messages; anything it does not know goes to `fallback`
+/// (authentication renewals, for instance).
+fn dashboard_messages(filters: Arc<Mutex<RealtimeFilters>>, mut fallback: OnText) -> OnText {
+    Box::new(move |text: String| {
+        let now = chrono::Utc::now();
+        let reply = match serde_json::from_str::<ClientMessage>(&text) {
+            Ok(message) => match message.kind.as_str() {
+                "subscribe" => {
+                    let new = message.filters.unwrap_or_default();
+                    *filters.lock() = new.clone();
+                    serde_json::json!({"type": "subscribe_ack", "filters": new, "timestamp": now})
+                }
+                "heartbeat" => serde_json::json!({"type": "heartbeat_ack", "timestamp": now}),
+                "ping" => serde_json::json!({"type": "pong", "timestamp": now}),
+                _ => return fallback(text),
+            },
+            Err(e) => {
+                serde_json::json!({"type": "error", "message": format!("not a dashboard message: {e}")})
+            }
+        };
+        Box::pin(std::future::ready(ClientReply::text(reply.to_string())))
+    })
+}
+
+/// Serves `/ws/realtime/`: `sensor_update` and `gavage_realtime` messages within the
+/// client's scope that pass its filters; `subscribe` → `subscribe_ack`, `heartbeat` →
+/// `heartbeat_ack`, `ping` → `pong`; other messages go to `fallback`.
+pub async fn serve_realtime(
+    socket: WebSocket,
+    hub: Arc<Hub>,
+    ping_every: Duration,
+    scope: RealtimeScope,
+    fallback: OnText,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+) {
     let filters = Arc::new(Mutex::new(RealtimeFilters::default()));
     let (tx, frames) = mpsc::channel(hub.options().client_queue);
     let evicted = CancellationToken::new();
@@ -88,6 +137,7 @@ pub async fn serve_realtime(socket: WebSocket, hub: Arc<Hub>, ping_every: Durati
         tx,
         evicted: evicted.clone(),
         filters: filters.clone(),
+        scope,
     });
     let welcome: Utf8Bytes = serde_json::json!({
         "type": "connection_established",
@@ -96,27 +146,7 @@ pub async fn serve_realtime(socket: WebSocket, hub: Arc<Hub>, ping_every: Durati
     })
     .to_string()
     .into();
-    let on_text = Box::new(move |text: &str| -> Option<Utf8Bytes> {
-        let now = chrono::Utc::now();
-        let reply = match serde_json::from_str::<ClientMessage>(text) {
-            Ok(message) => match message.kind.as_str() {
-                "subscribe" => {
-                    let new = message.filters.unwrap_or_default();
-                    *filters.lock() = new.clone();
-                    serde_json::json!({"type": "subscribe_ack", "filters": new, "timestamp": now})
-                }
-                "heartbeat" => serde_json::json!({"type": "heartbeat_ack", "timestamp": now}),
-                "ping" => serde_json::json!({"type": "pong", "timestamp": now}),
-                other => {
-                    serde_json::json!({"type": "error", "message": format!("unknown message type {other:?}")})
-                }
-            },
-            Err(e) => {
-                serde_json::json!({"type": "error", "message": format!("not a dashboard message: {e}")})
-            }
-        };
-        Some(reply.to_string().into())
-    });
+    let on_text = dashboard_messages(filters, fallback);
     Pump {
         prelude: vec![welcome],
         frames,
@@ -124,6 +154,7 @@ pub async fn serve_realtime(socket: WebSocket, hub: Arc<Hub>, ping_every: Durati
         ping_every,
         on_text,
         closing: hub.closing(),
+        expires_at,
     }
     .run(socket)
     .await;

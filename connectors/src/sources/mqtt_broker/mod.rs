@@ -227,6 +227,7 @@ fn raw_input(publish: &Publish, source: &str) -> RawInput {
             connection_token: None,
         },
         received_at: chrono::Utc::now(),
+        produced_at: None,
         backfill: false,
     }
 }

@@ -217,6 +217,8 @@ fn from_v5(packet: v5::Packet) -> Inbound {
 pub enum ConnectRefusal {
     /// MQTT 3.1 or an unknown level.
     UnsupportedProtocol,
+    /// A CONNECT password (token) that does not verify.
+    BadCredentials,
 }
 
 /// Limits a server announces in its MQTT 5 CONNACK.
@@ -260,6 +262,9 @@ impl Encoder {
                     Some(ConnectRefusal::UnsupportedProtocol) => {
                         v4::ConnectReturnCode::RefusedProtocolVersion
                     }
+                    Some(ConnectRefusal::BadCredentials) => {
+                        v4::ConnectReturnCode::BadUserNamePassword
+                    }
                 };
                 Self::write_v4(v4::Packet::ConnAck(v4::ConnAck::new(code, false)))
             }
@@ -268,6 +273,9 @@ impl Encoder {
                     None => v5::ConnectReturnCode::Success,
                     Some(ConnectRefusal::UnsupportedProtocol) => {
                         v5::ConnectReturnCode::UnsupportedProtocolVersion
+                    }
+                    Some(ConnectRefusal::BadCredentials) => {
+                        v5::ConnectReturnCode::BadUserNamePassword
                     }
                 };
                 let accepted = refusal.is_none();

@@ -105,6 +105,24 @@ pub(super) async fn run<I: Intake>(
         keep_alive,
         password,
     } = connect;
+    if let Some(token) = &password {
+        let source = format!("{client_id}@{peer}");
+        let context = crate::intake::ConnectionContext {
+            transport: "mqtt",
+            source: &source,
+        };
+        if let Err(refused) = intake.authenticate_connection(token, context).await {
+            tracing::info!(%peer, %client_id, "refusing CONNECT: {}", refused.0);
+            let _ = writer
+                .write_all(&encoder.connack(
+                    Some(ConnectRefusal::BadCredentials),
+                    limits(&shared),
+                    None,
+                ))
+                .await;
+            return;
+        }
+    }
     let (client_id, assigned) = if client_id.is_empty() {
         let id = format!("gaveurs-{:016x}", rand::random::<u64>());
         (id.clone(), Some(id))
@@ -276,6 +294,7 @@ impl<I: Intake> Reading<I> {
                 connection_token: self.connection_token.clone(),
             },
             received_at: chrono::Utc::now(),
+            produced_at: None,
             backfill: false,
         };
         let submitted = self.intake.submit(input).await;

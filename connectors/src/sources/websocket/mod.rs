@@ -69,7 +69,7 @@ pub async fn serve_ingest<I: Intake>(
     intake: I,
     path: IngestPath,
     peer: SocketAddr,
-    connection_token: Option<String>,
+    mut connection_token: Option<String>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     let (mut sink, mut stream) = socket.split();
@@ -108,7 +108,10 @@ pub async fn serve_ingest<I: Intake>(
             Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
             Some(Ok(_)) => continue,
         };
-        let reply = handle(&intake, path, peer, &connection_token, payload).await;
+        let reply = match renewal(&payload) {
+            Some(token) => Some(renew(&intake, path, peer, token, &mut connection_token).await),
+            None => handle(&intake, path, peer, &connection_token, payload).await,
+        };
         if let Some(reply) = reply
             && replies.try_send(reply).is_err()
         {
@@ -121,6 +124,48 @@ pub async fn serve_ingest<I: Intake>(
     drop(replies);
     // Replies owed to a client that is still there go out; a bounded wait at shutdown.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(3), writer).await;
+}
+
+/// The token of an `{"type":"auth","token":…}` message, which renews the socket's token.
+fn renewal(payload: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Auth {
+        #[serde(rename = "type")]
+        kind: String,
+        token: String,
+    }
+    if payload.len() > CONTROL_PEEK_LIMIT {
+        return None;
+    }
+    serde_json::from_slice::<Auth>(payload)
+        .ok()
+        .filter(|a| a.kind == "auth")
+        .map(|a| a.token)
+}
+
+async fn renew<I: Intake>(
+    intake: &I,
+    path: IngestPath,
+    peer: SocketAddr,
+    token: String,
+    connection_token: &mut Option<String>,
+) -> Reply {
+    let source = peer.to_string();
+    let context = crate::intake::ConnectionContext {
+        transport: path.as_str(),
+        source: &source,
+    };
+    let text = match intake.authenticate_connection(&token, context).await {
+        Ok(()) => {
+            *connection_token = Some(token);
+            serde_json::json!({"type": "auth_ok", "timestamp": now()})
+        }
+        Err(refused) => serde_json::json!({"type": "error", "message": refused.0}),
+    };
+    Reply {
+        ticket: None,
+        text: text.to_string().into(),
+    }
 }
 
 async fn handle<I: Intake>(
@@ -178,6 +223,7 @@ async fn handle<I: Intake>(
                 connection_token: connection_token.clone(),
             },
             received_at: chrono::Utc::now(),
+            produced_at: None,
             backfill: false,
         })
         .await;
