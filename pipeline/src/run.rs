@@ -14,11 +14,13 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use gaveurs_connectors::sources::kafka::{self as kafka_source, KafkaSettings, Publication};
 use gaveurs_connectors::sources::mqtt_broker::{self, BrokerSettings};
 use gaveurs_connectors::sources::mqtt_embedded::{EmbeddedListener, ListenerLimits};
 use gaveurs_operators::dedup::DedupIndex;
 use gaveurs_operators::validate::Validator;
-use gaveurs_sinks::parquet::{self, ParquetOptions};
+use gaveurs_sinks::kafka::{KafkaOutput, OutputSettings};
+use gaveurs_sinks::parquet::{self, ParquetOptions, RollControl};
 use gaveurs_sinks::wal::{Wal, WalEntry, WalOptions};
 use gaveurs_sinks::websocket::{Hub, HubOptions};
 use tokio::sync::watch;
@@ -98,13 +100,22 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, demo: bool) -> an
         vec![parquet_tx],
     )
     .context("opening the durable log")?;
-    let replayed_digests = replay
+    // Kafka records are never recovered from this log: whoever owns their partition now
+    // re-reads them from the offsets the published files cover.
+    let (replayed, from_kafka): (Vec<_>, Vec<_>) = replay
         .entries
-        .iter()
-        .filter_map(|c| match c.entry.as_ref() {
-            WalEntry::Event(event) => Some(event.record.idempotency_hash()),
-            WalEntry::DeadLetter(_) => None,
-        });
+        .into_iter()
+        .partition(|c| c.entry.kafka_position().is_none());
+    if !from_kafka.is_empty() {
+        tracing::info!(
+            skipped = from_kafka.len(),
+            "unpublished Kafka records are left to be re-read from Kafka"
+        );
+    }
+    let replayed_digests = replayed.iter().filter_map(|c| match c.entry.as_ref() {
+        WalEntry::Event(event) => Some(event.record.idempotency_hash()),
+        WalEntry::DeadLetter(_) => None,
+    });
     let dedup = DedupIndex::from_digests(
         recovered_state
             .digests
@@ -114,18 +125,20 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, demo: bool) -> an
     );
     tracing::info!(
         published_through = recovered_state.published_through,
-        replayed = replay.entries.len(),
+        replayed = replayed.len(),
         known_keys = dedup.len(),
         stale_temp_files_removed = recovered_state.stale_removed,
         "recovery done"
     );
+    let roll_control = RollControl::new(recovered_state.published_through);
     let parquet_thread = {
         let wal = wal.clone();
         parquet::spawn(
             parquet_options,
-            recovered_state.published_through,
-            replay.entries,
+            &recovered_state,
+            replayed,
             parquet_rx,
+            roll_control.clone(),
             Box::new(move |roll| wal.release_through(roll.through)),
         )?
     };
@@ -149,6 +162,24 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, demo: bool) -> an
         audience = ?config.auth.audience,
         "token verification ready"
     );
+    let shutdown = CancellationToken::new();
+    let kafka_output = match &config.kafka {
+        Some(kafka) => {
+            let settings = OutputSettings {
+                brokers: kafka.brokers.clone(),
+                dlq_topic: kafka.dlq_topic.clone(),
+                live_topic: kafka.live_topic.clone(),
+                instance: instance_id.clone(),
+                properties: kafka.librdkafka.clone(),
+            };
+            let output =
+                KafkaOutput::new(settings.clone()).context("starting the Kafka producer")?;
+            gaveurs_sinks::kafka::spawn_live_reader(&settings, hub.clone(), shutdown.clone())
+                .context("reading the live topic")?;
+            Some(output)
+        }
+        None => None,
+    };
     let intake = PipelineIntake::new(IntakeParts {
         validator,
         dedup,
@@ -156,8 +187,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, demo: bool) -> an
         hub: hub.clone(),
         devices: devices.clone(),
         verifier: verifier.clone(),
+        kafka: kafka_output.clone(),
     });
-    let shutdown = CancellationToken::new();
     let mut sources = tokio::task::JoinSet::new();
     let mut mqtt_addr: Option<SocketAddr> = None;
     if let Some(addr) = config.mqtt.embedded_listen() {
@@ -195,6 +226,32 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, demo: bool) -> an
             connected_tx,
         ));
     }
+
+    let kafka_source = match &config.kafka {
+        Some(kafka) => {
+            let settings = KafkaSettings {
+                brokers: kafka.brokers.clone(),
+                group: kafka.group.clone(),
+                gavage_topic: kafka.gavage_topic.clone(),
+                sqal_topic: kafka.sqal_topic.clone(),
+                client_id: format!("gaveurs-{instance_id}"),
+                session_timeout_ms: kafka.session_timeout_ms,
+                heartbeat_interval_ms: kafka.heartbeat_interval_ms,
+                properties: kafka.librdkafka.clone(),
+            };
+            let publication = Arc::new(LogPublication {
+                wal: wal.clone(),
+                control: roll_control.clone(),
+                root: paths.parquet_root.clone(),
+            });
+            tracing::info!(target: "connectors", brokers = %kafka.brokers, group = %kafka.group, "consuming {} and {}", kafka.gavage_topic, kafka.sqal_topic);
+            Some(
+                kafka_source::spawn(settings, intake.clone(), publication, shutdown.clone())
+                    .context("starting the Kafka consumer")?,
+            )
+        }
+        None => None,
+    };
 
     // HTTP last.
     let http_listener = tokio::net::TcpListener::bind(config.http.listen)
@@ -272,6 +329,13 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, demo: bool) -> an
     shutdown.cancel();
     hub.close_all();
     while sources.join_next().await.is_some() {}
+    if let Some(kafka) = kafka_source {
+        // It publishes and commits what it consumed before leaving the group.
+        let _ = tokio::task::spawn_blocking(move || kafka.join()).await;
+    }
+    if let Some(output) = kafka_output {
+        let _ = tokio::task::spawn_blocking(move || output.flush(Duration::from_secs(1))).await;
+    }
     ingest_sockets.close();
     ingest_sockets.wait().await;
     tokio::task::spawn_blocking(move || wal_writer.close()).await?;
@@ -287,6 +351,31 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, demo: bool) -> an
     match failure {
         Some(reason) => Err(anyhow::anyhow!(reason)),
         None => Ok(()),
+    }
+}
+
+/// The Kafka source's view of the log and the Parquet sink.
+struct LogPublication {
+    wal: Wal,
+    control: Arc<RollControl>,
+    root: PathBuf,
+}
+
+impl Publication for LogPublication {
+    fn appended(&self) -> u64 {
+        self.wal.last_appended()
+    }
+
+    fn published(&self) -> u64 {
+        self.control.published()
+    }
+
+    fn publish_through(&self, position: u64, timeout: Duration) -> bool {
+        self.control.publish_through(position, timeout)
+    }
+
+    fn published_offsets(&self) -> std::io::Result<parquet::manifest::KafkaOffsets> {
+        parquet::manifest::published_offsets(&self.root)
     }
 }
 

@@ -1,4 +1,5 @@
-//! The deployment files parse and agree with what the pipeline expects of them.
+//! The deployment files parse and agree with what the pipeline expects of them. (They cannot
+//! be started here: no container runtime in CI.)
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -117,4 +118,141 @@ fn the_keycloak_realm_defines_the_roles_clients_mappers_and_demo_users() {
             demo.username
         );
     }
+}
+
+fn yaml_documents(path: &str) -> Vec<serde_yaml::Value> {
+    use serde::Deserialize;
+    let text = std::fs::read_to_string(deploy(path)).unwrap();
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|document| {
+            let mut value =
+                serde_yaml::Value::deserialize(document).unwrap_or_else(|e| panic!("{path}: {e}"));
+            value.apply_merge().unwrap();
+            value
+        })
+        .collect()
+}
+
+fn cluster_config() -> gaveurs_pipeline::config::Config {
+    gaveurs_pipeline::config::Config::load(Some(&deploy("gaveurs.cluster.toml")))
+        .expect("deploy/gaveurs.cluster.toml is a valid configuration")
+}
+
+#[test]
+fn the_replicas_configuration_reads_kafka_and_keycloak_from_a_shared_volume() {
+    let config = cluster_config();
+    let kafka = config.kafka.expect("[kafka] is set");
+    assert_eq!(kafka.brokers, "kafka:9092");
+    assert_eq!(
+        config.auth.mode,
+        gaveurs_pipeline::config::AuthMode::Keycloak
+    );
+    assert_eq!(config.storage.data_dir, PathBuf::from("/data"));
+}
+
+#[test]
+fn the_compose_file_runs_two_replicas_beside_kafka_mosquitto_and_keycloak() {
+    let compose = yaml_documents("compose.yaml").remove(0);
+    let services = compose["services"].as_mapping().unwrap();
+    let service = |name: &str| &compose["services"][name];
+    let roles = service("kafka")["environment"]["KAFKA_PROCESS_ROLES"]
+        .as_str()
+        .unwrap();
+    assert!(roles.contains("controller"), "Kafka runs in KRaft mode");
+    assert!(services.contains_key("mosquitto"));
+    let realm_mount = service("keycloak")["volumes"][0].as_str().unwrap();
+    let realm_file = realm_mount.split(':').next().unwrap();
+    assert!(deploy(realm_file).exists(), "{realm_file} exists");
+    assert!(
+        service("keycloak")["command"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|a| a == "--import-realm")
+    );
+
+    let replicas: Vec<&serde_yaml::Value> = services
+        .iter()
+        .filter(|(name, _)| name.as_str().unwrap().starts_with("gaveurs-"))
+        .map(|(_, s)| s)
+        .collect();
+    assert_eq!(replicas.len(), 2);
+    let mut ids = BTreeSet::new();
+    for replica in &replicas {
+        ids.insert(
+            replica["environment"]["GAVEURS_INSTANCE__ID"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+        let volumes: Vec<&str> = replica["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert!(volumes.contains(&"gaveurs-data:/data"), "{volumes:?}");
+        let config_mount = volumes
+            .iter()
+            .find(|v| v.ends_with(":/etc/gaveurs/gaveurs.toml:ro"))
+            .unwrap();
+        assert_eq!(
+            deploy(config_mount.split(':').next().unwrap()),
+            deploy("./gaveurs.cluster.toml")
+        );
+    }
+    assert_eq!(ids.len(), 2, "each replica has its own instance id");
+    assert!(
+        compose["volumes"]
+            .as_mapping()
+            .unwrap()
+            .contains_key("gaveurs-data")
+    );
+}
+
+#[test]
+fn the_kubernetes_manifests_run_replicas_on_one_shared_volume_and_the_same_config() {
+    let mut documents = yaml_documents("kubernetes/deployment.yaml");
+    documents.extend(yaml_documents("kubernetes/volume.yaml"));
+    documents.extend(yaml_documents("kubernetes/configmap.yaml"));
+    let kind = |k: &str| {
+        documents
+            .iter()
+            .find(|d| d["kind"] == k)
+            .unwrap_or_else(|| panic!("no {k}"))
+    };
+    let deployment = kind("Deployment");
+    assert!(deployment["spec"]["replicas"].as_u64().unwrap() >= 2);
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    assert_eq!(
+        container["env"][0]["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name",
+        "the pod name is the instance id"
+    );
+    assert_eq!(
+        container["readinessProbe"]["httpGet"]["path"],
+        "/health/ready"
+    );
+    let claim = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find_map(|v| v["persistentVolumeClaim"]["claimName"].as_str())
+        .unwrap();
+    let volume = kind("PersistentVolumeClaim");
+    assert_eq!(volume["metadata"]["name"], claim);
+    assert_eq!(volume["spec"]["accessModes"][0], "ReadWriteMany");
+    let config_map = kind("ConfigMap");
+    assert_eq!(
+        config_map["data"]["gaveurs.toml"].as_str().unwrap(),
+        std::fs::read_to_string(deploy("gaveurs.cluster.toml")).unwrap(),
+        "the ConfigMap carries deploy/gaveurs.cluster.toml"
+    );
+    assert!(
+        kind("Service")["spec"]["ports"]
+            .as_sequence()
+            .unwrap()
+            .len()
+            >= 2
+    );
 }

@@ -6,6 +6,7 @@
 //! - [`websocket`]: live pushes to each gaveur's channel and to dashboards.
 
 pub mod fsutil;
+pub mod kafka;
 pub mod parquet;
 pub mod wal;
 pub mod websocket;

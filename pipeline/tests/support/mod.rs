@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod kafka;
 pub mod records;
 
 use std::io::{BufRead, BufReader};
@@ -184,7 +185,11 @@ impl Gaveurs {
             "gaveurs exited with {status}; stderr:\n{}",
             std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default()
         );
-        assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+        assert!(
+            took < Duration::from_secs(5),
+            "shutdown took {took:?}; stderr:\n{}",
+            std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default()
+        );
     }
 
     pub fn kill9(mut self) {

@@ -17,7 +17,11 @@
 //! At start, an intent left by a crash is finished (the hidden files are complete), other
 //! hidden files of this instance are deleted, and the log replays everything after the
 //! published LSN. So every logged entry reaches exactly one published file.
+//!
+//! With Kafka input, a roll also writes the instance's shared [`manifest`] (before step 2),
+//! which tells every instance which Kafka offsets are published.
 
+pub mod manifest;
 mod state;
 
 use std::collections::BTreeMap;
@@ -25,6 +29,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -71,6 +76,60 @@ pub struct PublishedRoll {
     pub rows: usize,
     pub bytes: u64,
 }
+
+/// The published LSN, and requests to publish sooner than the roll interval (a Kafka
+/// partition being handed over must be published before its offsets are committed).
+#[derive(Debug)]
+pub struct RollControl {
+    requested: AtomicU64,
+    published: parking_lot::Mutex<Lsn>,
+    changed: parking_lot::Condvar,
+}
+
+impl RollControl {
+    pub fn new(published: Lsn) -> Arc<RollControl> {
+        Arc::new(RollControl {
+            requested: AtomicU64::new(0),
+            published: parking_lot::Mutex::new(published),
+            changed: parking_lot::Condvar::new(),
+        })
+    }
+
+    /// Every log entry at or below this LSN is in a published file.
+    pub fn published(&self) -> Lsn {
+        *self.published.lock()
+    }
+
+    /// Asks for a roll covering `through` and waits for it, at most `timeout`; true once
+    /// published.
+    pub fn publish_through(&self, through: Lsn, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        self.requested.fetch_max(through, Ordering::SeqCst);
+        let mut published = self.published.lock();
+        while *published < through {
+            if self
+                .changed
+                .wait_until(&mut published, deadline)
+                .timed_out()
+            {
+                return *published >= through;
+            }
+        }
+        true
+    }
+
+    fn requested(&self) -> Lsn {
+        self.requested.load(Ordering::SeqCst)
+    }
+
+    fn set_published(&self, through: Lsn) {
+        *self.published.lock() = through;
+        self.changed.notify_all();
+    }
+}
+
+/// How often the sink looks for a roll request while one is pending.
+const REQUEST_POLL: Duration = Duration::from_millis(20);
 
 /// Rows converted to Arrow and handed to the Parquet encoder at a time.
 const CONVERT_ROWS: usize = 4096;
@@ -136,17 +195,24 @@ struct Sink {
     buffered_rows: usize,
     oldest_unpublished: Option<Instant>,
     on_publish: Box<dyn FnMut(&PublishedRoll) + Send>,
+    control: Arc<RollControl>,
+    /// Kafka offsets in published files (cumulative) and in the open files.
+    kafka_published: manifest::KafkaOffsets,
+    kafka_open: manifest::KafkaOffsets,
 }
 
 /// Starts the sink thread. `initial` are the log entries replayed at start; `rx` brings every
 /// later batch. When `rx` hangs up (the log closed), the sink publishes everything and ends.
 pub fn spawn(
     options: ParquetOptions,
-    published_through: Lsn,
+    recovered: &RecoveredState,
     initial: Vec<Committed>,
     rx: Receiver<Arc<Vec<Committed>>>,
+    control: Arc<RollControl>,
     on_publish: Box<dyn FnMut(&PublishedRoll) + Send>,
 ) -> io::Result<JoinHandle<Result<(), SinkError>>> {
+    let published_through = recovered.published_through;
+    let kafka_published = recovered.kafka.clone();
     std::thread::Builder::new()
         .name("gaveurs-parquet".into())
         .spawn(move || {
@@ -159,6 +225,9 @@ pub fn spawn(
                 buffered_rows: 0,
                 oldest_unpublished: None,
                 on_publish,
+                control,
+                kafka_published,
+                kafka_open: manifest::KafkaOffsets::new(),
             };
             let result = sink.run(initial, rx);
             if let Err(e) = &result {
@@ -178,11 +247,17 @@ impl Sink {
             self.add(committed)?;
         }
         loop {
+            let requested = self.control.requested() > self.published_through;
             let received = match self.oldest_unpublished {
                 Some(since) => {
                     let due = since + self.options.roll_interval;
-                    rx.recv_timeout(due.saturating_duration_since(Instant::now()))
+                    let mut wait = due.saturating_duration_since(Instant::now());
+                    if requested {
+                        wait = wait.min(REQUEST_POLL);
+                    }
+                    rx.recv_timeout(wait)
                 }
+                None if requested => rx.recv_timeout(REQUEST_POLL),
                 None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
             match received {
@@ -193,11 +268,21 @@ impl Sink {
                     let due = self
                         .oldest_unpublished
                         .is_some_and(|since| since.elapsed() >= self.options.roll_interval);
-                    if due || self.buffered_rows >= self.options.max_rows_per_roll {
+                    if due
+                        || self.buffered_rows >= self.options.max_rows_per_roll
+                        || self.request_reached()
+                    {
                         self.roll()?;
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => self.roll()?,
+                Err(RecvTimeoutError::Timeout) => {
+                    let due = self
+                        .oldest_unpublished
+                        .is_some_and(|since| since.elapsed() >= self.options.roll_interval);
+                    if due || self.request_reached() {
+                        self.roll()?;
+                    }
+                }
                 Err(RecvTimeoutError::Disconnected) => {
                     self.roll()?;
                     return Ok(());
@@ -206,9 +291,24 @@ impl Sink {
         }
     }
 
+    /// A roll was requested through an LSN this sink has now seen.
+    fn request_reached(&self) -> bool {
+        let requested = self.control.requested();
+        requested > self.published_through && requested <= self.last_seen
+    }
+
     fn add(&mut self, committed: &Committed) -> Result<(), SinkError> {
         if committed.lsn <= self.last_seen {
             return Ok(());
+        }
+        if let Some((topic, partition, offset)) = committed.entry.kafka_position() {
+            let slot = self
+                .kafka_open
+                .entry(topic.to_string())
+                .or_default()
+                .entry(partition)
+                .or_insert(offset);
+            *slot = (*slot).max(offset);
         }
         let (dataset, partition) = match committed.entry.as_ref() {
             WalEntry::Event(event) => {
@@ -273,6 +373,11 @@ impl Sink {
     fn roll(&mut self) -> Result<(), SinkError> {
         if self.open.is_empty() {
             self.oldest_unpublished = None;
+            // Entries that produced no row (none do today) still count as published.
+            if self.last_seen > self.published_through {
+                self.published_through = self.last_seen;
+                self.control.set_published(self.last_seen);
+            }
             return Ok(());
         }
         let instance = self.options.instance_id.clone();
@@ -299,6 +404,20 @@ impl Sink {
         }
         let through = self.last_seen;
         state::append_digests(&self.options.state_dir, &self.digests)?;
+        let mut kafka = self.kafka_published.clone();
+        manifest::merge(&mut kafka, &self.kafka_open);
+        if !kafka.is_empty() {
+            let rolling = state::Rolling::new(&self.options.root, through, &renames);
+            manifest::write(
+                &self.options.root,
+                &manifest::Manifest {
+                    instance: instance.clone(),
+                    through,
+                    renames: rolling.renames,
+                    kafka: kafka.clone(),
+                },
+            )?;
+        }
         state::write(
             &self.options,
             &state::State {
@@ -315,6 +434,9 @@ impl Sink {
             },
         )?;
         self.published_through = through;
+        self.kafka_published = kafka;
+        self.kafka_open.clear();
+        self.control.set_published(through);
         self.digests.clear();
         self.buffered_rows = 0;
         self.oldest_unpublished = None;

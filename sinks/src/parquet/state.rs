@@ -63,6 +63,8 @@ pub struct RecoveredState {
     pub digests: Vec<u128>,
     /// Hidden files of this instance removed because no roll owned them.
     pub stale_removed: usize,
+    /// Kafka offsets this instance has published (from its manifest).
+    pub kafka: super::manifest::KafkaOffsets,
 }
 
 /// Finishes a roll interrupted by a crash, removes this instance's stale hidden files, and
@@ -96,6 +98,21 @@ pub fn recover(options: &ParquetOptions) -> io::Result<RecoveredState> {
         state.published_through = rolling.through;
         write(options, &state)?;
     }
+    // The shared manifest is written before the private intent: a crash between the two
+    // leaves a roll only the manifest knows about.
+    let manifest =
+        super::manifest::read(&super::manifest::path(&options.root, &options.instance_id))?;
+    if let Some(manifest) = &manifest
+        && manifest.through > state.published_through
+    {
+        super::manifest::complete(&options.root, manifest)?;
+        tracing::info!(
+            through = manifest.through,
+            "finished a parquet roll named by this instance's manifest"
+        );
+        state.published_through = manifest.through;
+        write(options, &state)?;
+    }
     let stale_removed = remove_stale_temp_files(&options.root, &options.instance_id)?;
     let digests = match std::fs::read(options.state_dir.join(DIGESTS_FILE)) {
         Ok(bytes) => bytes
@@ -109,6 +126,7 @@ pub fn recover(options: &ParquetOptions) -> io::Result<RecoveredState> {
         published_through: state.published_through,
         digests,
         stale_removed,
+        kafka: manifest.map(|m| m.kafka).unwrap_or_default(),
     })
 }
 

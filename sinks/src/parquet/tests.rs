@@ -100,9 +100,10 @@ fn entries_are_published_per_dataset_and_partition_when_the_log_ends() {
     let (rolled_tx, rolled_rx) = mpsc::channel();
     let handle = spawn(
         options.clone(),
-        0,
+        &state,
         vec![committed(1, meal(1))],
         rx,
+        RollControl::new(0),
         Box::new(move |roll| rolled_tx.send(roll.clone()).unwrap()),
     )
     .unwrap();
@@ -181,14 +182,15 @@ fn a_timer_roll_publishes_without_shutdown() {
         roll_interval: Duration::from_millis(50),
         ..options(dir.path())
     };
-    recover(&options).unwrap();
+    let state = recover(&options).unwrap();
     let (tx, rx) = mpsc::sync_channel(16);
     let (rolled_tx, rolled_rx) = mpsc::channel();
     let handle = spawn(
         options.clone(),
-        0,
+        &state,
         Vec::new(),
         rx,
+        RollControl::new(0),
         Box::new(move |roll| rolled_tx.send(roll.clone()).unwrap()),
     )
     .unwrap();
@@ -198,4 +200,95 @@ fn a_timer_roll_publishes_without_shutdown() {
     assert_eq!(published_files(&options.root).len(), 1);
     drop(tx);
     handle.join().unwrap().unwrap();
+}
+
+fn from_kafka(jour: i64, partition: i32, offset: i64) -> WalEntry {
+    let mut entry = meal(jour);
+    if let WalEntry::Event(event) = &mut entry {
+        event.envelope.provenance = Provenance {
+            topic: Some("gaveurs.gavage.v1".into()),
+            partition: Some(partition),
+            offset: Some(offset),
+            ..Provenance::new(Transport::Kafka)
+        };
+    }
+    entry
+}
+
+#[test]
+fn a_requested_roll_publishes_early_and_the_manifest_names_the_kafka_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = options(dir.path());
+    let state = recover(&options).unwrap();
+    let (tx, rx) = mpsc::sync_channel(16);
+    let control = RollControl::new(0);
+    let handle = spawn(
+        options.clone(),
+        &state,
+        Vec::new(),
+        rx,
+        control.clone(),
+        Box::new(|_| {}),
+    )
+    .unwrap();
+    tx.send(Arc::new(vec![
+        committed(1, from_kafka(1, 0, 41)),
+        committed(2, from_kafka(2, 1, 7)),
+        committed(3, from_kafka(3, 0, 42)),
+        committed(4, meal(4)),
+    ]))
+    .unwrap();
+    // The roll interval is an hour: only the request can publish this.
+    assert!(control.publish_through(4, Duration::from_secs(10)));
+    assert_eq!(published_files(&options.root).len(), 1);
+    let offsets = manifest::published_offsets(&options.root).unwrap();
+    assert_eq!(offsets["gaveurs.gavage.v1"][&0], 42);
+    assert_eq!(offsets["gaveurs.gavage.v1"][&1], 7);
+
+    // Offsets are cumulative: a later roll without partition 1 still names it.
+    tx.send(Arc::new(vec![committed(5, from_kafka(5, 0, 43))]))
+        .unwrap();
+    assert!(control.publish_through(5, Duration::from_secs(10)));
+    let offsets = manifest::published_offsets(&options.root).unwrap();
+    assert_eq!(offsets["gaveurs.gavage.v1"][&0], 43);
+    assert_eq!(offsets["gaveurs.gavage.v1"][&1], 7);
+    drop(tx);
+    handle.join().unwrap().unwrap();
+    assert_eq!(recover(&options).unwrap().kafka, offsets);
+}
+
+#[test]
+fn a_peer_finishes_a_roll_its_manifest_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = options(dir.path());
+    let hidden = options.root.join("gavage_meals/.i1-wal-1.parquet.tmp");
+    std::fs::create_dir_all(hidden.parent().unwrap()).unwrap();
+    std::fs::write(&hidden, b"complete file").unwrap();
+    manifest::write(
+        &options.root,
+        &manifest::Manifest {
+            instance: "i1".into(),
+            through: 9,
+            renames: vec![(
+                "gavage_meals/.i1-wal-1.parquet.tmp".into(),
+                "gavage_meals/i1-wal-1-9.parquet".into(),
+            )],
+            kafka: [("t".to_string(), [(0, 99)].into_iter().collect())]
+                .into_iter()
+                .collect(),
+        },
+    )
+    .unwrap();
+    // Another instance reading the offsets publishes the dead instance's files first.
+    let offsets = manifest::published_offsets(&options.root).unwrap();
+    assert_eq!(offsets["t"][&0], 99);
+    assert!(!hidden.exists());
+    assert!(
+        options
+            .root
+            .join("gavage_meals/i1-wal-1-9.parquet")
+            .exists()
+    );
+    // And the instance itself, restarting, adopts the roll.
+    assert_eq!(recover(&options).unwrap().published_through, 9);
 }

@@ -38,6 +38,28 @@ pub enum WalEntry {
     DeadLetter(DeadLetter),
 }
 
+impl WalEntry {
+    pub fn provenance(&self) -> &gaveurs_schemas::envelope::Provenance {
+        match self {
+            WalEntry::Event(event) => &event.envelope.provenance,
+            WalEntry::DeadLetter(dead) => &dead.provenance,
+        }
+    }
+
+    /// `(topic, partition, offset)` of an input read from Kafka.
+    pub fn kafka_position(&self) -> Option<(&str, i32, i64)> {
+        let provenance = self.provenance();
+        if provenance.transport != gaveurs_schemas::envelope::Transport::Kafka {
+            return None;
+        }
+        Some((
+            provenance.topic.as_deref()?,
+            provenance.partition?,
+            provenance.offset?,
+        ))
+    }
+}
+
 /// An entry that is on disk, on its way to the sinks.
 #[derive(Debug, Clone)]
 pub struct Committed {

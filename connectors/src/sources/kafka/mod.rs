@@ -1,0 +1,368 @@
+//! The Kafka source (SPEC §2): a consumer-group member reading `gaveurs.gavage.v1` (meals,
+//! and lot outcomes marked `"record_type": "lot_outcome"`) and `gaveurs.sqal.v1`, each record
+//! authenticated by its `authorization` header.
+//!
+//! Offsets are committed only once every record up to them is in a published Parquet file:
+//! the source remembers, per partition, the log position each record reached, and commits
+//! after each roll what the roll covered. When the group takes partitions away, the instance
+//! first has everything it consumed published (a roll on request), commits it, and only then
+//! lets them go, so the next owner neither repeats nor skips a record. On SIGTERM it does the
+//! same for all its partitions before leaving the group. When partitions are assigned, each
+//! starts after the highest offset any instance's roll manifest names (see
+//! `gaveurs_sinks::parquet::manifest`), or the group's committed offset if that is further;
+//! a group with neither starts at the earliest offset.
+//!
+//! librdkafka calls the rebalance callback from `poll`, on this source's own thread, which
+//! is why the source is a thread and not a task: the callback may block while a roll is
+//! published.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use gaveurs_schemas::envelope::{Provenance, Transport};
+use parking_lot::Mutex;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::util::Timeout;
+use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::intake::{Credentials, Intake, RawInput, Route, Target};
+
+/// How long a handover or shutdown waits for its roll to be published.
+const PUBLISH_WAIT: Duration = Duration::from_secs(4);
+
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    pub brokers: String,
+    pub group: String,
+    pub gavage_topic: String,
+    pub sqal_topic: String,
+    pub client_id: String,
+    pub session_timeout_ms: u64,
+    pub heartbeat_interval_ms: u64,
+    /// librdkafka properties passed through as given (`security.protocol`, `sasl.*`,
+    /// `ssl.*`…); they override the source's own settings.
+    pub properties: BTreeMap<String, String>,
+}
+
+/// What the source needs from storage to commit offsets honestly.
+pub trait Publication: Send + Sync + 'static {
+    /// A log position covering every input submitted so far.
+    fn appended(&self) -> u64;
+    /// Every log entry at or below this position is in a published file.
+    fn published(&self) -> u64;
+    /// Asks for a roll covering `position` and waits for it (at most `timeout`).
+    fn publish_through(&self, position: u64, timeout: Duration) -> bool;
+    /// The last offset in a published file of any instance, per topic and partition.
+    fn published_offsets(&self) -> std::io::Result<BTreeMap<String, BTreeMap<i32, i64>>>;
+}
+
+/// Per partition, the log position each consumed record reached, oldest first.
+#[derive(Default)]
+struct Tracker {
+    pending: HashMap<(String, i32), VecDeque<(u64, i64)>>,
+}
+
+impl Tracker {
+    fn consumed(&mut self, topic: &str, partition: i32, offset: i64, position: u64) {
+        let queue = self
+            .pending
+            .entry((topic.to_string(), partition))
+            .or_default();
+        // Records that reached the same position need one entry: the last offset covers them.
+        match queue.back_mut() {
+            Some(last) if last.0 == position => last.1 = offset,
+            _ => queue.push_back((position, offset)),
+        }
+    }
+
+    /// The next offset to commit per partition, for records at or below `published`.
+    fn committable(&mut self, published: u64) -> TopicPartitionList {
+        let mut list = TopicPartitionList::new();
+        for ((topic, partition), queue) in &mut self.pending {
+            let mut next = None;
+            while let Some(&(position, offset)) = queue.front() {
+                if position > published {
+                    break;
+                }
+                next = Some(offset + 1);
+                queue.pop_front();
+            }
+            if let Some(next) = next {
+                let _ = list.add_partition_offset(topic, *partition, Offset::Offset(next));
+            }
+        }
+        list
+    }
+
+    fn forget(&mut self, partitions: &TopicPartitionList) {
+        for element in partitions.elements() {
+            self.pending
+                .remove(&(element.topic().to_string(), element.partition()));
+        }
+    }
+}
+
+struct SourceContext<P: Publication> {
+    publication: Arc<P>,
+    tracker: Arc<Mutex<Tracker>>,
+}
+
+impl<P: Publication> ClientContext for SourceContext<P> {}
+
+impl<P: Publication> SourceContext<P> {
+    /// Publishes everything consumed so far and commits it (synchronously).
+    fn publish_and_commit(&self, consumer: &BaseConsumer<Self>, why: &str) {
+        let target = self.publication.appended();
+        if !self.publication.publish_through(target, PUBLISH_WAIT) {
+            tracing::warn!(target: "connectors", why, "records consumed from Kafka were not published in time; the next owner re-reads them");
+        }
+        let list = self
+            .tracker
+            .lock()
+            .committable(self.publication.published());
+        if list.count() > 0
+            && let Err(e) = consumer.commit(&list, CommitMode::Sync)
+        {
+            tracing::warn!(target: "connectors", why, error = %e, "cannot commit Kafka offsets");
+        }
+    }
+
+    /// Starts each partition after what is already published, by any instance.
+    fn resume_positions(&self, consumer: &BaseConsumer<Self>, assigned: &mut TopicPartitionList) {
+        let published = match self.publication.published_offsets() {
+            Ok(published) => published,
+            Err(e) => {
+                tracing::warn!(target: "connectors", error = %e, "cannot read the roll manifests; starting from committed offsets");
+                return;
+            }
+        };
+        let committed = consumer
+            .committed_offsets(assigned.clone(), Timeout::After(Duration::from_secs(5)))
+            .ok();
+        let elements: Vec<(String, i32)> = assigned
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        for (topic, partition) in elements {
+            let Some(last) = published.get(&topic).and_then(|p| p.get(&partition)) else {
+                continue;
+            };
+            let committed_next = committed
+                .as_ref()
+                .and_then(|c| c.find_partition(&topic, partition))
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                });
+            let next = committed_next.unwrap_or(0).max(last + 1);
+            tracing::info!(target: "connectors", topic, partition, next, committed = ?committed_next, "resuming after the published offset");
+            let _ = assigned.set_partition_offset(&topic, partition, Offset::Offset(next));
+        }
+    }
+}
+
+impl<P: Publication> ConsumerContext for SourceContext<P> {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        partitions: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.resume_positions(consumer, partitions);
+                tracing::info!(target: "connectors", partitions = %describe(partitions), "Kafka partitions assigned");
+                if let Err(e) = consumer.assign(partitions) {
+                    tracing::error!(target: "connectors", error = %e, "cannot take the assigned Kafka partitions");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.publish_and_commit(consumer, "partitions revoked");
+                self.tracker.lock().forget(partitions);
+                tracing::info!(target: "connectors", partitions = %describe(partitions), "Kafka partitions handed over");
+                let _ = consumer.unassign();
+            }
+            other => {
+                tracing::warn!(target: "connectors", error = ?other, "Kafka rebalance failed");
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+fn describe(partitions: &TopicPartitionList) -> String {
+    partitions
+        .elements()
+        .iter()
+        .map(|e| format!("{}/{}", e.topic(), e.partition()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Starts the source's thread. It stops reading when `stop` is cancelled, then publishes and
+/// commits what it consumed, and leaves the group.
+pub fn spawn<I: Intake, P: Publication>(
+    settings: KafkaSettings,
+    intake: I,
+    publication: Arc<P>,
+    stop: CancellationToken,
+) -> Result<std::thread::JoinHandle<()>, KafkaError> {
+    let tracker = Arc::new(Mutex::new(Tracker::default()));
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &settings.brokers)
+        .set("group.id", &settings.group)
+        .set("client.id", &settings.client_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set(
+            "session.timeout.ms",
+            settings.session_timeout_ms.to_string(),
+        )
+        .set(
+            "heartbeat.interval.ms",
+            settings.heartbeat_interval_ms.to_string(),
+        )
+        // A topic created after start is picked up within seconds.
+        .set("topic.metadata.refresh.interval.ms", "5000")
+        // Eager rebalancing: a partition is revoked (and published) before anyone gets it.
+        .set("partition.assignment.strategy", "range");
+    for (key, value) in &settings.properties {
+        config.set(key, value);
+    }
+    let consumer: BaseConsumer<SourceContext<P>> = config.create_with_context(SourceContext {
+        publication: publication.clone(),
+        tracker: tracker.clone(),
+    })?;
+    consumer.subscribe(&[&settings.gavage_topic, &settings.sqal_topic])?;
+    let runtime = tokio::runtime::Handle::current();
+    std::thread::Builder::new()
+        .name("gaveurs-kafka".into())
+        .spawn(move || {
+            let mut reported_missing: HashSet<String> = HashSet::new();
+            let mut committed_through = publication.published();
+            while !stop.is_cancelled() {
+                match consumer.poll(Duration::from_millis(100)) {
+                    None => {}
+                    Some(Err(KafkaError::MessageConsumption(code))) => {
+                        let key = format!("{code:?}");
+                        if reported_missing.insert(key) {
+                            tracing::warn!(target: "connectors", error = %code, "Kafka: a configured topic is not available yet; consuming the others and retrying");
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(target: "connectors", error = %e, "Kafka consumer error");
+                    }
+                    Some(Ok(message)) => {
+                        let input = raw_input(&settings, &message);
+                        let (topic, partition, offset) = (
+                            message.topic().to_string(),
+                            message.partition(),
+                            message.offset(),
+                        );
+                        drop(message);
+                        // Waiting here is the backpressure: a full log stops consumption.
+                        let submitted = runtime.block_on(intake.submit(input));
+                        drop(submitted.durable);
+                        tracker
+                            .lock()
+                            .consumed(&topic, partition, offset, publication.appended());
+                    }
+                }
+                let published = publication.published();
+                if published > committed_through {
+                    committed_through = published;
+                    let list = tracker.lock().committable(published);
+                    if list.count() > 0
+                        && let Err(e) = consumer.commit(&list, CommitMode::Async)
+                    {
+                        tracing::warn!(target: "connectors", error = %e, "cannot commit Kafka offsets");
+                    }
+                }
+            }
+            consumer
+                .context()
+                .publish_and_commit(&consumer, "shutting down");
+            consumer.unsubscribe();
+            // Leaving the group now hands the partitions over at once, with nothing unpublished.
+            let _ = consumer.poll(Duration::from_millis(100));
+            tracing::info!(target: "connectors", "Kafka source stopped; offsets committed");
+        })
+        .map_err(|e| KafkaError::ClientCreation(e.to_string()))
+}
+
+fn raw_input(settings: &KafkaSettings, message: &BorrowedMessage<'_>) -> RawInput {
+    let target = if message.topic() == settings.gavage_topic {
+        Target::GavageOrOutcome
+    } else {
+        Target::Sqal
+    };
+    let provenance = Provenance {
+        topic: Some(message.topic().to_string()),
+        partition: Some(message.partition()),
+        offset: Some(message.offset()),
+        ..Provenance::new(Transport::Kafka)
+    };
+    let token = message.headers().and_then(|headers| {
+        headers
+            .iter()
+            .find(|h| h.key.eq_ignore_ascii_case("authorization"))
+            .and_then(|h| h.value)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .map(str::to_string)
+    });
+    RawInput {
+        route: Route::to(target),
+        payload: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
+        provenance,
+        credentials: Credentials {
+            message_token: token,
+            connection_token: None,
+        },
+        received_at: Utc::now(),
+        produced_at: message
+            .timestamp()
+            .to_millis()
+            .and_then(DateTime::from_timestamp_millis),
+        backfill: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_become_committable_once_their_position_is_published() {
+        let mut tracker = Tracker::default();
+        tracker.consumed("t", 0, 10, 5);
+        tracker.consumed("t", 0, 11, 5);
+        tracker.consumed("t", 0, 12, 8);
+        tracker.consumed("t", 1, 3, 6);
+        assert_eq!(tracker.committable(4).count(), 0);
+        let list = tracker.committable(6);
+        assert_eq!(
+            list.find_partition("t", 0).unwrap().offset(),
+            Offset::Offset(12)
+        );
+        assert_eq!(
+            list.find_partition("t", 1).unwrap().offset(),
+            Offset::Offset(4)
+        );
+        let list = tracker.committable(8);
+        assert_eq!(list.count(), 1);
+        assert_eq!(
+            list.find_partition("t", 0).unwrap().offset(),
+            Offset::Offset(13)
+        );
+    }
+}

@@ -1,0 +1,220 @@
+//! Kafka out (SPEC §3): refused records on `gaveurs.dlq.v1`, and every accepted record on the
+//! live topic that the WebSocket tier of every instance reads, so a gaveur connected to any
+//! instance sees every record of their lots, whichever instance processed it.
+//!
+//! The producer is idempotent (no duplicates from its own retries). Both outputs are
+//! notifications: the durable copy of a refused or accepted record is its Parquet row, so a
+//! message lost when an instance crashes before librdkafka sent it is not re-sent.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gaveurs_schemas::{DeadLetter, Event};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::websocket::Hub;
+
+/// The header naming the instance that produced a live message.
+const INSTANCE_HEADER: &str = "gaveurs-instance";
+
+#[derive(Debug, Clone)]
+pub struct OutputSettings {
+    pub brokers: String,
+    pub dlq_topic: String,
+    pub live_topic: String,
+    pub instance: String,
+    /// librdkafka properties passed through (security settings).
+    pub properties: BTreeMap<String, String>,
+}
+
+struct LogFailures;
+
+impl ClientContext for LogFailures {}
+
+impl ProducerContext for LogFailures {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, message)) = result {
+            tracing::warn!(target: "connectors", topic = message.topic(), error = %e, "a Kafka output message was not delivered");
+        }
+    }
+}
+
+pub struct KafkaOutput {
+    producer: ThreadedProducer<LogFailures>,
+    settings: OutputSettings,
+}
+
+impl KafkaOutput {
+    pub fn new(settings: OutputSettings) -> Result<Arc<KafkaOutput>, KafkaError> {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &settings.brokers)
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("client.id", format!("gaveurs-{}", settings.instance));
+        for (key, value) in &settings.properties {
+            config.set(key, value);
+        }
+        let producer = config.create_with_context(LogFailures)?;
+        Ok(Arc::new(KafkaOutput { producer, settings }))
+    }
+
+    /// The refused input as it came, with why it was refused and where it came from.
+    pub fn dead_letter(&self, dead: &DeadLetter, payload: &[u8]) {
+        let provenance = &dead.provenance;
+        let partition = provenance.partition.map(|p| p.to_string());
+        let offset = provenance.offset.map(|o| o.to_string());
+        let mut headers = OwnedHeaders::new();
+        for (key, value) in [
+            ("reason_code", Some(dead.reason_code.as_str())),
+            ("reason", Some(dead.reason.as_str())),
+            ("stage", Some(dead.stage.as_str())),
+            ("transport", Some(provenance.transport.as_str())),
+            ("topic", provenance.topic.as_deref()),
+            ("partition", partition.as_deref()),
+            ("offset", offset.as_deref()),
+            ("site", dead.site.as_deref()),
+            ("event_id", Some(&dead.event_id.to_string())),
+            (INSTANCE_HEADER, Some(self.settings.instance.as_str())),
+        ] {
+            if let Some(value) = value {
+                headers = headers.insert(Header {
+                    key,
+                    value: Some(value),
+                });
+            }
+        }
+        let key = dead.event_id.to_string();
+        self.send(
+            BaseRecord::to(&self.settings.dlq_topic)
+                .key(key.as_str())
+                .payload(payload)
+                .headers(headers),
+        );
+    }
+
+    /// An accepted record, for the live views of every other instance.
+    pub fn live(&self, event: &Event) {
+        let body = serde_json::to_vec(event).expect("events serialise");
+        let headers = OwnedHeaders::new().insert(Header {
+            key: INSTANCE_HEADER,
+            value: Some(self.settings.instance.as_str()),
+        });
+        self.send(
+            BaseRecord::to(&self.settings.live_topic)
+                .key(event.envelope.key.as_str())
+                .payload(body.as_slice())
+                .headers(headers),
+        );
+    }
+
+    fn send(&self, record: BaseRecord<'_, str, [u8]>) {
+        if let Err((e, record)) = self.producer.send(record) {
+            tracing::warn!(target: "connectors", topic = record.topic, error = %e, "a Kafka output message was dropped");
+        }
+    }
+
+    /// Sends what is queued (at most `timeout`), at shutdown.
+    pub fn flush(&self, timeout: Duration) {
+        use rdkafka::producer::Producer;
+        if let Err(e) = self.producer.flush(timeout) {
+            tracing::warn!(target: "connectors", error = %e, "Kafka output not flushed");
+        }
+    }
+}
+
+/// Feeds this instance's WebSocket hub with the records other instances accepted. It reads
+/// every partition of the live topic from its end, outside any consumer group (nothing to
+/// commit, nothing to hand over), and skips its own messages: they were pushed when they
+/// were accepted.
+pub fn spawn_live_reader(
+    settings: &OutputSettings,
+    hub: Arc<Hub>,
+    stop: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, KafkaError> {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &settings.brokers)
+        .set("group.id", format!("gaveurs-live-{}", settings.instance))
+        .set("enable.auto.commit", "false");
+    for (key, value) in &settings.properties {
+        config.set(key, value);
+    }
+    let consumer: StreamConsumer = config.create()?;
+    let instance = settings.instance.clone();
+    let topic = settings.live_topic.clone();
+    Ok(tokio::spawn(async move {
+        let mut reported = false;
+        // The topic may not exist yet: look again until it does.
+        loop {
+            let partitions = tokio::task::block_in_place(|| {
+                consumer
+                    .fetch_metadata(Some(&topic), Duration::from_secs(5))
+                    .ok()
+                    .and_then(|m| {
+                        m.topics()
+                            .iter()
+                            .find(|t| t.name() == topic && t.error().is_none())
+                            .map(|t| t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>())
+                    })
+                    .filter(|p| !p.is_empty())
+            });
+            if let Some(partitions) = partitions {
+                let mut list = TopicPartitionList::new();
+                for partition in partitions {
+                    let _ = list.add_partition_offset(&topic, partition, Offset::End);
+                }
+                if let Err(e) = consumer.assign(&list) {
+                    tracing::warn!(target: "websocket", error = %e, "cannot read the live topic");
+                    return;
+                }
+                tracing::info!(target: "websocket", topic, "reading other instances' records for the live channels");
+                break;
+            }
+            if !reported {
+                reported = true;
+                tracing::warn!(target: "websocket", topic, "the live topic does not exist yet; looking again every 5 s");
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+        }
+        loop {
+            let message = tokio::select! {
+                _ = stop.cancelled() => return,
+                message = consumer.recv() => message,
+            };
+            let message = match message {
+                Ok(message) => message,
+                Err(e) => {
+                    tracing::debug!(target: "websocket", error = %e, "live topic");
+                    continue;
+                }
+            };
+            let own = message.headers().is_some_and(|headers| {
+                headers
+                    .iter()
+                    .any(|h| h.key == INSTANCE_HEADER && h.value == Some(instance.as_bytes()))
+            });
+            if own {
+                continue;
+            }
+            match message.payload().map(serde_json::from_slice::<Event>) {
+                Some(Ok(event)) => hub.publish_event(&event),
+                Some(Err(e)) => {
+                    tracing::warn!(target: "websocket", error = %e, "unreadable message on the live topic")
+                }
+                None => {}
+            }
+        }
+    }))
+}
