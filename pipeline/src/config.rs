@@ -53,7 +53,8 @@ pub struct KafkaConfig {
     #[serde(default = "default_dlq_topic")]
     pub dlq_topic: String,
     /// Every accepted record as pushed live; each instance's WebSocket tier reads it, so a
-    /// gaveur on any instance sees every record of their lots.
+    /// gaveur on any instance sees every record of their lots. `""` turns it off (one
+    /// instance only: its channels see its own records).
     #[serde(default = "default_live_topic")]
     pub live_topic: String,
     /// Default 6000: a killed instance's partitions move on within 10 s.

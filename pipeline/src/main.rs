@@ -34,6 +34,10 @@ enum Command {
     /// mode: it keeps a signing key in data/auth/, serves its JWKS at
     /// /realms/gaveurs-production/protocol/openid-connect/certs, and `gaveurs token` mints
     /// tokens for the demo users. `[auth] mode = "keycloak"` verifies Keycloak's tokens.
+    ///
+    /// With `[kafka]`, it also joins the consumer group and reads gaveurs.gavage.v1 and
+    /// gaveurs.sqal.v1 (committing offsets only once published), writes refused records to
+    /// gaveurs.dlq.v1 and live records to gaveurs.live.v1; replicas share one data dir.
     Run {
         /// TOML configuration file; every section is optional. Keys can be overridden from
         /// the environment as GAVEURS_<SECTION>__<KEY>.

@@ -174,8 +174,10 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, demo: bool) -> an
             };
             let output =
                 KafkaOutput::new(settings.clone()).context("starting the Kafka producer")?;
-            gaveurs_sinks::kafka::spawn_live_reader(&settings, hub.clone(), shutdown.clone())
-                .context("reading the live topic")?;
+            if !settings.live_topic.is_empty() {
+                gaveurs_sinks::kafka::spawn_live_reader(&settings, hub.clone(), shutdown.clone())
+                    .context("reading the live topic")?;
+            }
             Some(output)
         }
         None => None,

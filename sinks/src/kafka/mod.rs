@@ -103,6 +103,9 @@ impl KafkaOutput {
 
     /// An accepted record, for the live views of every other instance.
     pub fn live(&self, event: &Event) {
+        if self.settings.live_topic.is_empty() {
+            return;
+        }
         let body = serde_json::to_vec(event).expect("events serialise");
         let headers = OwnedHeaders::new().insert(Header {
             key: INSTANCE_HEADER,

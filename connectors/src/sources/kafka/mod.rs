@@ -37,6 +37,10 @@ use crate::intake::{Credentials, Intake, RawInput, Route, Target};
 /// How long a handover or shutdown waits for its roll to be published.
 const PUBLISH_WAIT: Duration = Duration::from_secs(4);
 
+/// Messages already fetched are taken this many at a time, so the intake is entered once
+/// per batch rather than once per record.
+const BATCH: usize = 512;
+
 #[derive(Debug, Clone)]
 pub struct KafkaSettings {
     pub brokers: String,
@@ -112,6 +116,9 @@ impl Tracker {
 struct SourceContext<P: Publication> {
     publication: Arc<P>,
     tracker: Arc<Mutex<Tracker>>,
+    /// Partitions this instance owns right now; a batch drops the messages of partitions
+    /// revoked while it was being gathered (the next owner reads them).
+    assigned: Mutex<HashSet<(String, i32)>>,
 }
 
 impl<P: Publication> ClientContext for SourceContext<P> {}
@@ -180,6 +187,12 @@ impl<P: Publication> ConsumerContext for SourceContext<P> {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.resume_positions(consumer, partitions);
                 tracing::info!(target: "connectors", partitions = %describe(partitions), "Kafka partitions assigned");
+                self.assigned.lock().extend(
+                    partitions
+                        .elements()
+                        .iter()
+                        .map(|e| (e.topic().to_string(), e.partition())),
+                );
                 if let Err(e) = consumer.assign(partitions) {
                     tracing::error!(target: "connectors", error = %e, "cannot take the assigned Kafka partitions");
                 }
@@ -187,11 +200,16 @@ impl<P: Publication> ConsumerContext for SourceContext<P> {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 self.publish_and_commit(consumer, "partitions revoked");
                 self.tracker.lock().forget(partitions);
+                let mut assigned = self.assigned.lock();
+                for e in partitions.elements() {
+                    assigned.remove(&(e.topic().to_string(), e.partition()));
+                }
                 tracing::info!(target: "connectors", partitions = %describe(partitions), "Kafka partitions handed over");
                 let _ = consumer.unassign();
             }
             other => {
                 tracing::warn!(target: "connectors", error = ?other, "Kafka rebalance failed");
+                self.assigned.lock().clear();
                 let _ = consumer.unassign();
             }
         }
@@ -242,6 +260,7 @@ pub fn spawn<I: Intake, P: Publication>(
     let consumer: BaseConsumer<SourceContext<P>> = config.create_with_context(SourceContext {
         publication: publication.clone(),
         tracker: tracker.clone(),
+        assigned: Mutex::new(HashSet::new()),
     })?;
     consumer.subscribe(&[&settings.gavage_topic, &settings.sqal_topic])?;
     let runtime = tokio::runtime::Handle::current();
@@ -250,32 +269,53 @@ pub fn spawn<I: Intake, P: Publication>(
         .spawn(move || {
             let mut reported_missing: HashSet<String> = HashSet::new();
             let mut committed_through = publication.published();
+            let mut batch: Vec<RawInput> = Vec::with_capacity(BATCH);
             while !stop.is_cancelled() {
-                match consumer.poll(Duration::from_millis(100)) {
-                    None => {}
-                    Some(Err(KafkaError::MessageConsumption(code))) => {
-                        let key = format!("{code:?}");
-                        if reported_missing.insert(key) {
-                            tracing::warn!(target: "connectors", error = %code, "Kafka: a configured topic is not available yet; consuming the others and retrying");
+                let mut wait = Duration::from_millis(100);
+                while batch.len() < BATCH {
+                    match consumer.poll(wait) {
+                        None => break,
+                        Some(Err(KafkaError::MessageConsumption(code))) => {
+                            if reported_missing.insert(format!("{code:?}")) {
+                                tracing::warn!(target: "connectors", error = %code, "Kafka: a configured topic is not available yet; consuming the others and retrying");
+                            }
+                            break;
                         }
+                        Some(Err(e)) => {
+                            tracing::warn!(target: "connectors", error = %e, "Kafka consumer error");
+                            break;
+                        }
+                        Some(Ok(message)) => batch.push(raw_input(&settings, &message)),
                     }
-                    Some(Err(e)) => {
-                        tracing::warn!(target: "connectors", error = %e, "Kafka consumer error");
-                    }
-                    Some(Ok(message)) => {
-                        let input = raw_input(&settings, &message);
-                        let (topic, partition, offset) = (
-                            message.topic().to_string(),
-                            message.partition(),
-                            message.offset(),
-                        );
-                        drop(message);
-                        // Waiting here is the backpressure: a full log stops consumption.
-                        let submitted = runtime.block_on(intake.submit(input));
-                        drop(submitted.durable);
-                        tracker
-                            .lock()
-                            .consumed(&topic, partition, offset, publication.appended());
+                    wait = Duration::ZERO;
+                }
+                if !batch.is_empty() {
+                    let assigned = consumer.context().assigned.lock().clone();
+                    batch.retain(|input| {
+                        let p = &input.provenance;
+                        assigned.contains(&(
+                            p.topic.clone().unwrap_or_default(),
+                            p.partition.unwrap_or_default(),
+                        ))
+                    });
+                    // Waiting here is the backpressure: a full log stops consumption.
+                    let positions = runtime.block_on(async {
+                        let mut positions = Vec::with_capacity(batch.len());
+                        for input in batch.drain(..) {
+                            let at = (
+                                input.provenance.topic.clone().unwrap_or_default(),
+                                input.provenance.partition.unwrap_or_default(),
+                                input.provenance.offset.unwrap_or_default(),
+                            );
+                            let submitted = intake.submit(input).await;
+                            drop(submitted.durable);
+                            positions.push((at, publication.appended()));
+                        }
+                        positions
+                    });
+                    let mut tracker = tracker.lock();
+                    for ((topic, partition, offset), position) in positions {
+                        tracker.consumed(&topic, partition, offset, position);
                     }
                 }
                 let published = publication.published();
