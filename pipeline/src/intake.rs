@@ -190,14 +190,7 @@ impl Inner {
                 user: principal.map(|p| p.display_name()),
             },
         );
-        if let Some(kafka) = &self.kafka {
-            kafka.dead_letter(&dead, &input.payload);
-        }
-        let verdict = Verdict::Rejected {
-            reason: rejection.reason,
-            message: rejection.message,
-        };
-        self.log(WalEntry::DeadLetter(dead), verdict).await
+        self.log_refusal(dead, rejection, &input).await
     }
 
     async fn dead_letter(
@@ -207,6 +200,16 @@ impl Inner {
         input: RawInput,
     ) -> Submitted {
         let dead = self.dead_letter_row(&rejection, principal, &input);
+        self.log_refusal(dead, rejection, &input).await
+    }
+
+    /// The dead-letter row goes to the log (and the DLQ topic); the refusal is the verdict.
+    async fn log_refusal(
+        &self,
+        dead: DeadLetter,
+        rejection: Rejection,
+        input: &RawInput,
+    ) -> Submitted {
         if let Some(kafka) = &self.kafka {
             kafka.dead_letter(&dead, &input.payload);
         }

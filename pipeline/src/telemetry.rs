@@ -75,3 +75,11 @@ pub fn describe(path: &Path) -> String {
 }
 
 use tracing_subscriber::Layer;
+
+/// Peak resident memory (VmHWM) of a process in MB, for the load tools' reports.
+pub fn peak_rss_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}

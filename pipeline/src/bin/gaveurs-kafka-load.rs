@@ -186,7 +186,7 @@ fn committed(args: &Args) {
         if done >= args.records {
             let (since, base) = first.unwrap();
             let elapsed = now.duration_since(since).as_secs_f64().max(0.001);
-            let rss = args.pid.and_then(peak_rss_mb);
+            let rss = args.pid.and_then(gaveurs_pipeline::telemetry::peak_rss_mb);
             println!(
                 "{}",
                 serde_json::json!({"mode": "committed", "records": done, "seconds": elapsed,
@@ -202,13 +202,6 @@ fn committed(args: &Args) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn peak_rss_mb(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
 }
 
 #[tokio::main]

@@ -197,13 +197,6 @@ async fn producer(args: Arc<Args>, conn: usize, totals: Arc<Mutex<Totals>>, stop
     totals.refused += refused;
 }
 
-fn peak_rss_mb(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
 #[tokio::main]
 async fn main() {
     let args = Arc::new(Args::parse());
@@ -240,7 +233,7 @@ async fn main() {
     let totals = totals.lock();
     let h = &totals.latency_us;
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    let rss = args.pid.and_then(peak_rss_mb);
+    let rss = args.pid.and_then(gaveurs_pipeline::telemetry::peak_rss_mb);
     if args.json {
         println!(
             "{}",

@@ -247,17 +247,17 @@ impl Sink {
             self.add(committed)?;
         }
         loop {
-            let requested = self.control.requested() > self.published_through;
             let received = match self.oldest_unpublished {
+                // A roll request is not a message on `rx`: while rows wait, look for one
+                // every REQUEST_POLL. With nothing buffered, only new entries can answer a
+                // request, and they wake the sink.
                 Some(since) => {
                     let due = since + self.options.roll_interval;
-                    let mut wait = due.saturating_duration_since(Instant::now());
-                    if requested {
-                        wait = wait.min(REQUEST_POLL);
-                    }
-                    rx.recv_timeout(wait)
+                    rx.recv_timeout(
+                        due.saturating_duration_since(Instant::now())
+                            .min(REQUEST_POLL),
+                    )
                 }
-                None if requested => rx.recv_timeout(REQUEST_POLL),
                 None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
             match received {
