@@ -147,3 +147,32 @@ fn the_simulator_publishes_valid_lots_over_mqtt_and_websocket() {
         "samples came over MQTT and WebSocket"
     );
 }
+
+#[test]
+fn the_simulator_says_why_the_pipeline_refused_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let gaveurs = Gaveurs::start(dir.path(), "");
+    let http = gaveurs.http.to_string();
+    let output = Command::new(support::BIN)
+        .current_dir(dir.path())
+        .args([
+            "simulate",
+            "--token",
+            "not-a-jwt",
+            "--ws",
+            &http,
+            "--rate",
+            "50",
+            "--duration",
+            "5",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("closed the WebSocket (4401"),
+        "the refusal is named: {stderr}"
+    );
+    gaveurs.stop_cleanly();
+}

@@ -120,6 +120,8 @@ enum Publisher {
         gavage: WsSink,
         sensors: WsSink,
         readers: Vec<tokio::task::JoinHandle<()>>,
+        /// Why the pipeline closed a socket (e.g. `4401 invalid_token: …`), when it did.
+        closed: Arc<parking_lot::Mutex<Option<String>>>,
     },
 }
 
@@ -167,6 +169,7 @@ impl Publisher {
             }
             Destination::WebSocket(http) => {
                 let mut readers = Vec::new();
+                let closed = Arc::new(parking_lot::Mutex::new(None));
                 // `?token=` is how V3 stations authenticate: only their URL changed.
                 let query = token
                     .as_deref()
@@ -179,8 +182,15 @@ impl Publisher {
                             .with_context(|| format!("cannot open ws://{http}{path}"))?;
                     let (sink, mut stream) = socket.split();
                     let counters = counters.clone();
+                    let closed = closed.clone();
                     readers.push(tokio::spawn(async move {
                         while let Some(Ok(message)) = stream.next().await {
+                            if let tokio_tungstenite::tungstenite::Message::Close(Some(frame)) =
+                                &message
+                            {
+                                *closed.lock() =
+                                    Some(format!("{} {}", u16::from(frame.code), frame.reason));
+                            }
                             let Ok(text) = message.to_text() else {
                                 continue;
                             };
@@ -202,6 +212,7 @@ impl Publisher {
                     gavage,
                     sensors,
                     readers,
+                    closed,
                 })
             }
         }
@@ -224,19 +235,31 @@ impl Publisher {
                 writer.flush().await.context("MQTT connection lost")?;
             }
             Publisher::WebSocket {
-                gavage, sensors, ..
+                gavage,
+                sensors,
+                closed,
+                readers,
             } => {
                 let socket = if out.topic.starts_with("sqal/") {
                     sensors
                 } else {
                     gavage
                 };
-                socket
+                let sent = socket
                     .send(tokio_tungstenite::tungstenite::Message::Text(
                         payload.into(),
                     ))
-                    .await
-                    .context("WebSocket closed")?;
+                    .await;
+                if let Err(e) = sent {
+                    // The reader that saw the close frame knows why; let it finish first.
+                    for reader in readers.iter_mut() {
+                        let _ = tokio::time::timeout(Duration::from_secs(1), reader).await;
+                    }
+                    return Err(match closed.lock().as_deref() {
+                        Some(why) => anyhow::anyhow!("the pipeline closed the WebSocket ({why})"),
+                        None => anyhow::anyhow!("WebSocket closed: {e}"),
+                    });
+                }
             }
         }
         Ok(())
@@ -263,6 +286,7 @@ impl Publisher {
                 mut gavage,
                 mut sensors,
                 readers,
+                ..
             } => {
                 let _ = gavage.close().await;
                 let _ = sensors.close().await;
