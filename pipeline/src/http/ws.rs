@@ -393,11 +393,7 @@ pub(super) async fn realtime(
         }
         let granted = scope.clone().expect("authorized");
         // A renewal must keep at least the access the socket was opened with.
-        let may_see = move |p: &Principal| {
-            realtime_scope(p).is_some_and(|s| {
-                s.sqal_only <= granted.sqal_only && (granted.site.is_some() || s.site.is_none())
-            })
-        };
+        let may_see = move |p: &Principal| realtime_scope(p).is_some_and(|s| s.covers(&granted));
         serve_realtime(
             socket,
             state.hub.clone(),

@@ -84,6 +84,12 @@ pub struct RealtimeScope {
 }
 
 impl RealtimeScope {
+    /// Does this scope include everything `other` shows? A renewal token must cover the
+    /// scope the socket was opened with, or the socket would outlive its access.
+    pub fn covers(&self, other: &RealtimeScope) -> bool {
+        (!self.sqal_only || other.sqal_only) && (self.site.is_none() || self.site == other.site)
+    }
+
     pub(super) fn accepts(&self, meta: &RealtimeMeta) -> bool {
         !(self.sqal_only && meta.kind != RealtimeKind::Sqal)
             && self
@@ -201,5 +207,18 @@ mod tests {
         };
         assert!(device.accepts(&sample(Site::MT, Grade::C)));
         assert!(!device.accepts(&sample(Site::LL, Grade::C)));
+    }
+
+    #[test]
+    fn a_scope_covers_only_what_it_can_see_itself() {
+        let scope = |site: Option<&str>, sqal_only| RealtimeScope {
+            site: site.map(str::to_string),
+            sqal_only,
+        };
+        assert!(scope(None, false).covers(&scope(Some("LL"), true)));
+        assert!(scope(Some("LL"), false).covers(&scope(Some("LL"), true)));
+        assert!(!scope(Some("LS"), false).covers(&scope(Some("LL"), false)));
+        assert!(!scope(Some("LL"), false).covers(&scope(None, false)));
+        assert!(!scope(None, true).covers(&scope(None, false)));
     }
 }
