@@ -19,7 +19,7 @@ use gaveurs_schemas::envelope::Envelope;
 use gaveurs_schemas::records::{Record, SqalSample};
 use gaveurs_schemas::{DeadLetter, Event, Principal};
 use gaveurs_sinks::kafka::KafkaOutput;
-use gaveurs_sinks::wal::{Lsn, Wal, WalEntry};
+use gaveurs_sinks::wal::{self, Lsn, Wal, WalEntry};
 use gaveurs_sinks::websocket::Hub;
 
 use crate::devices::DeviceRegistry;
@@ -267,21 +267,29 @@ impl Inner {
         };
         // Live views get the record now; they must not wait for the disk (SPEC §3).
         self.hub.publish_event(&event);
-        if let Some(kafka) = &self.kafka {
-            kafka.live(&event);
+        let verdict = Verdict::Accepted {
+            saved,
+            duplicate: false,
+        };
+        match &self.kafka {
+            Some(kafka) => {
+                let key = event.envelope.key.clone();
+                let entry = WalEntry::Event(event);
+                let encoded = wal::encode(&entry);
+                kafka.live(&key, &encoded);
+                self.log_encoded(entry, encoded, verdict).await
+            }
+            None => self.log(WalEntry::Event(event), verdict).await,
         }
-        self.log(
-            WalEntry::Event(event),
-            Verdict::Accepted {
-                saved,
-                duplicate: false,
-            },
-        )
-        .await
     }
 
     async fn log(&self, entry: WalEntry, verdict: Verdict) -> Submitted {
-        match self.wal.append(entry).await {
+        let encoded = wal::encode(&entry);
+        self.log_encoded(entry, encoded, verdict).await
+    }
+
+    async fn log_encoded(&self, entry: WalEntry, encoded: Vec<u8>, verdict: Verdict) -> Submitted {
+        match self.wal.append_encoded(entry, encoded).await {
             Ok(lsn) => Submitted {
                 verdict,
                 durable: self.ticket(lsn),

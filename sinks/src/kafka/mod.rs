@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gaveurs_schemas::{DeadLetter, Event};
+use gaveurs_schemas::DeadLetter;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
@@ -18,6 +18,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedPro
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
+use crate::wal::WalEntry;
 use crate::websocket::Hub;
 
 /// The header naming the instance that produced a live message.
@@ -101,20 +102,20 @@ impl KafkaOutput {
         );
     }
 
-    /// An accepted record, for the live views of every other instance.
-    pub fn live(&self, event: &Event) {
+    /// An accepted record, for the live views of every other instance. `encoded` is its log
+    /// entry ([`crate::wal::encode`]), so the record is serialised once for both.
+    pub fn live(&self, key: &str, encoded: &[u8]) {
         if self.settings.live_topic.is_empty() {
             return;
         }
-        let body = serde_json::to_vec(event).expect("events serialise");
         let headers = OwnedHeaders::new().insert(Header {
             key: INSTANCE_HEADER,
             value: Some(self.settings.instance.as_str()),
         });
         self.send(
             BaseRecord::to(&self.settings.live_topic)
-                .key(event.envelope.key.as_str())
-                .payload(body.as_slice())
+                .key(key)
+                .payload(encoded)
                 .headers(headers),
         );
     }
@@ -211,8 +212,9 @@ pub fn spawn_live_reader(
             if own {
                 continue;
             }
-            match message.payload().map(serde_json::from_slice::<Event>) {
-                Some(Ok(event)) => hub.publish_event(&event),
+            match message.payload().map(serde_json::from_slice::<WalEntry>) {
+                Some(Ok(WalEntry::Event(event))) => hub.publish_event(&event),
+                Some(Ok(WalEntry::DeadLetter(_))) => {}
                 Some(Err(e)) => {
                     tracing::warn!(target: "websocket", error = %e, "unreadable message on the live topic")
                 }

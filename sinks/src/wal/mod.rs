@@ -60,6 +60,11 @@ impl WalEntry {
     }
 }
 
+/// The bytes an entry is logged as (JSON).
+pub fn encode(entry: &WalEntry) -> Vec<u8> {
+    serde_json::to_vec(entry).expect("log entries serialise")
+}
+
 /// An entry that is on disk, on its way to the sinks.
 #[derive(Debug, Clone)]
 pub struct Committed {
@@ -187,7 +192,17 @@ impl Wal {
 
     /// Appends one entry and returns its LSN. Waits while the unwritten buffer is full.
     pub async fn append(&self, entry: WalEntry) -> Result<Lsn, WalClosed> {
-        let payload = serde_json::to_vec(&entry).expect("log entries serialise");
+        let payload = encode(&entry);
+        self.append_encoded(entry, payload).await
+    }
+
+    /// [`Wal::append`] for an entry already encoded with [`encode`] (its bytes are also
+    /// sent elsewhere, e.g. to the live topic).
+    pub async fn append_encoded(
+        &self,
+        entry: WalEntry,
+        payload: Vec<u8>,
+    ) -> Result<Lsn, WalClosed> {
         let entry = Arc::new(entry);
         loop {
             let space = self.shared.space.notified();
