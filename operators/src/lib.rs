@@ -2,7 +2,9 @@
 //!
 //! - [`validate`]: size, JSON, the record contract of SPEC §1, and agreement with the topic.
 //! - [`dedup`]: idempotency keys, so a replayed record is stored once.
+//! - [`analytics`]: KPIs in event time, as SQL queries (DataFusion) over micro-batches.
 
+pub mod analytics;
 pub mod auth;
 pub mod dedup;
 pub mod validate;

@@ -33,6 +33,80 @@ pub struct Config {
     /// Kafka in and out; absent = no Kafka.
     #[serde(default)]
     pub kafka: Option<KafkaConfig>,
+    #[serde(default)]
+    pub analytics: AnalyticsConfig,
+}
+
+/// `[analytics]`: KPIs in event time (SPEC §4), as SQL queries over micro-batches.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnalyticsConfig {
+    /// `false` runs the pipeline without KPIs (e.g. an ingest-only tier): no `kpi`
+    /// messages, no `lot_kpis` or `late` rows, no KPI topic.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// A micro-batch closes this long after its first record (default 500 ms): the most a
+    /// KPI trails its record.
+    #[serde(default = "default_batch_interval_ms")]
+    pub batch_interval_ms: u64,
+    /// ... or once it holds this many records (default 8192).
+    #[serde(default = "default_batch_max_records")]
+    pub batch_max_records: usize,
+    /// A meal this far (default 3600 s) behind its lot's newest meal is late: it still
+    /// counts everywhere, goes to the `late` dataset, and corrects its windows.
+    #[serde(default = "default_allowed_lateness_s")]
+    pub allowed_lateness_s: u64,
+    /// Finished lots are remembered this many days of event time (default 90); a meal for a
+    /// lot forgotten since is late and recomputes nothing.
+    #[serde(default = "default_lot_retention_days")]
+    pub lot_retention_days: u64,
+    /// Replace a shipped KPI (`meal`, `lot_day`, `lot`, `windows`, `sqal`) or add one:
+    /// `[analytics.kpis.heavy_lots] sql = "SELECT code_lot, gaveur_id, … FROM meals …"`.
+    /// The tables a query can read are listed in the README ("Analytics").
+    #[serde(default)]
+    pub kpis: std::collections::BTreeMap<String, gaveurs_operators::analytics::KpiQuery>,
+}
+
+impl Default for AnalyticsConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults parse")
+    }
+}
+
+impl AnalyticsConfig {
+    /// The shipped KPIs with this configuration's replacements and additions.
+    pub fn settings(&self) -> gaveurs_operators::analytics::AnalyticsSettings {
+        let mut kpis = gaveurs_operators::analytics::default_kpis();
+        for (name, query) in &self.kpis {
+            let query = gaveurs_operators::analytics::KpiQuery {
+                name: name.clone(),
+                ..query.clone()
+            };
+            match kpis.iter_mut().find(|k| &k.name == name) {
+                Some(shipped) => *shipped = query,
+                None => kpis.push(query),
+            }
+        }
+        gaveurs_operators::analytics::AnalyticsSettings {
+            allowed_lateness: chrono::Duration::seconds(self.allowed_lateness_s as i64),
+            lot_retention: chrono::Duration::days(self.lot_retention_days as i64),
+            kpis,
+            ..Default::default()
+        }
+    }
+}
+
+fn default_batch_interval_ms() -> u64 {
+    500
+}
+fn default_batch_max_records() -> usize {
+    8192
+}
+fn default_allowed_lateness_s() -> u64 {
+    3600
+}
+fn default_lot_retention_days() -> u64 {
+    90
 }
 
 /// `[kafka]`: consume the input topics in a consumer group, publish the output topics.
@@ -57,6 +131,10 @@ pub struct KafkaConfig {
     /// instance only: its channels see its own records).
     #[serde(default = "default_live_topic")]
     pub live_topic: String,
+    /// KPI rows as JSON (`{"kpi": name, …columns}`), keyed by `code_lot`, else site or
+    /// station. `""` turns it off.
+    #[serde(default = "default_kpis_topic")]
+    pub kpis_topic: String,
     /// Default 6000: a killed instance's partitions move on within 10 s.
     #[serde(default = "default_session_timeout_ms")]
     pub session_timeout_ms: u64,
@@ -80,6 +158,9 @@ fn default_sqal_topic() -> String {
 }
 fn default_dlq_topic() -> String {
     "gaveurs.dlq.v1".into()
+}
+fn default_kpis_topic() -> String {
+    "gaveurs.kpis.v1".into()
 }
 fn default_live_topic() -> String {
     "gaveurs.live.v1".into()

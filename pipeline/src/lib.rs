@@ -2,6 +2,7 @@
 //! the HTTP server, lifecycle, and the MQTT producer used by the simulator, the load tool
 //! and the tests.
 
+pub mod analytics;
 pub mod auth;
 pub mod config;
 pub mod devices;

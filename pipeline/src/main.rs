@@ -30,6 +30,12 @@ enum Command {
     /// least every 30 s. SIGINT or SIGTERM stops intake, publishes everything accepted and
     /// exits 0.
     ///
+    /// Every accepted record also feeds the analytics operator (`[analytics]`): KPIs in
+    /// event time, as SQL queries run by DataFusion over micro-batches — per meal, lot-day and
+    /// lot (ITM once the lot's outcome is in), gaveur and site windows, SQAL quality — sent
+    /// as `kpi` messages on each gaveur's channel and the dashboards, served at
+    /// GET /api/v1/lots/{code_lot}, and written to the lot_kpis and late datasets.
+    ///
     /// Every record and every channel needs a JWT. Without `[auth]` the pipeline runs in dev
     /// mode: it keeps a signing key in data/auth/, serves its JWKS at
     /// /realms/gaveurs-production/protocol/openid-connect/certs, and `gaveurs token` mints
@@ -37,7 +43,8 @@ enum Command {
     ///
     /// With `[kafka]`, it also joins the consumer group and reads gaveurs.gavage.v1 and
     /// gaveurs.sqal.v1 (committing offsets only once published), writes refused records to
-    /// gaveurs.dlq.v1 and live records to gaveurs.live.v1; replicas share one data dir.
+    /// gaveurs.dlq.v1, live records to gaveurs.live.v1 and KPI rows to gaveurs.kpis.v1;
+    /// replicas share one data dir.
     Run {
         /// TOML configuration file; every section is optional. Keys can be overridden from
         /// the environment as GAVEURS_<SECTION>__<KEY>.
@@ -119,8 +126,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => {
             telemetry::init_console_only();
-            match Config::load(Some(&config)) {
-                Ok(_) => {
+            match Config::load(Some(&config)).and_then(|loaded| check_kpi_queries(&loaded)) {
+                Ok(()) => {
                     println!("{}: ok", config.display());
                     ExitCode::SUCCESS
                 }
@@ -244,4 +251,12 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Plans every KPI query (shipped and configured) against empty tables.
+fn check_kpi_queries(config: &Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+    let mut engine = gaveurs_operators::analytics::Engine::new(config.analytics.settings());
+    runtime.block_on(engine.check_queries())?;
+    Ok(())
 }

@@ -17,15 +17,18 @@ use anyhow::Context;
 use gaveurs_connectors::sources::kafka::{self as kafka_source, KafkaSettings, Publication};
 use gaveurs_connectors::sources::mqtt_broker::{self, BrokerSettings};
 use gaveurs_connectors::sources::mqtt_embedded::{EmbeddedListener, ListenerLimits};
+use gaveurs_operators::analytics::Engine;
 use gaveurs_operators::dedup::DedupIndex;
 use gaveurs_operators::validate::Validator;
 use gaveurs_sinks::kafka::{KafkaOutput, OutputSettings};
+use gaveurs_sinks::parquet::derived::DerivedWriter;
 use gaveurs_sinks::parquet::{self, ParquetOptions, RollControl};
 use gaveurs_sinks::wal::{Wal, WalEntry, WalOptions};
 use gaveurs_sinks::websocket::{Hub, HubOptions};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::analytics::{self, LotBoard};
 use crate::config::Config;
 use crate::devices::DeviceRegistry;
 use crate::http;
@@ -94,10 +97,11 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, demo: bool) -> an
     // Small: the durable log waits when Parquet falls behind, which bounds memory and
     // pushes back on producers instead of buffering without limit.
     let (parquet_tx, parquet_rx) = mpsc::sync_channel(8);
+    let (analytics_tx, analytics_rx) = mpsc::sync_channel(8);
     let (wal, wal_writer, replay) = Wal::open(
         WalOptions::new(paths.instance_dir.join("wal")),
         recovered_state.published_through,
-        vec![parquet_tx],
+        vec![parquet_tx, analytics_tx],
     )
     .context("opening the durable log")?;
     // Kafka records are never recovered from this log: whoever owns their partition now
@@ -130,6 +134,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, demo: bool) -> an
         stale_temp_files_removed = recovered_state.stale_removed,
         "recovery done"
     );
+    let replayed_for_analytics = replayed.clone();
     let roll_control = RollControl::new(recovered_state.published_through);
     let parquet_thread = {
         let wal = wal.clone();
@@ -169,6 +174,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, demo: bool) -> an
                 brokers: kafka.brokers.clone(),
                 dlq_topic: kafka.dlq_topic.clone(),
                 live_topic: kafka.live_topic.clone(),
+                kpis_topic: kafka.kpis_topic.clone(),
                 instance: instance_id.clone(),
                 properties: kafka.librdkafka.clone(),
             };
@@ -181,6 +187,44 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, demo: bool) -> an
             Some(output)
         }
         None => None,
+    };
+    let lot_board = Arc::new(LotBoard::default());
+    let analytics_thread = if !config.analytics.enabled {
+        tracing::info!("analytics disabled by [analytics] enabled = false");
+        drop(analytics_rx);
+        None
+    } else {
+        let mut engine = Engine::new(config.analytics.settings());
+        engine
+            .check_queries()
+            .await
+            .context("checking the [analytics] KPI queries")?;
+        let mut outputs = analytics::Outputs {
+            hub: hub.clone(),
+            kafka: kafka_output.clone(),
+            board: lot_board.clone(),
+            writer: DerivedWriter::new(paths.parquet_root.clone(), instance_id.clone()),
+        };
+        let restored = analytics::restore(&mut engine, &paths.parquet_root, &mut outputs)
+            .await
+            .context("reading published records back for analytics")?;
+        tracing::info!(
+            records = restored,
+            lots = engine.counters().lots,
+            "analytics restored"
+        );
+        analytics::spawn(
+            engine,
+            outputs,
+            analytics::Batching {
+                interval: Duration::from_millis(config.analytics.batch_interval_ms),
+                max_records: config.analytics.batch_max_records,
+                publish_every: Duration::from_secs(config.storage.roll_interval_s),
+            },
+            replayed_for_analytics,
+            analytics_rx,
+        )
+        .map(Some)?
     };
     let intake = PipelineIntake::new(IntakeParts {
         validator,
@@ -267,6 +311,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, demo: bool) -> an
         intake: intake.clone(),
         hub: hub.clone(),
         devices,
+        lots: lot_board,
         verifier,
         dev_keys,
         ping_every: Duration::from_secs(config.websocket.ping_interval_s),
@@ -341,6 +386,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, demo: bool) -> an
     ingest_sockets.close();
     ingest_sockets.wait().await;
     tokio::task::spawn_blocking(move || wal_writer.close()).await?;
+    if let Some(analytics) = analytics_thread {
+        let _ = tokio::task::spawn_blocking(move || analytics.join()).await;
+    }
     let parquet_result = tokio::task::spawn_blocking(move || parquet_thread.join())
         .await?
         .map_err(|_| anyhow::anyhow!("the parquet sink panicked"))?;

@@ -57,3 +57,26 @@ fn bad_values_and_bad_overrides_are_refused() {
     let (ok, output) = check(&missing, &[]);
     assert!(!ok && output.contains("cannot read"), "{output}");
 }
+
+#[test]
+fn a_kpi_query_that_does_not_plan_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "[analytics.kpis.heavy_doses]\nsql = \"SELECT code_lot, gaveur_id, dose_reelle FROM batch_meals WHERE dose_reelle > 450\"\n",
+    )
+    .unwrap();
+    let (ok, output) = check(&good, &[]);
+    assert!(ok, "{output}");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[analytics.kpis.heavy_doses]\nsql = \"SELECT code_lot, dose_totale FROM batch_meals\"\n",
+    )
+    .unwrap();
+    let (ok, output) = check(&bad, &[]);
+    assert!(!ok);
+    assert!(output.contains("heavy_doses"), "{output}");
+    assert!(output.contains("dose_totale"), "{output}");
+}

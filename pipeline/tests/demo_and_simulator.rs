@@ -25,10 +25,20 @@ async fn the_demo_feeds_parquet_and_the_live_channels() {
     );
     // Gaveur 1 (jean.martin, LL) owns some of the demo lots.
     let mut jean = ws_connect(gaveurs.http, "/ws/gaveur/1", &gaveurs.admin).await;
-    let meal = next_json(&mut jean).await;
-    assert_eq!(meal["type"], "gavage");
+    // Meals, and the KPIs the analytics operator computes from them.
+    let (mut meal, mut kpi) = (None, None);
+    while meal.is_none() || kpi.is_none() {
+        let message = next_json(&mut jean).await;
+        match message["type"].as_str() {
+            Some("gavage") => meal = Some(message),
+            Some("kpi") => kpi = Some(message),
+            _ => {}
+        }
+    }
+    let meal = meal.unwrap();
     assert_eq!(meal["data"]["gaveur_id"], 1);
     assert_eq!(meal["data"]["site"], "LL");
+    assert_eq!(kpi.unwrap()["data"]["gaveur_id"], 1);
     let mut dashboard = ws_connect(gaveurs.http, "/ws/realtime/", &gaveurs.admin).await;
     loop {
         if next_json(&mut dashboard).await["type"] == "sensor_update" {

@@ -10,19 +10,21 @@ use std::time::Duration;
 use std::path::Path;
 
 use gaveurs_pipeline::producer::MqttVersion;
-use support::kafka::{Tansu, produce, read_topic};
+use support::kafka::{Tansu, produce, read_topic, read_topic_until};
 use support::{Gaveurs, eventually, next_json, publish_each, read_rows, records, ws_connect};
 
 const GAVAGE: &str = "gaveurs.gavage.v1";
 const SQAL: &str = "gaveurs.sqal.v1";
 const DLQ: &str = "gaveurs.dlq.v1";
 const LIVE: &str = "gaveurs.live.v1";
+const KPIS: &str = "gaveurs.kpis.v1";
 
 async fn topics(tansu: &Tansu, gavage_partitions: i32) {
     tansu.create_topic(GAVAGE, gavage_partitions).await;
     tansu.create_topic(SQAL, 1).await;
     tansu.create_topic(DLQ, 1).await;
     tansu.create_topic(LIVE, 2).await;
+    tansu.create_topic(KPIS, 1).await;
 }
 
 /// Instances share `data`, the way replicas share a volume.
@@ -137,6 +139,18 @@ async fn produced_records_are_stored_once_and_offsets_follow_publication() {
     assert_eq!(not_json.headers["stage"], "decode");
     assert_eq!(not_json.headers["topic"], GAVAGE);
     assert!(not_json.headers.contains_key("offset"));
+    // KPIs on their topic, keyed by lot: the first lot's 20 meals add up.
+    let (mut lot_complete, mut meal_kpi) = (false, None);
+    read_topic_until(&tansu.brokers(), KPIS, |m| {
+        let row: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        lot_complete |= row["kpi"] == "lot" && row["code_lot"] == "LL26K0000" && row["repas"] == 20;
+        if row["kpi"] == "meal" && meal_kpi.is_none() {
+            meal_kpi = Some(row);
+        }
+        lot_complete && meal_kpi.is_some()
+    })
+    .await;
+    assert_eq!(meal_kpi.unwrap()["ecart_g"], -1.5);
     // Everything is published, so everything is committed.
     eventually(Duration::from_secs(30), "offsets committed", || {
         (tansu.committed_total("g1", GAVAGE, 3) == 203).then_some(())
@@ -274,7 +288,8 @@ async fn a_survivor_takes_over_a_killed_peer_and_its_gaveurs_miss_nothing() {
                     Err(_) => break,
                 };
             let data = &frame["data"];
-            if data["code_lot"].as_str().unwrap().starts_with("LL26K") {
+            if frame["type"] == "gavage" && data["code_lot"].as_str().unwrap().starts_with("LL26K")
+            {
                 seen.insert((
                     data["code_lot"].as_str().unwrap().to_string(),
                     data["jour"].as_i64().unwrap(),

@@ -36,6 +36,8 @@ pub struct AppState {
     pub intake: PipelineIntake,
     pub hub: Arc<Hub>,
     pub devices: Arc<DeviceRegistry>,
+    /// The latest KPIs of every lot.
+    pub lots: Arc<crate::analytics::LotBoard>,
     pub verifier: Arc<Verifier>,
     /// Dev mode: the keys whose JWKS is served at the Keycloak-shaped path.
     pub dev_keys: Option<Arc<DevKeys>>,
@@ -52,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health/ready", get(ready))
         .route(&crate::auth::jwks_path(), get(jwks))
         .route("/api/v1/devices", get(devices))
+        .route("/api/v1/lots/{code_lot}", get(lot))
         .route("/ws/gavage", get(ws::gavage_ingest))
         .route("/ws/sensors/", get(ws::sensors_ingest))
         .route("/ws/sensors", get(ws::sensors_ingest))
@@ -145,6 +148,47 @@ async fn devices(
 ) -> Result<impl IntoResponse, access::Forbidden> {
     access.require(Resource::SqalData, Action::Read, Scope::default())?;
     Ok(axum::Json(state.devices.snapshot()))
+}
+
+/// A lot's current KPIs (the latest row of each), for its gaveur and superviseurs; open
+/// alerts join them once alerts exist.
+async fn lot(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(code_lot): axum::extract::Path<String>,
+    access: access::Access,
+) -> Result<Response, access::Forbidden> {
+    let Some(view) = state.lots.get(&code_lot) else {
+        // Only someone who may read some gavage data learns that a lot is unknown.
+        access.require(
+            Resource::GavageData,
+            Action::Read,
+            Scope {
+                gaveur_id: access.principal.gaveur_id,
+                site: None,
+            },
+        )?;
+        return Ok((
+            StatusCode::NOT_FOUND,
+            axum::Json(serde_json::json!({"error": format!("no KPIs for lot {code_lot}")})),
+        )
+            .into_response());
+    };
+    access.require(
+        Resource::GavageData,
+        Action::Read,
+        Scope {
+            gaveur_id: view.gaveur_id,
+            site: view.site.as_deref(),
+        },
+    )?;
+    Ok(axum::Json(serde_json::json!({
+        "code_lot": view.code_lot,
+        "gaveur_id": view.gaveur_id,
+        "site": view.site,
+        "kpis": view.kpis,
+        "alerts": [],
+    }))
+    .into_response())
 }
 
 pub(crate) fn bearer_from_headers(headers: &HeaderMap) -> Option<String> {

@@ -163,6 +163,21 @@ pub struct Received {
 
 /// Reads `topic` from the beginning until `count` messages arrived (at most 30 s).
 pub async fn read_topic(brokers: &str, topic: &str, count: usize) -> Vec<Received> {
+    let mut seen = 0;
+    read_topic_until(brokers, topic, |_| {
+        seen += 1;
+        seen >= count
+    })
+    .await
+}
+
+/// Reads `topic` from the beginning until `done` says so of the latest message (at most 30 s
+/// between messages).
+pub async fn read_topic_until(
+    brokers: &str,
+    topic: &str,
+    mut done: impl FnMut(&Received) -> bool,
+) -> Vec<Received> {
     use rdkafka::Message;
     use rdkafka::consumer::StreamConsumer;
     use rdkafka::message::Headers;
@@ -175,10 +190,10 @@ pub async fn read_topic(brokers: &str, topic: &str, count: usize) -> Vec<Receive
         .unwrap();
     consumer.subscribe(&[topic]).unwrap();
     let mut out = Vec::new();
-    while out.len() < count {
+    loop {
         let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
             .await
-            .unwrap_or_else(|_| panic!("{} of {count} messages on {topic} after 30 s", out.len()))
+            .unwrap_or_else(|_| panic!("{} messages on {topic}, then nothing for 30 s", out.len()))
             .unwrap();
         let headers = message
             .headers()
@@ -197,6 +212,8 @@ pub async fn read_topic(brokers: &str, topic: &str, count: usize) -> Vec<Receive
             headers,
             payload: message.payload().unwrap_or_default().to_vec(),
         });
+        if done(out.last().unwrap()) {
+            return out;
+        }
     }
-    out
 }

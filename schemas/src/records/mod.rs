@@ -20,7 +20,9 @@ pub use sqal::{Grade, Matrix8x8, SqalMeasurementInput, SqalSample};
 use crate::envelope::StreamKind;
 
 /// A production site.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 pub enum Site {
     LL,
     LS,

@@ -29,6 +29,8 @@ pub struct OutputSettings {
     pub brokers: String,
     pub dlq_topic: String,
     pub live_topic: String,
+    /// KPI rows as JSON, keyed by `code_lot` (else the site or station).
+    pub kpis_topic: String,
     pub instance: String,
     /// librdkafka properties passed through (security settings).
     pub properties: BTreeMap<String, String>,
@@ -104,6 +106,18 @@ impl KafkaOutput {
 
     /// An accepted record, for the live views of every other instance. `encoded` is its log
     /// entry ([`crate::wal::encode`]), so the record is serialised once for both.
+    /// One KPI row (JSON) on the KPI topic.
+    pub fn kpi(&self, key: &str, json: &[u8]) {
+        if self.settings.kpis_topic.is_empty() {
+            return;
+        }
+        self.send(
+            BaseRecord::to(&self.settings.kpis_topic)
+                .key(key)
+                .payload(json),
+        );
+    }
+
     pub fn live(&self, key: &str, encoded: &[u8]) {
         if self.settings.live_topic.is_empty() {
             return;

@@ -214,7 +214,7 @@ impl Hub {
                         grade: None,
                     },
                     "gavage_realtime",
-                    event,
+                    event.envelope.ingest_time,
                     meal,
                 );
             }
@@ -227,7 +227,7 @@ impl Hub {
                         grade: Some(sample.grade),
                     },
                     "sensor_update",
-                    event,
+                    event.envelope.ingest_time,
                     sample.as_ref(),
                 );
             }
@@ -250,11 +250,34 @@ impl Hub {
         }
     }
 
+    /// Sends a site's KPI row to the dashboards that may see that site, as
+    /// `{"type":"kpi","timestamp":…,"site_code":…,"data":{…}}`; `sqal` rows are kept by the
+    /// `sqal_only` filter, and a station's rows by its `device_id` filter.
+    pub fn publish_site_kpi<T: Serialize>(
+        &self,
+        site: Site,
+        sqal: bool,
+        device_id: Option<String>,
+        data: &T,
+    ) {
+        let meta = RealtimeMeta {
+            kind: if sqal {
+                RealtimeKind::Sqal
+            } else {
+                RealtimeKind::Gavage
+            },
+            site,
+            device_id,
+            grade: None,
+        };
+        self.publish_realtime(meta, "kpi", chrono::Utc::now(), data);
+    }
+
     fn publish_realtime<T: Serialize>(
         &self,
         meta: RealtimeMeta,
         kind: &str,
-        event: &Event,
+        timestamp: chrono::DateTime<chrono::Utc>,
         data: &T,
     ) {
         let mut subscribers = self.realtime.lock();
@@ -275,7 +298,7 @@ impl Hub {
         }
         let text = serde_json::to_string(&Message {
             kind,
-            timestamp: event.envelope.ingest_time,
+            timestamp,
             site_code: meta.site,
             device_id: meta.device_id.as_deref(),
             grade: meta.grade,

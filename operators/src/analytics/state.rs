@@ -1,0 +1,128 @@
+//! What the analytics operator remembers between micro-batches: every lot's meals and outcome
+//! (a lot's totals need all of them, whatever their age), its event-time watermark and closed
+//! days, and recent SQAL samples.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+use gaveurs_schemas::records::{GavageMeal, Grade, LotOutcome, Moment, Site, SqalSample};
+
+/// One lot: its meals by idempotency key (a record seen twice replaces itself).
+#[derive(Debug)]
+pub(super) struct LotState {
+    pub gaveur_id: i64,
+    pub site: Site,
+    pub meals: BTreeMap<(i64, Moment), GavageMeal>,
+    pub outcome: Option<LotOutcome>,
+    /// The newest event time of the lot; its watermark trails it by the allowed lateness.
+    pub max_event_time: Option<DateTime<Utc>>,
+    /// Days (UTC dates of event time) whose window contribution is final.
+    pub closed_days: BTreeSet<NaiveDate>,
+}
+
+impl LotState {
+    pub fn new(gaveur_id: i64, site: Site) -> Self {
+        Self {
+            gaveur_id,
+            site,
+            meals: BTreeMap::new(),
+            outcome: None,
+            max_event_time: None,
+            closed_days: BTreeSet::new(),
+        }
+    }
+
+    /// Event time before which a meal of this lot is late. An outcome closes the lot: every
+    /// meal after it is late.
+    pub fn watermark(&self, lateness: Duration) -> Option<DateTime<Utc>> {
+        if self.outcome.is_some() {
+            return Some(DateTime::<Utc>::MAX_UTC);
+        }
+        self.max_event_time.map(|t| t - lateness)
+    }
+
+    /// Days that the watermark has passed and that were not closed before.
+    pub fn close_days(&mut self, lateness: Duration) -> Vec<NaiveDate> {
+        let Some(watermark) = self.watermark(lateness) else {
+            return Vec::new();
+        };
+        let days: BTreeSet<NaiveDate> = self
+            .meals
+            .values()
+            .map(|m| m.timestamp.date_naive())
+            .filter(|day| {
+                day.succ_opt()
+                    .and_then(|next| next.and_hms_opt(0, 0, 0))
+                    .is_some_and(|end| end.and_utc() <= watermark)
+            })
+            .collect();
+        let newly: Vec<NaiveDate> = days.difference(&self.closed_days).copied().collect();
+        self.closed_days.extend(newly.iter().copied());
+        newly
+    }
+
+    pub fn last_activity(&self) -> Option<DateTime<Utc>> {
+        let outcome = self.outcome.as_ref().map(|o| o.event_time);
+        self.max_event_time.max(outcome)
+    }
+}
+
+/// The columns of a SQAL sample that KPIs use (the matrices stay out of memory).
+#[derive(Debug, Clone)]
+pub(super) struct SampleRow {
+    pub device_id: String,
+    pub sample_id: String,
+    pub site: Site,
+    pub code_lot: Option<String>,
+    pub grade: Grade,
+    pub final_score: f64,
+    pub is_compliant: bool,
+    pub poids_foie_estime_g: Option<f64>,
+    pub event_time: DateTime<Utc>,
+}
+
+impl SampleRow {
+    pub fn of(sample: &SqalSample) -> Self {
+        Self {
+            device_id: sample.device_id.clone(),
+            sample_id: sample.sample_id.clone(),
+            site: sample.site_code,
+            code_lot: sample.code_lot.clone(),
+            grade: sample.grade,
+            final_score: sample.final_score,
+            is_compliant: sample.is_compliant,
+            poids_foie_estime_g: sample.poids_foie_estime_g,
+            event_time: sample.timestamp,
+        }
+    }
+}
+
+/// Samples by (site, day) for the per-day device and site KPIs, and by lot; each keyed by
+/// (device, sample id) so a sample seen twice counts once.
+#[derive(Debug, Default)]
+pub(super) struct Samples {
+    pub by_day: BTreeMap<(NaiveDate, Site), BTreeMap<(String, String), SampleRow>>,
+    pub by_lot: HashMap<String, BTreeMap<(String, String), SampleRow>>,
+}
+
+impl Samples {
+    pub fn insert(&mut self, row: SampleRow) {
+        let id = (row.device_id.clone(), row.sample_id.clone());
+        if let Some(lot) = &row.code_lot {
+            self.by_lot
+                .entry(lot.clone())
+                .or_default()
+                .insert(id.clone(), row.clone());
+        }
+        self.by_day
+            .entry((row.event_time.date_naive(), row.site))
+            .or_default()
+            .insert(id, row);
+    }
+
+    /// Forgets days before `keep_from`, and the samples of lots no longer remembered.
+    pub fn evict(&mut self, keep_from: NaiveDate, lots: &HashSet<String>) {
+        self.by_day.retain(|(day, _), _| *day >= keep_from);
+        self.by_lot.retain(|lot, _| !lots.contains(lot));
+    }
+}

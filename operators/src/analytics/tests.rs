@@ -1,0 +1,59 @@
+use chrono::TimeZone;
+
+use super::*;
+
+fn meal(code_lot: &str, jour: i64, moment: &str, hour: u32, day: u32) -> Record {
+    serde_json::from_value(serde_json::json!({
+        "record_type": "gavage", "code_lot": code_lot, "gaveur_id": 1, "site": "LL",
+        "jour": jour, "moment": moment, "dose_theorique": 200.0, "dose_reelle": 200.0,
+        "timestamp": Utc.with_ymd_and_hms(2026, 1, day, hour, 0, 0).unwrap(),
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn default_queries_plan_against_empty_tables() {
+    let mut engine = Engine::new(AnalyticsSettings::default());
+    engine.check_queries().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_broken_query_names_itself() {
+    let mut settings = AnalyticsSettings::default();
+    settings.kpis.push(KpiQuery {
+        name: "typo".into(),
+        sql: "SELECT nope FROM meals".into(),
+        dataset: None,
+        stream: None,
+    });
+    let error = Engine::new(settings).check_queries().await.unwrap_err();
+    assert!(error.to_string().contains("`typo`"), "{error}");
+}
+
+#[tokio::test]
+async fn a_day_closes_once_the_lot_watermark_passes_its_end() {
+    let mut engine = Engine::new(AnalyticsSettings::default());
+    let first = meal("LL1", 1, "matin", 6, 5);
+    engine.step(&[&first]).await.unwrap();
+    assert!(engine.lots["LL1"].closed_days.is_empty());
+    // 00:30 next day is within the hour of lateness: day 1 still open.
+    let night = meal("LL1", 1, "soir", 23, 5);
+    engine.step(&[&night]).await.unwrap();
+    assert!(engine.lots["LL1"].closed_days.is_empty());
+    let next = meal("LL1", 2, "matin", 6, 6);
+    engine.step(&[&next]).await.unwrap();
+    let day = chrono::NaiveDate::from_ymd_opt(2026, 1, 5).unwrap();
+    assert!(engine.lots["LL1"].closed_days.contains(&day));
+}
+
+#[tokio::test]
+async fn a_meal_seen_twice_counts_once() {
+    let mut engine = Engine::new(AnalyticsSettings::default());
+    let m = meal("LL1", 1, "matin", 6, 5);
+    engine.step(&[&m]).await.unwrap();
+    let out = engine.step(&[&m]).await.unwrap();
+    let lot = out.kpis.iter().find(|k| k.kpi.name == "lot").unwrap();
+    let rows = json_rows(&lot.batches).unwrap();
+    assert_eq!(rows[0]["repas"], 1);
+    assert_eq!(rows[0]["mais_total_g"], 200.0);
+}

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The real-data check of .ci/run (issue 6): replays every lot of ../shared/data (2,295 lots,
+# ~48,000 meals) through a running pipeline with `gaveurs replay`, stops it (which publishes
+# everything), and fails unless every lot's ITM from `gaveurs query` equals the file's `itm`
+# to 2 decimals. Fails when the data files are missing.
+#
+# GAVEURS_REAL_DATA overrides the data folder; GAVEURS_BIN the binary (default: a debug build).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/gaveurs/target}"
+
+DATA="${GAVEURS_REAL_DATA:-$(cd .. && pwd)/shared/data}"
+MEALS="$DATA/meals_2023.csv.gz"
+LOTS="$DATA/lots_2023.csv.gz"
+for f in "$MEALS" "$LOTS"; do
+  [ -f "$f" ] || { echo "real-data check: $f is missing (set GAVEURS_REAL_DATA)" >&2; exit 1; }
+done
+
+if [ -z "${GAVEURS_BIN:-}" ]; then
+  cargo build --locked --quiet --bin gaveurs
+  GAVEURS_BIN="$CARGO_TARGET_DIR/debug/gaveurs"
+fi
+
+WORK="$(mktemp -d)"
+PID=""
+cleanup() { [ -n "$PID" ] && kill -9 "$PID" 2>/dev/null; rm -rf "$WORK"; }
+trap cleanup EXIT
+cat > "$WORK/gaveurs.toml" <<TOML
+[http]
+listen = "127.0.0.1:0"
+[mqtt]
+listen = "127.0.0.1:0"
+[storage]
+data_dir = "$WORK/data"
+[logs]
+dir = "$WORK/logs"
+console = false
+TOML
+
+started=$(date +%s)
+(cd "$WORK" && exec "$GAVEURS_BIN" run --config gaveurs.toml > "$WORK/stdout.log" 2> "$WORK/stderr.log") &
+PID=$!
+for _ in $(seq 1 600); do
+  grep -q "^gaveurs ready" "$WORK/stdout.log" 2>/dev/null && break
+  kill -0 "$PID" 2>/dev/null || { cat "$WORK/stderr.log" >&2; exit 1; }
+  sleep 0.1
+done
+MQTT=$(grep "^gaveurs ready" "$WORK/stdout.log" | sed -E 's/.* mqtt=([^ ]+).*/\1/')
+[ -n "$MQTT" ] || { echo "the pipeline did not get ready" >&2; cat "$WORK/stderr.log" >&2; exit 1; }
+
+(cd "$WORK" && "$GAVEURS_BIN" replay --config gaveurs.toml --mqtt "$MQTT" --meals "$MEALS" --lots "$LOTS")
+kill -TERM "$PID"
+wait "$PID" || { echo "the pipeline did not stop cleanly" >&2; tail -20 "$WORK/stderr.log" >&2; exit 1; }
+PID=""
+(cd "$WORK" && "$GAVEURS_BIN" query --config gaveurs.toml --format csv \
+  "SELECT code_lot, itm FROM lot_kpis ORDER BY code_lot") > "$WORK/itm.csv"
+ended=$(date +%s)
+
+python3 - "$LOTS" "$WORK/itm.csv" <<'PY'
+import csv, gzip, sys
+lots = {row["code_lot"]: float(row["itm"]) for row in csv.DictReader(gzip.open(sys.argv[1], "rt"))}
+computed = {}
+for row in csv.DictReader(open(sys.argv[2])):
+    computed[row["code_lot"]] = float(row["itm"]) if row["itm"] not in ("", "NULL") else None
+missing = sorted(set(lots) - set(computed))
+wrong = [(c, lots[c], computed[c]) for c in sorted(lots)
+         if c in computed and (computed[c] is None or round(computed[c], 2) != round(lots[c], 2))]
+print(f"real-data check: {len(lots)} lots in the file, {len(computed)} in lot_kpis, "
+      f"{len(missing)} missing, {len(wrong)} with another ITM", file=sys.stderr)
+for code in missing[:5]:
+    print(f"  missing: {code}", file=sys.stderr)
+for code, want, got in wrong[:5]:
+    print(f"  {code}: file {want}, pipeline {got}", file=sys.stderr)
+sys.exit(1 if missing or wrong else 0)
+PY
+echo "real-data check passed in $((ended - started)) s (replay, shutdown and query)" >&2
