@@ -1,6 +1,6 @@
 //! The `gaveurs` binary's library: configuration, wiring of sources, operators and sinks,
-//! the HTTP server, lifecycle, and the MQTT producer used by the simulator, the load tool
-//! and the tests.
+//! the HTTP server, lifecycle, SQL over the Parquet datasets, and the MQTT producer used by
+//! the simulator, the load tool and the tests.
 
 pub mod analytics;
 pub mod auth;
@@ -10,6 +10,7 @@ pub mod http;
 pub mod instance;
 pub mod intake;
 pub mod producer;
+pub mod query;
 pub mod run;
 pub mod simulate;
 pub mod telemetry;

@@ -4,13 +4,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use gaveurs_pipeline::config::Config;
 use gaveurs_pipeline::simulate::{self, Destination, SimulateOptions};
-use gaveurs_pipeline::{run, telemetry};
+use gaveurs_pipeline::{query, run, telemetry};
 
 /// Realtime pipeline for foie-gras production: MQTT and WebSocket in, durable log, live
-/// WebSocket channels and Parquet out.
+/// WebSocket channels and Parquet out, and SQL over that Parquet (`gaveurs query`).
 ///
 /// Data and logs go under the working directory by default (`./data`, `./logs`).
 #[derive(Parser)]
@@ -119,11 +119,64 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Run a read-only SQL query (DataFusion's dialect) over the published Parquet datasets
+    /// and print only its result on stdout; errors go to stderr with a non-zero exit.
+    ///
+    /// Reads `<data_dir>/parquet` of the configuration (`./data/parquet` by default), so run
+    /// it in the pipeline's working directory with the same --config; the pipeline may be
+    /// running. Only published files are read (not the rows of the current roll).
+    /// `--help` lists the tables and their columns.
+    Query {
+        /// The query, e.g. "SELECT code_lot, jour, moment FROM gavage_meals ORDER BY jour".
+        /// SELECT, WITH, EXPLAIN, SHOW TABLES and SHOW COLUMNS; writes and DDL are refused.
+        sql: String,
+        /// table: aligned text; csv: a header row, then one line per row; json: one JSON
+        /// array of row objects (nulls written as null); arrow: an Arrow IPC stream.
+        #[arg(long, value_enum, default_value = "table")]
+        format: query::Format,
+        /// The pipeline's configuration, for `[storage] data_dir`.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // `query --help` lists the tables, from the schemas the query catalog registers.
+    let command = Cli::command().mut_subcommand("query", |query| {
+        query
+            .after_help("Tables: see `gaveurs query --help` for their columns.")
+            .after_long_help(query::help_text())
+    });
+    let cli = Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
     match cli.command {
+        Command::Query {
+            sql,
+            format,
+            config,
+        } => {
+            telemetry::init_console_only();
+            let loaded = match Config::load(config.as_deref()) {
+                Ok(loaded) => loaded,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let root = query::parquet_root(&loaded);
+            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+            let stdout = std::io::BufWriter::new(std::io::stdout().lock());
+            match runtime.block_on(query::run(&root, &sql, format, stdout)) {
+                Ok(_) => ExitCode::SUCCESS,
+                // `gaveurs query … | head`: the reader had enough.
+                Err(query::QueryError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Check { config } => {
             telemetry::init_console_only();
             match Config::load(Some(&config)).and_then(|loaded| check_kpi_queries(&loaded)) {

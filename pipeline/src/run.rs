@@ -317,6 +317,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, demo: bool) -> an
         ping_every: Duration::from_secs(config.websocket.ping_interval_s),
         shutdown: shutdown.clone(),
         ingest_sockets: ingest_sockets.clone(),
+        parquet_root: paths.parquet_root.clone(),
     });
     let http_task = tokio::spawn({
         let shutdown = shutdown.clone();

@@ -1,9 +1,11 @@
-//! The HTTP server: health, the dev-mode JWKS, the API, the WebSocket ingest and live
-//! channels. Every response carries the security headers and an `X-Request-ID`.
+//! The HTTP server: health, the dev-mode JWKS, the API (devices, SQL queries), the WebSocket
+//! ingest and live channels. Every response carries the security headers and an `X-Request-ID`.
 
 mod access;
+mod query;
 mod ws;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +14,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use gaveurs_operators::auth::Verifier;
 use gaveurs_operators::auth::dev::DevKeys;
 use gaveurs_operators::auth::permissions::{Action, Resource, Scope};
@@ -46,6 +48,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// WebSocket ingest sockets, awaited at shutdown before the log closes.
     pub ingest_sockets: TaskTracker,
+    /// `<data_dir>/parquet`, which `POST /api/v1/query` reads.
+    pub parquet_root: PathBuf,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -55,6 +59,7 @@ pub fn router(state: AppState) -> Router {
         .route(&crate::auth::jwks_path(), get(jwks))
         .route("/api/v1/devices", get(devices))
         .route("/api/v1/lots/{code_lot}", get(lot))
+        .route("/api/v1/query", post(query::query))
         .route("/ws/gavage", get(ws::gavage_ingest))
         .route("/ws/sensors/", get(ws::sensors_ingest))
         .route("/ws/sensors", get(ws::sensors_ingest))

@@ -1,0 +1,512 @@
+//! SQL over the published Parquet datasets, for analysts: `gaveurs query` and
+//! `POST /api/v1/query`.
+//!
+//! A [`Catalog`] is opened per query from the Parquet root (`<data_dir>/parquet`): one
+//! DataFusion table per dataset folder, listing only published files (`*.parquet` whose name
+//! does not start with `.`; in-progress files are `.name.parquet.tmp`) with the Hive partition
+//! columns `date` and `site` taken from `date=…/site=…/`. A table's columns are its known
+//! schema merged with the schemas of its files, every column nullable, so a file written by an
+//! older version (without a newer column) reads that column as null. Every known dataset is a
+//! table even before its first file exists: an empty one, with its known columns.
+//!
+//! `lot_kpis` is a view: the latest row (greatest `_computed_at`) of each lot in
+//! `lot_kpis_history`, the append-only listing of every row ever written.
+//!
+//! Queries are read-only: DDL, DML (`INSERT`, `COPY`) and other statements (`SET`) are refused.
+
+mod format;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::catalog::TableProvider;
+use datafusion::dataframe::DataFrame;
+use datafusion::datasource::empty::EmptyTable;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::error::DataFusionError;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use futures::{StreamExt, TryStreamExt};
+use gaveurs_schemas::datasets::Dataset;
+
+pub use format::{BatchWriter, Format, sql_type};
+
+/// Hive partition columns, in folder order: `date=YYYY-MM-DD/site=XX/`.
+pub const PARTITION_COLUMNS: [&str; 2] = ["date", "site"];
+
+/// Every row of `lot_kpis` ever written; `lot_kpis` is the latest row per lot.
+pub const LOT_KPIS_HISTORY: &str = "lot_kpis_history";
+const LOT_KPIS: &str = "lot_kpis";
+
+/// Published files: not hidden, `.parquet`. Matched against the file name only (the
+/// `key=value` folders above it are partitions).
+const PUBLISHED_FILES: &str = "[!.]*.parquet";
+
+/// Schemas of the datasets whose writers do not live in `gaveurs_schemas::datasets`: the
+/// columns a query sees when no file exists yet. Files may have more columns (they are added
+/// to the table), and a column listed here that a file lacks reads as null.
+pub fn fallback_schemas() -> Vec<(&'static str, Schema)> {
+    let utc = || DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    let mut late = Dataset::GavageMeals.schema().fields().to_vec();
+    late.push(Arc::new(Field::new("_lateness_s", DataType::Float64, true)));
+    vec![
+        (
+            LOT_KPIS,
+            Schema::new(vec![
+                Field::new("code_lot", DataType::Utf8, false),
+                Field::new("gaveur_id", DataType::Int64, false),
+                Field::new("site", DataType::Utf8, false),
+                Field::new("itm", DataType::Float64, true),
+                Field::new("_computed_at", utc(), false),
+            ]),
+        ),
+        ("late", Schema::new(late)),
+        (
+            "alerts",
+            Schema::new(vec![
+                Field::new("alert_id", DataType::Utf8, false),
+                Field::new("rule", DataType::Utf8, false),
+                Field::new("severity", DataType::Utf8, false),
+                Field::new("state", DataType::Utf8, false),
+                Field::new("code_lot", DataType::Utf8, true),
+                Field::new("device_id", DataType::Utf8, true),
+                Field::new("value", DataType::Float64, true),
+                Field::new("threshold", DataType::Float64, true),
+                Field::new("opened_at", utc(), false),
+            ]),
+        ),
+        (
+            "anomalies",
+            Schema::new(vec![
+                Field::new("_event_id", DataType::Utf8, false),
+                Field::new("score", DataType::Float64, false),
+            ]),
+        ),
+    ]
+}
+
+/// The datasets that are tables even before their first file: (folder name, known schema).
+pub fn known_datasets() -> Vec<(&'static str, SchemaRef)> {
+    Dataset::ALL
+        .iter()
+        .map(|d| (d.name(), d.schema()))
+        .chain(
+            fallback_schemas()
+                .into_iter()
+                .map(|(name, schema)| (name, Arc::new(schema))),
+        )
+        .collect()
+}
+
+/// The columns a table has when its folder holds no file yet: the known schema, every column
+/// nullable, plus the partition columns it does not already have.
+pub fn known_tables() -> Vec<(String, SchemaRef)> {
+    let mut tables = Vec::new();
+    for (name, schema) in known_datasets() {
+        let columns = with_partition_columns(&nullable(&schema));
+        if name == LOT_KPIS {
+            tables.push((LOT_KPIS.to_string(), columns.clone()));
+            tables.push((LOT_KPIS_HISTORY.to_string(), columns));
+        } else {
+            tables.push((name.to_string(), columns));
+        }
+    }
+    tables
+}
+
+/// `gaveurs query --help`: the tables and their columns, from the same schemas the catalog
+/// registers.
+pub fn help_text() -> String {
+    let mut text = String::from(
+        "Tables (one per dataset under <data_dir>/parquet/; a dataset without files yet is an \
+         empty table). `date` and `site` are the partition folders (strings), unless the files \
+         have a column of that name. lot_kpis holds the latest row of each lot (greatest \
+         _computed_at); lot_kpis_history every row ever written. Any other folder under \
+         parquet/ is a table too, with the columns of its files. Files written by older \
+         versions read a column they lack as null.\n",
+    );
+    for (name, schema) in known_tables() {
+        text.push_str(&format!("\n  {name}\n"));
+        let mut line = String::from("   ");
+        for (n, field) in schema.fields().iter().enumerate() {
+            let column = format!(
+                " {} {}{}",
+                field.name(),
+                sql_type(field.data_type()),
+                if n + 1 < schema.fields().len() {
+                    ","
+                } else {
+                    ""
+                }
+            );
+            if line.len() + column.len() > 92 {
+                text.push_str(&line);
+                text.push('\n');
+                line = String::from("   ");
+            }
+            line.push_str(&column);
+        }
+        text.push_str(&line);
+        text.push('\n');
+    }
+    text.push_str(
+        "\nExamples:\n  gaveurs query \"SELECT code_lot, jour, moment, dose_reelle FROM gavage_meals \
+         ORDER BY jour\"\n  gaveurs query --format csv \"SELECT site, count(*) AS n FROM \
+         sqal_samples GROUP BY site\"\n  gaveurs query \"SHOW COLUMNS FROM lot_kpis\"\n",
+    );
+    text
+}
+
+/// Why a query gave no result.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The query is wrong or not allowed (unknown table or column, syntax, a write): the
+    /// caller's to fix.
+    #[error("{0}")]
+    Invalid(String),
+    /// More rows than a caller may receive at once.
+    #[error("the result has more than {0} rows; add a LIMIT or aggregate")]
+    TooLarge(usize),
+    /// Reading the data failed (I/O, a corrupt file).
+    #[error("{0}")]
+    Failed(String),
+    /// Writing the result failed (e.g. a closed pipe).
+    #[error("writing the result: {0}")]
+    Output(#[source] std::io::Error),
+}
+
+impl From<DataFusionError> for QueryError {
+    fn from(error: DataFusionError) -> Self {
+        match error.find_root() {
+            DataFusionError::IoError(_)
+            | DataFusionError::ObjectStore(_)
+            | DataFusionError::ParquetError(_)
+            | DataFusionError::Internal(_)
+            | DataFusionError::ExecutionJoin(_) => QueryError::Failed(error.to_string()),
+            DataFusionError::ArrowError(e, _)
+                if matches!(**e, arrow::error::ArrowError::IoError(..)) =>
+            {
+                QueryError::Failed(error.to_string())
+            }
+            _ => QueryError::Invalid(error.to_string()),
+        }
+    }
+}
+
+impl From<arrow::error::ArrowError> for QueryError {
+    fn from(error: arrow::error::ArrowError) -> Self {
+        match error {
+            arrow::error::ArrowError::IoError(_, e) => QueryError::Output(e),
+            other => QueryError::Failed(other.to_string()),
+        }
+    }
+}
+
+/// The datasets of one Parquet root as SQL tables.
+pub struct Catalog {
+    ctx: SessionContext,
+}
+
+impl Catalog {
+    /// Registers every dataset under `parquet_root` (which need not exist). Reads the footers
+    /// of the published files, to merge their schemas.
+    pub async fn open(parquet_root: &Path) -> Result<Catalog, QueryError> {
+        let root = std::path::absolute(parquet_root).map_err(|e| {
+            QueryError::Failed(format!("cannot resolve {}: {e}", parquet_root.display()))
+        })?;
+        if root.to_string_lossy().contains(['*', '?', '[']) {
+            return Err(QueryError::Failed(format!(
+                "the data dir {} contains a glob character (* ? [), which DataFusion cannot list",
+                root.display()
+            )));
+        }
+        let mut config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_default_catalog_and_schema("gaveurs", "public");
+        // Strings read as Utf8, as the known schemas and every writer declare them.
+        config
+            .options_mut()
+            .execution
+            .parquet
+            .schema_force_view_types = false;
+        let ctx = SessionContext::new_with_config(config);
+
+        let mut datasets: Vec<(String, Option<SchemaRef>)> = known_datasets()
+            .into_iter()
+            .map(|(name, schema)| (name.to_string(), Some(schema)))
+            .collect();
+        let known: BTreeSet<String> = datasets.iter().map(|(n, _)| n.clone()).collect();
+        for name in other_folders(&root) {
+            if !known.contains(&name) && name != LOT_KPIS_HISTORY {
+                datasets.push((name, None));
+            }
+        }
+        for (name, schema) in datasets {
+            let table_name = if name == LOT_KPIS {
+                LOT_KPIS_HISTORY
+            } else {
+                &name
+            };
+            let dir = root.join(&name);
+            if let Some(table) = dataset_table(&ctx, &dir, schema)
+                .await
+                .map_err(|e| QueryError::Failed(format!("cannot read the dataset {name}: {e}")))?
+            {
+                ctx.register_table(table_name, table)?;
+            }
+        }
+        let latest = ctx.sql(&latest_row_per_lot(&ctx).await?).await?;
+        ctx.register_table(LOT_KPIS, latest.into_view())?;
+        Ok(Catalog { ctx })
+    }
+
+    /// Plans a read-only query: DDL, DML and statements are refused.
+    pub async fn sql(&self, sql: &str) -> Result<DataFrame, QueryError> {
+        let options = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        self.ctx
+            .sql_with_options(sql, options)
+            .await
+            .map_err(|e| match QueryError::from(e) {
+                // What `SQLOptions` refuses, said in the caller's terms.
+                QueryError::Invalid(message)
+                    if ["DDL", "DML", "Statement"]
+                        .iter()
+                        .any(|kind| message.contains(&format!("{kind} not supported: "))) =>
+                {
+                    QueryError::Invalid(format!(
+                        "only read-only queries (SELECT, WITH, EXPLAIN, SHOW) are allowed: {message}"
+                    ))
+                }
+                other => other,
+            })
+    }
+
+    /// Runs a read-only query and streams its result.
+    pub async fn stream(&self, sql: &str) -> Result<SendableRecordBatchStream, QueryError> {
+        Ok(self.sql(sql).await?.execute_stream().await?)
+    }
+}
+
+/// Runs `sql` over `parquet_root` and writes the result to `out` in `format`; returns the
+/// number of rows. Batches are written as they come (but `table` needs them all first).
+pub async fn run<W: std::io::Write>(
+    parquet_root: &Path,
+    sql: &str,
+    format: Format,
+    out: W,
+) -> Result<usize, QueryError> {
+    let catalog = Catalog::open(parquet_root).await?;
+    let mut stream = catalog.stream(sql).await?;
+    let mut writer = BatchWriter::new(format, stream.schema(), out)?;
+    let mut rows = 0;
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        rows += batch.num_rows();
+        writer.write(&batch)?;
+    }
+    writer.finish()?;
+    Ok(rows)
+}
+
+/// Runs `sql` and collects its result, refusing more than `max_rows` rows.
+pub async fn collect_capped(
+    parquet_root: &Path,
+    sql: &str,
+    max_rows: usize,
+) -> Result<(SchemaRef, Vec<arrow::array::RecordBatch>), QueryError> {
+    let catalog = Catalog::open(parquet_root).await?;
+    let frame = catalog.sql(sql).await?;
+    let stream = frame.limit(0, Some(max_rows + 1))?.execute_stream().await?;
+    let schema = stream.schema();
+    let batches: Vec<_> = stream.try_collect().await?;
+    if batches.iter().map(|b| b.num_rows()).sum::<usize>() > max_rows {
+        return Err(QueryError::TooLarge(max_rows));
+    }
+    Ok((schema, batches))
+}
+
+/// Queries from the HTTP server run here, on their own threads, so a heavy query cannot
+/// delay the tasks that acknowledge records.
+pub fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(
+                std::thread::available_parallelism()
+                    .map(|n| n.get().div_ceil(2))
+                    .unwrap_or(1),
+            )
+            .thread_name("gaveurs-query")
+            .enable_all()
+            .build()
+            .expect("query runtime")
+    })
+}
+
+/// Folders under the root that may be datasets (not `_rolls`, not hidden).
+fn other_folders(root: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| !n.starts_with(['.', '_']))
+        .collect();
+    names.sort();
+    names
+}
+
+fn listing_options() -> ListingOptions {
+    ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet")
+}
+
+/// One dataset folder as a table, or `None` for an unknown folder without files.
+async fn dataset_table(
+    ctx: &SessionContext,
+    dir: &Path,
+    known: Option<SchemaRef>,
+) -> datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
+    let (url, files) = if dir.is_dir() {
+        let url =
+            ListingTableUrl::parse(format!("{}/", dir.display()))?.with_glob(PUBLISHED_FILES)?;
+        let state = ctx.state();
+        let store = state.runtime_env().object_store(&url)?;
+        let files: Vec<_> = url
+            .list_all_files(&state, store.as_ref(), ".parquet")
+            .await?
+            .try_filter(|meta| futures::future::ready(meta.size > 0))
+            .try_collect()
+            .await?;
+        (Some(url), files)
+    } else {
+        (None, Vec::new())
+    };
+    let (Some(url), false) = (url, files.is_empty()) else {
+        return Ok(known.map(|schema| {
+            Arc::new(EmptyTable::new(with_partition_columns(&nullable(&schema))))
+                as Arc<dyn TableProvider>
+        }));
+    };
+    let state = ctx.state();
+    let store = state.runtime_env().object_store(&url)?;
+    let options = listing_options();
+    let inferred = match options.format.infer_schema(&state, &store, &files).await {
+        Ok(schema) => schema,
+        // Files that disagree on a column's type, or one whose footer cannot be read: the
+        // other tables stay queryable. The first type seen wins (files in path order), and a
+        // file that cannot be read or cast fails only the queries that scan it.
+        Err(e) => {
+            tracing::warn!(dataset = %dir.display(), "merging the files' schemas: {e}");
+            let mut files = files;
+            files.sort_by(|a, b| a.location.cmp(&b.location));
+            let mut merged = Schema::empty();
+            for file in &files {
+                match options
+                    .format
+                    .infer_schema(&state, &store, std::slice::from_ref(file))
+                    .await
+                {
+                    Ok(schema) => merged = merge(Some(&merged), &schema),
+                    Err(e) => tracing::warn!(file = %file.location, "unreadable footer: {e}"),
+                }
+            }
+            Arc::new(merged)
+        }
+    };
+    let file_schema = Arc::new(merge(known.as_deref(), &inferred));
+    let partitions = partition_columns(&file_schema)
+        .into_iter()
+        .map(|name| (name.to_string(), DataType::Utf8))
+        .collect();
+    let config = ListingTableConfig::new(url)
+        .with_listing_options(options.with_table_partition_cols(partitions))
+        .with_schema(file_schema);
+    Ok(Some(Arc::new(ListingTable::try_new(config)?)))
+}
+
+/// The known columns first (in their order, with their types), then the columns only files
+/// have; every column nullable.
+fn merge(known: Option<&Schema>, files: &Schema) -> Schema {
+    let mut fields: Vec<Field> = known
+        .map(|k| k.fields().iter().map(|f| f.as_ref().clone()).collect())
+        .unwrap_or_default();
+    for field in files.fields() {
+        if !fields.iter().any(|f| f.name() == field.name()) {
+            fields.push(field.as_ref().clone());
+        }
+    }
+    Schema::new(
+        fields
+            .into_iter()
+            .map(|f| f.with_nullable(true))
+            .collect::<Vec<_>>(),
+    )
+}
+
+fn nullable(schema: &Schema) -> Schema {
+    merge(Some(schema), &Schema::empty())
+}
+
+/// The partition folders a table exposes as columns: `date` and `site`, unless the files
+/// already have a column of that name (the file's value wins). The folders are nested, so
+/// once one is shadowed the ones below it are not exposed either.
+fn partition_columns(file_schema: &Schema) -> Vec<&'static str> {
+    PARTITION_COLUMNS
+        .into_iter()
+        .take_while(|name| file_schema.field_with_name(name).is_err())
+        .collect()
+}
+
+fn with_partition_columns(file_schema: &Schema) -> SchemaRef {
+    let mut fields: Vec<Field> = file_schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    for name in partition_columns(file_schema) {
+        fields.push(Field::new(name, DataType::Utf8, false));
+    }
+    Arc::new(Schema::new(fields))
+}
+
+/// `lot_kpis`: for each `code_lot`, the row of `lot_kpis_history` with the greatest
+/// `_computed_at`; ties are broken by every other comparable column, so the answer never
+/// depends on file order.
+async fn latest_row_per_lot(ctx: &SessionContext) -> Result<String, QueryError> {
+    let history = ctx.table_provider(LOT_KPIS_HISTORY).await?.schema();
+    let quote = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
+    let columns: Vec<String> = history.fields().iter().map(|f| quote(f.name())).collect();
+    let tie_breakers: Vec<String> = history
+        .fields()
+        .iter()
+        .filter(|f| !["code_lot", "_computed_at"].contains(&f.name().as_str()))
+        .filter(|f| !f.data_type().is_nested())
+        .map(|f| format!("{} ASC NULLS LAST", quote(f.name())))
+        .collect();
+    let mut order = vec!["\"_computed_at\" DESC NULLS LAST".to_string()];
+    order.extend(tie_breakers);
+    Ok(format!(
+        "SELECT {columns} FROM (SELECT *, row_number() OVER (PARTITION BY \"code_lot\" ORDER BY {order}) \
+         AS __latest FROM {LOT_KPIS_HISTORY}) WHERE __latest = 1",
+        columns = columns.join(", "),
+        order = order.join(", "),
+    ))
+}
+
+/// Where `gaveurs query` finds the datasets: `<data_dir>/parquet`.
+pub fn parquet_root(config: &crate::config::Config) -> PathBuf {
+    config.storage.data_dir.join("parquet")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,183 @@
+use super::*;
+
+#[test]
+fn partition_columns_are_shadowed_by_file_columns() {
+    let meals = Dataset::GavageMeals.schema();
+    assert_eq!(partition_columns(&meals), vec!["date"]);
+    let samples = Dataset::SqalSamples.schema();
+    assert_eq!(partition_columns(&samples), vec!["date", "site"]);
+    let dated = Schema::new(vec![Field::new("date", DataType::Utf8, true)]);
+    assert!(partition_columns(&dated).is_empty());
+}
+
+#[test]
+fn merged_schema_keeps_known_columns_first_and_makes_all_nullable() {
+    let known = Schema::new(vec![
+        Field::new("a", DataType::Utf8, false),
+        Field::new("b", DataType::Int64, false),
+    ]);
+    let files = Schema::new(vec![
+        Field::new("c", DataType::Float64, false),
+        Field::new("a", DataType::Utf8, false),
+    ]);
+    let merged = merge(Some(&known), &files);
+    let names: Vec<_> = merged.fields().iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(names, ["a", "b", "c"]);
+    assert!(merged.fields().iter().all(|f| f.is_nullable()));
+}
+
+#[test]
+fn help_lists_every_column_of_every_known_table() {
+    let help = help_text();
+    for (table, schema) in known_tables() {
+        let section = help
+            .split(&format!("\n  {table}\n"))
+            .nth(1)
+            .unwrap_or_else(|| panic!("{table} missing from the help"));
+        let section = section.split("\n\n").next().unwrap();
+        for field in schema.fields() {
+            assert!(
+                section.contains(&format!(
+                    " {} {}",
+                    field.name(),
+                    sql_type(field.data_type())
+                )),
+                "{table}.{} missing from the help",
+                field.name()
+            );
+        }
+    }
+    for table in [
+        "gavage_meals",
+        "sqal_samples",
+        "lot_outcomes",
+        "dlq",
+        "lot_kpis",
+    ] {
+        assert!(help.contains(&format!("\n  {table}\n")), "{table}");
+    }
+    for table in ["lot_kpis_history", "late", "alerts", "anomalies"] {
+        assert!(help.contains(&format!("\n  {table}\n")), "{table}");
+    }
+}
+
+#[tokio::test]
+async fn every_known_table_exists_before_any_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Catalog::open(&dir.path().join("parquet")).await.unwrap();
+    for (table, schema) in known_tables() {
+        let frame = catalog
+            .sql(&format!("SELECT * FROM {table}"))
+            .await
+            .unwrap();
+        let got: Vec<_> = frame
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        let expected: Vec<_> = schema.fields().iter().map(|f| f.name().clone()).collect();
+        assert_eq!(got, expected, "{table}");
+        assert_eq!(frame.count().await.unwrap(), 0, "{table}");
+    }
+}
+
+#[tokio::test]
+async fn writes_and_definitions_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Catalog::open(dir.path()).await.unwrap();
+    for sql in [
+        "CREATE TABLE t AS SELECT 1",
+        "INSERT INTO alerts (alert_id) VALUES ('x')",
+        "DROP TABLE alerts",
+        "COPY (SELECT 1) TO '/tmp/gaveurs-query-copy.csv'",
+        "SET datafusion.execution.batch_size = 1",
+    ] {
+        match catalog.sql(sql).await {
+            Err(QueryError::Invalid(message)) => {
+                assert!(message.contains("read-only"), "{sql}: {message}")
+            }
+            Err(other) => panic!("{sql}: {other:?}"),
+            Ok(_) => panic!("{sql} was accepted"),
+        }
+    }
+    assert!(catalog.sql("EXPLAIN SELECT * FROM alerts").await.is_ok());
+    assert!(catalog.sql("SHOW TABLES").await.is_ok());
+}
+
+fn write_parquet(path: &Path, batch: &arrow::array::RecordBatch) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let file = std::fs::File::create(path).unwrap();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+    writer.write(batch).unwrap();
+    writer.close().unwrap();
+}
+
+async fn count(catalog: &Catalog, sql: &str) -> Result<usize, QueryError> {
+    let batches = catalog.sql(sql).await?.collect().await?;
+    Ok(batches.iter().map(|b| b.num_rows()).sum())
+}
+
+#[tokio::test]
+async fn a_broken_dataset_fails_only_the_queries_that_read_it() {
+    use arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let meal = RecordBatch::try_from_iter(vec![(
+        "code_lot",
+        Arc::new(StringArray::from(vec!["LL1"])) as arrow::array::ArrayRef,
+    )])
+    .unwrap();
+    write_parquet(
+        &root.join("gavage_meals/date=2026-01-10/site=LL/a.parquet"),
+        &meal,
+    );
+    // Two versions that disagree on a column's type.
+    let entry_int = RecordBatch::try_from_iter(vec![(
+        "entry",
+        Arc::new(Int64Array::from(vec![1])) as arrow::array::ArrayRef,
+    )])
+    .unwrap();
+    let entry_float = RecordBatch::try_from_iter(vec![(
+        "entry",
+        Arc::new(Float64Array::from(vec![2.0])) as arrow::array::ArrayRef,
+    )])
+    .unwrap();
+    write_parquet(
+        &root.join("ledger/date=2026-01-10/site=LL/a.parquet"),
+        &entry_int,
+    );
+    write_parquet(
+        &root.join("ledger/date=2026-01-11/site=LL/b.parquet"),
+        &entry_float,
+    );
+    // A file that is not Parquet at all.
+    let broken = root.join("anomalies/date=2026-01-10/site=LL/x.parquet");
+    std::fs::create_dir_all(broken.parent().unwrap()).unwrap();
+    std::fs::write(&broken, b"not parquet").unwrap();
+
+    let catalog = Catalog::open(root).await.unwrap();
+    assert_eq!(
+        count(&catalog, "SELECT * FROM gavage_meals").await.unwrap(),
+        1
+    );
+    assert_eq!(
+        count(&catalog, "SELECT entry FROM ledger WHERE entry IN (1, 2)")
+            .await
+            .unwrap(),
+        2
+    );
+    assert!(count(&catalog, "SELECT * FROM anomalies").await.is_err());
+}
+
+#[tokio::test]
+async fn results_larger_than_the_cap_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let sql = "SELECT value FROM generate_series(1, 10)";
+    let (_, batches) = collect_capped(dir.path(), sql, 10).await.unwrap();
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 10);
+    match collect_capped(dir.path(), sql, 9).await {
+        Err(QueryError::TooLarge(9)) => {}
+        other => panic!("{:?}", other.map(|(_, b)| b.len())),
+    }
+}
