@@ -1,6 +1,6 @@
 //! The `gaveurs` binary's library: configuration, wiring of sources, operators and sinks,
-//! the HTTP server, lifecycle, and the MQTT producer used by the simulator, the load tool
-//! and the tests.
+//! the HTTP server, lifecycle, the simulator and `gaveurs replay`, and the MQTT producer used
+//! by them, the load tool and the tests.
 
 pub mod auth;
 pub mod config;
@@ -9,6 +9,7 @@ pub mod http;
 pub mod instance;
 pub mod intake;
 pub mod producer;
+pub mod replay;
 pub mod run;
 pub mod simulate;
 pub mod telemetry;
