@@ -30,8 +30,28 @@ pub struct RawInput {
     /// When the record was produced to a broker that kept it (Kafka): its token is judged
     /// as of then, so a backlog read after an outage is not refused as expired.
     pub produced_at: Option<DateTime<Utc>>,
-    /// Set by replays: such records never trigger an SMS.
+    /// Set by replays: such records never trigger an SMS. Producers ask for it with
+    /// [`BACKFILL`] (an MQTT 5 user property or a Kafka header) set to `true`.
     pub backfill: bool,
+}
+
+/// Name of the MQTT 5 user property (embedded listener, external broker) and of the Kafka
+/// header that flags a record as a backfill (`gaveurs replay` sets it): value `true`, in any
+/// case. Anything else, or no such property, is a live record.
+pub const BACKFILL: &str = "backfill";
+
+/// Whether the value of a [`BACKFILL`] property or header says `true` (any case, surrounding
+/// blanks ignored).
+pub fn backfill_flag(value: &[u8]) -> bool {
+    value.trim_ascii().eq_ignore_ascii_case(b"true")
+}
+
+/// Whether MQTT 5 user properties flag the record as a backfill: a [`BACKFILL`] property
+/// (name in any case) whose value is `true`.
+pub fn backfill_in_user_properties(properties: &[(String, String)]) -> bool {
+    properties
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case(BACKFILL) && backfill_flag(v.as_bytes()))
 }
 
 /// What the producer is told about an accepted record.
@@ -104,4 +124,34 @@ pub trait Intake: Clone + Send + Sync + 'static {
         token: &str,
         context: ConnectionContext<'_>,
     ) -> impl Future<Output = Result<(), BadCredentials>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backfill_is_true_in_any_case_and_nothing_else() {
+        for yes in ["true", "TRUE", "True", " true "] {
+            assert!(backfill_flag(yes.as_bytes()), "{yes:?}");
+        }
+        for no in ["", "false", "1", "yes", "truee", "t"] {
+            assert!(!backfill_flag(no.as_bytes()), "{no:?}");
+        }
+        let props = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert!(backfill_in_user_properties(&props(&[
+            ("authorization", "Bearer x"),
+            ("Backfill", "true")
+        ])));
+        assert!(!backfill_in_user_properties(&props(&[(
+            "backfill", "false"
+        )])));
+        assert!(!backfill_in_user_properties(&props(&[("other", "true")])));
+        assert!(!backfill_in_user_properties(&[]));
+    }
 }

@@ -1,6 +1,6 @@
 //! The `gaveurs` binary's library: configuration, wiring of sources, operators and sinks,
-//! the HTTP server, lifecycle, SQL over the Parquet datasets, and the MQTT producer used by
-//! the simulator, the load tool and the tests.
+//! the HTTP server, lifecycle, SQL over the Parquet datasets, the simulator and `gaveurs
+//! replay`, and the MQTT producer used by them, the load tool and the tests.
 
 pub mod analytics;
 pub mod auth;
@@ -11,6 +11,7 @@ pub mod instance;
 pub mod intake;
 pub mod producer;
 pub mod query;
+pub mod replay;
 pub mod run;
 pub mod simulate;
 pub mod telemetry;

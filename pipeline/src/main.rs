@@ -98,6 +98,55 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Replay past feeding data into a running pipeline: every meal of a meals file as a
+    /// gavage record, then every lot of a lots file as a lot outcome, flagged `backfill` (they
+    /// never trigger an SMS).
+    ///
+    /// Both files are CSV with a header row, gzip'd or not, in the layout of
+    /// ../shared/data (columns are found by name; others are ignored). A meal's site, gaveur
+    /// and strain (genetique) come from its lot; its timestamp is the site's local time on
+    /// date_debut + (jour - 1) days, at 07:00 for `matin` and 17:00 for `soir`; the lot's
+    /// last meal is `pret_abattage`. Fields the files lack (weights, live count, mortality,
+    /// barn climate) are left out.
+    ///
+    /// Records go over MQTT 5 at QoS 1, as fast as acknowledgements allow unless --rate is
+    /// given; outcomes go once every meal is acknowledged. Values are sent as they are: the
+    /// pipeline refuses impossible ones (e.g. a negative dose), which are counted and listed
+    /// on stderr with their reason; rows that make no record (a bad number, a meal of an
+    /// unknown lot) are skipped and listed. Exits 0 once every record is acknowledged or
+    /// refused, non-zero if the files cannot be read or the pipeline cannot be reached or
+    /// drops the connection (replaying again is safe: stored records are duplicates).
+    /// stdout gets one line: `replayed meals=… meals_accepted=… meals_refused=… outcomes=…
+    /// outcomes_accepted=… outcomes_refused=… skipped=… elapsed_s=… records_per_s=…`.
+    Replay {
+        /// Meals: code_lot, jour, moment, dose_theorique_g, dose_reelle_g (repas unused).
+        #[arg(long)]
+        meals: PathBuf,
+        /// Lots: code_lot, site, gaveur_id, date_debut, date_fin, nb_canards_mis_en_gavage,
+        /// nb_canards_accroches, and if present souche, poids_foie_moyen_g.
+        #[arg(long)]
+        lots: PathBuf,
+        /// Records per second; without it, as fast as acknowledgements allow (a window of up
+        /// to 1024 unacknowledged records).
+        #[arg(long, value_parser = positive_rate)]
+        rate: Option<f64>,
+        /// The pipeline's MQTT listener. Default: `[mqtt] listen` of --config, else
+        /// 127.0.0.1:1883.
+        #[arg(long)]
+        mqtt: Option<SocketAddr>,
+        /// Bearer token to publish with. Default: a dev-mode token for `--user`, minted with
+        /// the key of the pipeline running in this working directory (see `--config`).
+        #[arg(long, env = "GAVEURS_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Demo user to mint a dev-mode token for, when no `--token` is given; it must be
+        /// allowed to write every gaveur's records.
+        #[arg(long, default_value = "admin@euralis.fr")]
+        user: String,
+        /// The pipeline's configuration (dev-mode tokens: data dir, issuer, audience; and
+        /// the MQTT address).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Print a dev-mode token for a demo user (run it in the working directory of
     /// `gaveurs run`, with the same --config). The token is the last word on stdout.
     ///
@@ -251,6 +300,15 @@ fn main() -> ExitCode {
                 }
             })
         }
+        Command::Replay {
+            meals,
+            lots,
+            rate,
+            mqtt,
+            token,
+            user,
+            config,
+        } => replay(meals, lots, rate, mqtt, token, user, config),
         Command::Token { user, config, ttl } => {
             telemetry::init_console_only();
             let minted = Config::load(config.as_deref()).and_then(|c| {
@@ -312,4 +370,105 @@ fn check_kpi_queries(config: &Config) -> anyhow::Result<()> {
     let mut engine = gaveurs_operators::analytics::Engine::new(config.analytics.settings());
     runtime.block_on(engine.check_queries())?;
     Ok(())
+}
+
+fn positive_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!(
+            "{text:?} is not a positive number of records per second"
+        )),
+    }
+}
+
+fn replay(
+    meals: PathBuf,
+    lots: PathBuf,
+    rate: Option<f64>,
+    mqtt: Option<SocketAddr>,
+    token: Option<String>,
+    user: String,
+    config: Option<PathBuf>,
+) -> ExitCode {
+    use gaveurs_pipeline::replay;
+    telemetry::init_console_only();
+    let loaded = || Config::load(config.as_deref());
+    let mqtt = match (mqtt, &config) {
+        (Some(addr), _) => addr,
+        (None, Some(_)) => match loaded() {
+            Ok(c) => c
+                .mqtt
+                .embedded_listen()
+                .filter(|a| a.port() != 0)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 1883))),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        },
+        (None, None) => SocketAddr::from(([127, 0, 0, 1], 1883)),
+    };
+    let (token, renew) = match token {
+        Some(token) => (token, None),
+        None => {
+            let minted = loaded().and_then(|c| {
+                let token = gaveurs_pipeline::auth::mint_dev_token(&c, &user, None)?;
+                // Minted again at half its lifetime, for slow replays.
+                let every = std::time::Duration::from_millis(c.auth.dev_token_ttl_s * 500);
+                let user = user.clone();
+                let mint: replay::Mint =
+                    Box::new(move || gaveurs_pipeline::auth::mint_dev_token(&c, &user, None));
+                Ok((token, Some((every, mint))))
+            });
+            match minted {
+                Ok(minted) => minted,
+                Err(e) => {
+                    eprintln!("error: no --token, and no dev-mode token for {user}: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    };
+    let plan = match replay::plan(&meals, &lots) {
+        Ok(plan) => plan,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!(
+        "replay: {} meals and {} outcomes to publish to {mqtt} ({} CSV rows skipped)",
+        plan.meals.len(),
+        plan.outcomes.len(),
+        plan.skipped.len()
+    );
+    let options = replay::ReplayOptions {
+        mqtt,
+        rate,
+        token,
+        renew,
+        progress: true,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let (summary, result) = runtime.block_on(async {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let on_signal = stop.clone();
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            on_signal.cancel();
+        });
+        replay::publish(plan, options, stop).await
+    });
+    eprint!("{}", summary.report());
+    println!("{}", summary.line());
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -40,6 +40,7 @@ pub struct ProducerReader {
     reader: OwnedReadHalf,
     version: MqttVersion,
     buf: BytesMut,
+    receive_maximum: Option<u16>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +74,7 @@ pub async fn connect(
         reader,
         version,
         buf: BytesMut::new(),
+        receive_maximum: None,
     };
     match version {
         MqttVersion::V311 => {
@@ -117,6 +119,20 @@ impl ProducerWriter {
         pkid: u16,
         token: Option<&str>,
     ) -> Result<(), ProducerError> {
+        self.publish_with_properties(topic, payload, qos, pkid, token, &[])
+    }
+
+    /// [`Self::publish`] with more MQTT 5 user properties after `authorization`, e.g.
+    /// `("backfill", "true")` for a replay. MQTT 3.1.1 has no properties: they are dropped.
+    pub fn publish_with_properties(
+        &mut self,
+        topic: &str,
+        payload: Bytes,
+        qos: u8,
+        pkid: u16,
+        token: Option<&str>,
+        user_properties: &[(&str, &str)],
+    ) -> Result<(), ProducerError> {
         match self.version {
             MqttVersion::V311 => {
                 let mut publish = v4::Publish::from_bytes(topic, qos_of(qos), payload);
@@ -126,8 +142,17 @@ impl ProducerWriter {
                     .map_err(|e| ProducerError::Protocol(e.to_string()))?;
             }
             MqttVersion::V5 => {
-                let properties = token.map(|t| v5::PublishProperties {
-                    user_properties: vec![("authorization".into(), format!("Bearer {t}"))],
+                let user_properties: Vec<(String, String)> = token
+                    .map(|t| ("authorization".to_string(), format!("Bearer {t}")))
+                    .into_iter()
+                    .chain(
+                        user_properties
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_string())),
+                    )
+                    .collect();
+                let properties = (!user_properties.is_empty()).then(|| v5::PublishProperties {
+                    user_properties,
                     ..Default::default()
                 });
                 let mut publish = v5::Publish::new(topic, qos5_of(qos), payload, properties);
@@ -236,11 +261,35 @@ impl ProducerReader {
         if frame[0] >> 4 != 2 || frame.len() < 4 {
             return Err(ProducerError::Protocol("expected CONNACK".into()));
         }
-        Ok(frame[3])
+        let code = frame[3];
+        if self.version == MqttVersion::V5 && code == 0 {
+            let len = frame.len();
+            if let Ok(v5::Packet::ConnAck(connack)) =
+                v5::Packet::read(&mut frame.clone(), Some(len as u32))
+            {
+                self.receive_maximum = connack.properties.and_then(|p| p.receive_max);
+            }
+        }
+        Ok(code)
+    }
+
+    /// The Receive Maximum the MQTT 5 server announced in its CONNACK: how many QoS 1/2
+    /// messages it takes unacknowledged; `None` when it announced none (65,535 for MQTT 5)
+    /// or the connection is MQTT 3.1.1.
+    pub fn receive_maximum(&self) -> Option<u16> {
+        self.receive_maximum
     }
 
     /// Reads the next packet that matters to a producer.
     pub async fn next(&mut self) -> Result<ServerPacket, ProducerError> {
+        Ok(self.next_with_reason().await?.0)
+    }
+
+    /// [`Self::next`], with the reason string an MQTT 5 acknowledgement or DISCONNECT
+    /// carried (the pipeline says there why it refused a record).
+    pub async fn next_with_reason(
+        &mut self,
+    ) -> Result<(ServerPacket, Option<String>), ProducerError> {
         let frame = self.frame().await?;
         let kind = frame[0] >> 4;
         // Fixed header length: 1 + the remaining-length bytes.
@@ -256,22 +305,97 @@ impl ProducerReader {
             MqttVersion::V5 if body.len() > 2 => body[2],
             _ => 0,
         };
+        let v5 = self.version == MqttVersion::V5;
         Ok(match kind {
-            4 | 7 if body.len() >= 2 => ServerPacket::Ack {
-                pkid: pkid(),
-                reason: reason(),
-            },
-            5 if body.len() >= 2 => ServerPacket::Received {
-                pkid: pkid(),
-                reason: reason(),
-            },
-            14 => ServerPacket::Disconnect {
-                reason: body.first().copied().unwrap_or(0),
-            },
-            _ => ServerPacket::Other {
-                kind,
-                body: body.to_vec(),
-            },
+            4 | 7 if body.len() >= 2 => (
+                ServerPacket::Ack {
+                    pkid: pkid(),
+                    reason: reason(),
+                },
+                body.get(3..).filter(|_| v5).and_then(reason_string),
+            ),
+            5 if body.len() >= 2 => (
+                ServerPacket::Received {
+                    pkid: pkid(),
+                    reason: reason(),
+                },
+                body.get(3..).filter(|_| v5).and_then(reason_string),
+            ),
+            14 => (
+                ServerPacket::Disconnect {
+                    reason: body.first().copied().unwrap_or(0),
+                },
+                body.get(1..).filter(|_| v5).and_then(reason_string),
+            ),
+            _ => (
+                ServerPacket::Other {
+                    kind,
+                    body: body.to_vec(),
+                },
+                None,
+            ),
         })
+    }
+}
+
+/// The Reason String (property 0x1F) of an MQTT 5 properties block (its length first).
+fn reason_string(properties: &[u8]) -> Option<String> {
+    let mut len = 0usize;
+    let mut pos = 0;
+    loop {
+        let byte = *properties.get(pos)?;
+        len |= ((byte & 0x7f) as usize) << (7 * pos);
+        pos += 1;
+        if byte & 0x80 == 0 {
+            break;
+        }
+        if pos == 4 {
+            return None;
+        }
+    }
+    let mut rest = properties.get(pos..pos + len)?;
+    let string = |bytes: &[u8]| -> Option<(String, usize)> {
+        let n = u16::from_be_bytes([*bytes.first()?, *bytes.get(1)?]) as usize;
+        let text = std::str::from_utf8(bytes.get(2..2 + n)?).ok()?;
+        Some((text.to_string(), 2 + n))
+    };
+    while let Some((&id, after)) = rest.split_first() {
+        match id {
+            0x1F => return string(after).map(|(text, _)| text),
+            // User property: two strings.
+            0x26 => {
+                let (_, a) = string(after)?;
+                let (_, b) = string(after.get(a..)?)?;
+                rest = after.get(a + b..)?;
+            }
+            // Anything else cannot appear in an acknowledgement before the reason string.
+            _ => return None,
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_strings_are_read_from_acknowledgement_properties() {
+        let mut ack = v5::PubAck::new(9, None);
+        ack.reason = v5::PubAckReason::PayloadFormatInvalid;
+        ack.properties = Some(v5::PubAckProperties {
+            reason_string: Some("dose_reelle: must be ≥ 0 (got -5)".into()),
+            user_properties: vec![("k".into(), "v".into())],
+        });
+        let mut buf = BytesMut::new();
+        v5::Packet::PubAck(ack).write(&mut buf, None).unwrap();
+        // Fixed header (2 bytes here), packet id, reason code, then the properties.
+        assert_eq!(
+            reason_string(&buf[5..]).as_deref(),
+            Some("dose_reelle: must be ≥ 0 (got -5)")
+        );
+        assert_eq!(reason_string(&[0]), None);
+        assert_eq!(reason_string(&[]), None);
+        assert_eq!(reason_string(&[5, 0x1F, 0, 9]), None, "truncated");
     }
 }

@@ -1,6 +1,7 @@
 //! The Kafka source (SPEC §2): a consumer-group member reading `gaveurs.gavage.v1` (meals,
 //! and lot outcomes marked `"record_type": "lot_outcome"`) and `gaveurs.sqal.v1`, each record
-//! authenticated by its `authorization` header.
+//! authenticated by its `authorization` header. A `backfill: true` header marks a replay of
+//! past records (the envelope's backfill flag: no SMS).
 //!
 //! Offsets are committed only once every record up to them is in a published Parquet file:
 //! the source remembers, per partition, the log position each record reached, and commits
@@ -32,7 +33,7 @@ use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use crate::intake::{Credentials, Intake, RawInput, Route, Target};
+use crate::intake::{BACKFILL, Credentials, Intake, RawInput, Route, Target, backfill_flag};
 
 /// How long a handover or shutdown waits for its roll to be published.
 const PUBLISH_WAIT: Duration = Duration::from_secs(4);
@@ -360,6 +361,11 @@ fn raw_input(settings: &KafkaSettings, message: &BorrowedMessage<'_>) -> RawInpu
             .and_then(|v| std::str::from_utf8(v).ok())
             .map(str::to_string)
     });
+    let backfill = message.headers().is_some_and(|headers| {
+        headers
+            .iter()
+            .any(|h| h.key.eq_ignore_ascii_case(BACKFILL) && h.value.is_some_and(backfill_flag))
+    });
     RawInput {
         route: Route::to(target),
         payload: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
@@ -373,7 +379,7 @@ fn raw_input(settings: &KafkaSettings, message: &BorrowedMessage<'_>) -> RawInpu
             .timestamp()
             .to_millis()
             .and_then(DateTime::from_timestamp_millis),
-        backfill: false,
+        backfill,
     }
 }
 

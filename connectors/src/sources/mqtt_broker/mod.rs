@@ -5,6 +5,9 @@
 //! expiry) and manual acknowledgements: a delivery is acknowledged only once the intake says
 //! it is durable, so after a crash the broker delivers it again. With `shared_group` set,
 //! several instances share the load through `$share/<group>/…` subscriptions.
+//!
+//! Each message's MQTT 5 user properties carry its token (`authorization: Bearer <jwt>`) and,
+//! for replays, `backfill: true`, which sets the envelope's backfill flag (no SMS).
 
 use std::time::Duration;
 
@@ -16,7 +19,7 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::intake::{Credentials, DurableTicket, Intake, RawInput};
+use crate::intake::{Credentials, DurableTicket, Intake, RawInput, backfill_in_user_properties};
 use crate::topics;
 
 /// `[mqtt]` settings used when `broker` is set.
@@ -214,6 +217,10 @@ fn raw_input(publish: &Publish, source: &str) -> RawInput {
             .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
             .map(|(_, v)| v.clone())
     });
+    let backfill = publish
+        .properties
+        .as_ref()
+        .is_some_and(|props| backfill_in_user_properties(&props.user_properties));
     let mut provenance = Provenance::new(Transport::MqttBroker);
     provenance.topic = Some(topic.clone());
     provenance.packet_id = (publish.qos != QoS::AtMostOnce).then_some(publish.pkid);
@@ -228,7 +235,7 @@ fn raw_input(publish: &Publish, source: &str) -> RawInput {
         },
         received_at: chrono::Utc::now(),
         produced_at: None,
-        backfill: false,
+        backfill,
     }
 }
 

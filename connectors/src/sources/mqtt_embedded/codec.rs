@@ -7,7 +7,7 @@ use gaveurs_schemas::RejectReason;
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5;
 
-use crate::intake::Verdict;
+use crate::intake::{Verdict, backfill_in_user_properties};
 
 /// The protocol a connection spoke in its CONNECT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +81,9 @@ pub struct PublishInfo {
     pub payload: Bytes,
     /// MQTT 5 user property `authorization`.
     pub token: Option<String>,
+    /// MQTT 5 user property `backfill: true` (a replay; such records never trigger an SMS).
+    /// Always false on MQTT 3.1.1, which has no user properties.
+    pub backfill: bool,
 }
 
 #[derive(Debug)]
@@ -139,6 +142,7 @@ fn from_v4(packet: v4::Packet) -> Inbound {
             pkid: p.pkid,
             payload: p.payload,
             token: None,
+            backfill: false,
         }),
         v4::Packet::PubRel(r) => Inbound::PubRel(r.pkid),
         v4::Packet::Subscribe(s) => Inbound::Subscribe {
@@ -176,7 +180,7 @@ fn from_v5(packet: v5::Packet) -> Inbound {
             password: login.map(|l| l.password).filter(|p| !p.is_empty()),
         }),
         v5::Packet::Publish(p) => {
-            let (topic_alias, token) = match &p.properties {
+            let (topic_alias, token, backfill) = match &p.properties {
                 Some(props) => (
                     props.topic_alias,
                     props
@@ -184,8 +188,9 @@ fn from_v5(packet: v5::Packet) -> Inbound {
                         .iter()
                         .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
                         .map(|(_, v)| v.clone()),
+                    backfill_in_user_properties(&props.user_properties),
                 ),
-                None => (None, None),
+                None => (None, None, false),
             };
             Inbound::Publish(PublishInfo {
                 qos: p.qos as u8,
@@ -194,6 +199,7 @@ fn from_v5(packet: v5::Packet) -> Inbound {
                 pkid: p.pkid,
                 payload: p.payload,
                 token,
+                backfill,
             })
         }
         v5::Packet::PubRel(r) => Inbound::PubRel(r.pkid),
@@ -506,5 +512,69 @@ mod tests {
         .write(&mut buf, None)
         .unwrap();
         assert_eq!(connect_level(&buf), Some(5));
+    }
+
+    fn v5_publish(user_properties: &[(&str, &str)]) -> BytesMut {
+        let properties = (!user_properties.is_empty()).then(|| v5::PublishProperties {
+            user_properties: user_properties
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        });
+        let mut publish = v5::Publish::new(
+            "gaveurs/LL/1/gavage",
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            "{}",
+            properties,
+        );
+        publish.pkid = 7;
+        let mut buf = BytesMut::new();
+        v5::Packet::Publish(publish).write(&mut buf, None).unwrap();
+        buf
+    }
+
+    fn decoded(protocol: Protocol, frame: BytesMut) -> PublishInfo {
+        match decode(protocol, frame).unwrap() {
+            Inbound::Publish(publish) => publish,
+            other => panic!("expected a PUBLISH, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_backfill_user_property_flags_a_publish() {
+        let publish = decoded(
+            Protocol::V5,
+            v5_publish(&[("authorization", "Bearer abc"), ("backfill", "true")]),
+        );
+        assert!(publish.backfill);
+        assert_eq!(publish.token.as_deref(), Some("Bearer abc"));
+        assert_eq!(publish.pkid, 7);
+        assert!(decoded(Protocol::V5, v5_publish(&[("BackFill", "TRUE")])).backfill);
+        for props in [
+            &[][..],
+            &[("backfill", "false")][..],
+            &[("backfill", "")][..],
+            &[("backfilled", "true")][..],
+            &[("authorization", "Bearer abc")][..],
+        ] {
+            let publish = decoded(Protocol::V5, v5_publish(props));
+            assert!(!publish.backfill, "{props:?}");
+        }
+    }
+
+    #[test]
+    fn mqtt_3_publishes_are_never_backfill() {
+        let mut buf = BytesMut::new();
+        let mut publish = v4::Publish::new(
+            "gaveurs/LL/1/gavage",
+            rumqttc::mqttbytes::QoS::AtLeastOnce,
+            "{}",
+        );
+        publish.pkid = 3;
+        v4::Packet::Publish(publish).write(&mut buf, 1000).unwrap();
+        let publish = decoded(Protocol::V311, buf);
+        assert!(!publish.backfill);
+        assert_eq!(publish.pkid, 3);
     }
 }

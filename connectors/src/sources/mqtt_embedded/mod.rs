@@ -4,6 +4,10 @@
 //! A PUBACK (or PUBREC) goes out only when the intake's durable ticket for that message has
 //! resolved, and always in the order the messages arrived on the connection. Stock brokers
 //! acknowledge on receipt, which is why this listener exists.
+//!
+//! MQTT 5 PUBLISH user properties read here: `authorization: Bearer <jwt>` (the record's
+//! token) and `backfill: true` (a replay of past records, e.g. by `gaveurs replay`: the
+//! envelope's `backfill` flag is set, so the record never triggers an SMS).
 
 mod codec;
 mod session;

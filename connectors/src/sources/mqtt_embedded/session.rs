@@ -295,7 +295,7 @@ impl<I: Intake> Reading<I> {
             },
             received_at: chrono::Utc::now(),
             produced_at: None,
-            backfill: false,
+            backfill: publish.backfill,
         };
         let submitted = self.intake.submit(input).await;
         match publish.qos {
