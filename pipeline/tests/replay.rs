@@ -85,7 +85,7 @@ const LOTS: &str = "\
 site,code_lot,gaveur_id,souche,date_debut,date_fin,duree_gavage,geo,nb_canards_mis_en_gavage,nb_canards_accroches,poids_foie_moyen_g,itm,remarque
 LL,LLT000001,1,Mulard,2023-03-25,2023-03-27,3,\"BRETAGNE, NORD\",1000,960,512.5,15.2,x
 LS,LST000002,2,,2023-07-10,2023-07-11,2,PAYS DE LOIRE,800,790,480,14.1,
-MT,MTT000003,3,Barbarie,2023-11-02,2023-11-03,2,GERS,500,510,450.25,16.0,more delivered than placed
+MT,MTT000003,3,Barbarie,2023-11-02,2023-11-03,2,GERS,500,-10,450.25,16.0,a negative count
 ";
 
 /// LLT000001 (3 days, its jour 2 soir has a negative dose), LST000002 and MTT000003 (2 days

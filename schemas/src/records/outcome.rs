@@ -70,13 +70,13 @@ impl LotOutcomeInput {
                 "must be ≥ 0",
             ));
         }
-        if !(0..=self.nb_canards_mis_en_gavage).contains(&self.nb_canards_accroches) {
+        // More ducks delivered than placed is not refused: real exports have it (ducks moved
+        // in from another lot), and the lot's ITM does not depend on it; its losses are then
+        // negative.
+        if self.nb_canards_accroches < 0 {
             return Err(ValidationError::new(
                 "nb_canards_accroches",
-                format!(
-                    "must be between 0 and nb_canards_mis_en_gavage ({}) (got {})",
-                    self.nb_canards_mis_en_gavage, self.nb_canards_accroches
-                ),
+                format!("must be ≥ 0 (got {})", self.nb_canards_accroches),
             ));
         }
         let poids_foie_moyen_g = optional(self.poids_foie_moyen_g, |v| {
@@ -133,16 +133,18 @@ mod tests {
     }
 
     #[test]
-    fn delivered_cannot_exceed_placed() {
-        let err = LotOutcome::decode(
-            json!({"code_lot": "LL1", "gaveur_id": 1, "site": "LL", "nb_canards_mis_en_gavage": 10,
-                   "nb_canards_accroches": 11, "date_fin": "2026-01-31"})
-            .to_string()
-            .as_bytes(),
-            &SiteTimeZones::default(),
-        )
-        .unwrap_err()
-        .expect_invalid();
+    fn delivered_may_exceed_placed_but_not_be_negative() {
+        let decode = |delivered: i64| {
+            LotOutcome::decode(
+                json!({"code_lot": "LL1", "gaveur_id": 1, "site": "LL", "nb_canards_mis_en_gavage": 10,
+                       "nb_canards_accroches": delivered, "date_fin": "2026-01-31"})
+                .to_string()
+                .as_bytes(),
+                &SiteTimeZones::default(),
+            )
+        };
+        assert_eq!(decode(11).unwrap().nb_canards_accroches, 11);
+        let err = decode(-1).unwrap_err().expect_invalid();
         assert_eq!(err.path, "nb_canards_accroches");
     }
 }
