@@ -138,7 +138,13 @@ fn the_simulator_publishes_valid_lots_over_mqtt_and_websocket() {
     let stored = meals.len()
         + read_rows(&root, "sqal_samples").len()
         + read_rows(&root, "lot_outcomes").len();
-    assert_eq!(stored as u64, accepted);
+    // Every acknowledged record is stored; a record whose ack was still in flight when the
+    // simulator closed its socket is stored without being counted as accepted.
+    let sent = count(&summary, "sent") + count(&over_ws, "sent");
+    assert!(
+        (accepted..=sent).contains(&(stored as u64)),
+        "{stored} stored, {accepted} acknowledged, {sent} sent"
+    );
     // Two meals a day, doses on their curves.
     for meal in &meals {
         let ratio =
