@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use arrow::array::{Array, AsArray, RecordBatch, TimestampMicrosecondArray};
 use arrow::datatypes::{Field, Schema};
-use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use gaveurs_operators::analytics::{Engine, KpiRows, LOT_KPIS, StepOutput, json_rows};
 use gaveurs_schemas::datasets::{self, Dataset, Partition};
 use gaveurs_schemas::event::Event;
@@ -93,7 +92,11 @@ pub async fn restore(
     parquet_root: &Path,
     outputs: &mut Outputs,
 ) -> anyhow::Result<usize> {
-    let ctx = SessionContext::new();
+    // The same catalog `gaveurs query` reads: published files only, schemas merged, so a
+    // file of an older version reads its missing columns as null; no files = no rows.
+    let catalog = crate::query::Catalog::open(parquet_root)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut records = Vec::new();
     for (dataset, sql) in [
         (Dataset::GavageMeals, "SELECT * FROM gavage_meals"),
@@ -102,16 +105,13 @@ pub async fn restore(
             "SELECT *, _event_time AS event_time FROM lot_outcomes",
         ),
     ] {
-        let dir = parquet_root.join(dataset.name());
-        if !has_parquet_files(&dir) {
-            continue;
-        }
-        // Every file below the folder; `site` is a column of the files themselves.
-        let options = ParquetReadOptions::default();
-        ctx.register_parquet(dataset.name(), dir.to_string_lossy().as_ref(), options)
+        let batches = catalog
+            .sql(sql)
             .await
-            .with_context(|| format!("reading {}", dir.display()))?;
-        let batches = ctx.sql(sql).await?.collect().await?;
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .collect()
+            .await
+            .with_context(|| format!("reading {} back", dataset.name()))?;
         for row in json_rows(&batches)? {
             let mut row = row;
             row.insert(
@@ -140,24 +140,6 @@ pub async fn restore(
         }
     }
     Ok(records.len())
-}
-
-fn has_parquet_files(dir: &Path) -> bool {
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "parquet") {
-                return true;
-            }
-        }
-    }
-    false
 }
 
 /// Runs the operator on its own thread until the log closes its channel; then the last
