@@ -293,7 +293,7 @@ fn push_live(hub: &Hub, sqal: bool, message: &Map<String, Value>) {
             .get("device_id")
             .and_then(Value::as_str)
             .map(str::to_string);
-        hub.publish_site_kpi(site, sqal, device, message);
+        hub.publish_site("kpi", site, sqal, device, message);
     }
 }
 

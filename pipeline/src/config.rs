@@ -35,6 +35,116 @@ pub struct Config {
     pub kafka: Option<KafkaConfig>,
     #[serde(default)]
     pub analytics: AnalyticsConfig,
+    /// The alert rules of SPEC §5: thresholds, hysteresis, cooldown (reloaded on SIGHUP).
+    #[serde(default)]
+    pub alerts: gaveurs_operators::alerts::rules::AlertsConfig,
+    #[serde(default)]
+    pub sms: SmsConfig,
+}
+
+/// `[sms]`: alert text messages through Twilio. Credentials come from the environment
+/// (`TWILIO_ACCOUNT_SID`, `TWILIO_AUTH_TOKEN`, `TWILIO_PHONE_NUMBER`); without them the
+/// pipeline logs one warning, pushes alerts as usual and texts nothing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmsConfig {
+    /// Twilio's API root; tests point it at a local server.
+    pub twilio_base_url: String,
+    /// CSV with a header row `gaveur_id,phone` (E.164, e.g. `+33612345678`), checked at
+    /// start. Without it nobody is texted.
+    pub directory: Option<PathBuf>,
+    /// The least severity texted (`info`, `warning`, `critical`; default `critical`).
+    pub min_severity: String,
+    /// Texts per recipient per rolling hour (default 5); more are dropped and logged.
+    pub budget_per_hour: u32,
+    /// Critical alerts ignore the budget (default false).
+    pub budget_bypass_critical: bool,
+    /// Quiet hours in the site time zone, e.g. `{ start = "22:00", end = "06:00" }`; texts
+    /// wait until they end. Default: none.
+    pub quiet_hours: Option<QuietHoursConfig>,
+    /// First retry delay after a 429, 5xx or network error (default 1000 ms); it doubles,
+    /// with jitter, up to `retry_max_s` (default 300).
+    pub retry_initial_ms: u64,
+    pub retry_max_s: u64,
+    /// Attempts before a message is given up (default 10).
+    pub max_attempts: u32,
+}
+
+impl Default for SmsConfig {
+    fn default() -> Self {
+        Self {
+            twilio_base_url: "https://api.twilio.com".into(),
+            directory: None,
+            min_severity: "critical".into(),
+            budget_per_hour: 5,
+            budget_bypass_critical: false,
+            quiet_hours: None,
+            retry_initial_ms: 1000,
+            retry_max_s: 300,
+            max_attempts: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuietHoursConfig {
+    /// `HH:MM`, local time of `[sites] timezone`.
+    pub start: String,
+    pub end: String,
+    /// Critical alerts are texted during quiet hours too (default true).
+    #[serde(default = "default_true")]
+    pub bypass_critical: bool,
+}
+
+impl SmsConfig {
+    pub fn min_severity(&self) -> anyhow::Result<gaveurs_schemas::alert::Severity> {
+        gaveurs_schemas::alert::Severity::parse(&self.min_severity).ok_or_else(|| {
+            anyhow::anyhow!(
+                "[sms] min_severity: {:?} is not info, warning or critical",
+                self.min_severity
+            )
+        })
+    }
+
+    pub fn settings(&self, timezone: &str) -> anyhow::Result<gaveurs_sinks::sms::SmsSettings> {
+        let quiet_hours = match &self.quiet_hours {
+            None => None,
+            Some(q) => {
+                let time = |field: &str, text: &str| {
+                    chrono::NaiveTime::parse_from_str(text, "%H:%M").map_err(|_| {
+                        anyhow::anyhow!("[sms.quiet_hours] {field}: {text:?} is not HH:MM")
+                    })
+                };
+                Some(gaveurs_sinks::sms::QuietHours {
+                    start: time("start", &q.start)?,
+                    end: time("end", &q.end)?,
+                    timezone: timezone
+                        .parse()
+                        .map_err(|_| anyhow::anyhow!("[sites] timezone {timezone:?} is unknown"))?,
+                    bypass_critical: q.bypass_critical,
+                })
+            }
+        };
+        Ok(gaveurs_sinks::sms::SmsSettings {
+            base_url: self.twilio_base_url.clone(),
+            budget_per_hour: self.budget_per_hour,
+            budget_bypass_critical: self.budget_bypass_critical,
+            quiet_hours,
+            retry_initial: std::time::Duration::from_millis(self.retry_initial_ms.max(1)),
+            retry_max: std::time::Duration::from_secs(self.retry_max_s.max(1)),
+            max_attempts: self.max_attempts.max(1),
+        })
+    }
+
+    /// The phone directory, checked (E.164); empty without `directory`.
+    pub fn load_directory(&self) -> anyhow::Result<gaveurs_sinks::sms::Directory> {
+        match &self.directory {
+            None => Ok(gaveurs_sinks::sms::Directory::empty()),
+            Some(path) => gaveurs_sinks::sms::Directory::load(path)
+                .map_err(|e| anyhow::anyhow!("[sms] directory: {e}")),
+        }
+    }
 }
 
 /// `[analytics]`: KPIs in event time (SPEC §4), as SQL queries over micro-batches.
@@ -135,6 +245,10 @@ pub struct KafkaConfig {
     /// station. `""` turns it off.
     #[serde(default = "default_kpis_topic")]
     pub kpis_topic: String,
+    /// Alert transitions as JSON (`{"transition", "alert": {…}, "recorded_at"}`), keyed by
+    /// `code_lot` or `device_id`. `""` turns it off.
+    #[serde(default = "default_alerts_topic")]
+    pub alerts_topic: String,
     /// Default 6000: a killed instance's partitions move on within 10 s.
     #[serde(default = "default_session_timeout_ms")]
     pub session_timeout_ms: u64,
@@ -158,6 +272,9 @@ fn default_sqal_topic() -> String {
 }
 fn default_dlq_topic() -> String {
     "gaveurs.dlq.v1".into()
+}
+fn default_alerts_topic() -> String {
+    "gaveurs.alerts.v1".into()
 }
 fn default_kpis_topic() -> String {
     "gaveurs.kpis.v1".into()
@@ -541,6 +658,10 @@ impl Config {
 
     /// Rules that serde cannot express.
     fn check(&self) -> anyhow::Result<()> {
+        gaveurs_operators::alerts::rules::RuleSet::from_config(&self.alerts)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        self.sms.min_severity()?;
+        self.sms.settings(&self.sites.timezone)?;
         if let Some(id) = &self.instance.id {
             check_instance_id(id)?;
         }

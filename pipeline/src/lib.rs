@@ -2,6 +2,7 @@
 //! the HTTP server, lifecycle, SQL over the Parquet datasets, the simulator and `gaveurs
 //! replay`, and the MQTT producer used by them, the load tool and the tests.
 
+pub mod alerts;
 pub mod analytics;
 pub mod auth;
 pub mod config;

@@ -10,6 +10,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
@@ -17,17 +18,20 @@ use anyhow::Context;
 use gaveurs_connectors::sources::kafka::{self as kafka_source, KafkaSettings, Publication};
 use gaveurs_connectors::sources::mqtt_broker::{self, BrokerSettings};
 use gaveurs_connectors::sources::mqtt_embedded::{EmbeddedListener, ListenerLimits};
+use gaveurs_operators::alerts::rules::RuleSet;
 use gaveurs_operators::analytics::Engine;
 use gaveurs_operators::dedup::DedupIndex;
 use gaveurs_operators::validate::Validator;
 use gaveurs_sinks::kafka::{KafkaOutput, OutputSettings};
 use gaveurs_sinks::parquet::derived::DerivedWriter;
 use gaveurs_sinks::parquet::{self, ParquetOptions, RollControl};
-use gaveurs_sinks::wal::{Wal, WalEntry, WalOptions};
+use gaveurs_sinks::sms::{Credentials, SmsService};
+use gaveurs_sinks::wal::{Committed, Wal, WalEntry, WalOptions};
 use gaveurs_sinks::websocket::{Hub, HubOptions};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::alerts::{self, AlertDesk};
 use crate::analytics::{self, LotBoard};
 use crate::config::Config;
 use crate::devices::DeviceRegistry;
@@ -98,17 +102,33 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, demo: bool) -> an
     // pushes back on producers instead of buffering without limit.
     let (parquet_tx, parquet_rx) = mpsc::sync_channel(8);
     let (analytics_tx, analytics_rx) = mpsc::sync_channel(8);
+    let (alerts_tx, alerts_rx) = mpsc::sync_channel(8);
+    let published_through = recovered_state.published_through;
+    let saved_alerts =
+        alerts::SavedAlerts::load(&paths.instance_dir.join("alerts"), published_through)?;
+    let alerts_saved_through = Arc::new(AtomicU64::new(saved_alerts.through()));
     let (wal, wal_writer, replay) = Wal::open(
-        WalOptions::new(paths.instance_dir.join("wal")),
-        recovered_state.published_through,
-        vec![parquet_tx, analytics_tx],
+        WalOptions {
+            replay_after: Some(saved_alerts.through()),
+            ..WalOptions::new(paths.instance_dir.join("wal"))
+        },
+        published_through,
+        vec![parquet_tx, analytics_tx, alerts_tx],
     )
     .context("opening the durable log")?;
     // Kafka records are never recovered from this log: whoever owns their partition now
-    // re-reads them from the offsets the published files cover.
+    // re-reads them from the offsets the published files cover. Entries that are published
+    // but that the alert state does not cover yet go to the alert operator only.
+    let replayed_for_alerts: Vec<Committed> = replay
+        .entries
+        .iter()
+        .filter(|c| c.lsn <= published_through || c.entry.kafka_position().is_none())
+        .cloned()
+        .collect();
     let (replayed, from_kafka): (Vec<_>, Vec<_>) = replay
         .entries
         .into_iter()
+        .filter(|c| c.lsn > published_through)
         .partition(|c| c.entry.kafka_position().is_none());
     if !from_kafka.is_empty() {
         tracing::info!(
@@ -138,13 +158,20 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, demo: bool) -> an
     let roll_control = RollControl::new(recovered_state.published_through);
     let parquet_thread = {
         let wal = wal.clone();
+        let alerts_saved_through = alerts_saved_through.clone();
         parquet::spawn(
             parquet_options,
             &recovered_state,
             replayed,
             parquet_rx,
             roll_control.clone(),
-            Box::new(move |roll| wal.release_through(roll.through)),
+            // The log keeps what the alert state does not cover yet, too.
+            Box::new(move |roll| {
+                wal.release_through(
+                    roll.through
+                        .min(alerts_saved_through.load(Ordering::Acquire)),
+                )
+            }),
         )?
     };
 
@@ -175,6 +202,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, demo: bool) -> an
                 dlq_topic: kafka.dlq_topic.clone(),
                 live_topic: kafka.live_topic.clone(),
                 kpis_topic: kafka.kpis_topic.clone(),
+                alerts_topic: kafka.alerts_topic.clone(),
                 instance: instance_id.clone(),
                 properties: kafka.librdkafka.clone(),
             };
@@ -226,6 +254,41 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, demo: bool) -> an
         )
         .map(Some)?
     };
+    let sms_stop = CancellationToken::new();
+    let sms = SmsService::start(
+        config.sms.settings(&config.sites.timezone)?,
+        Credentials::from_env(),
+        &paths.instance_dir.join("sms"),
+        sms_stop.clone(),
+    )
+    .context("opening the SMS outbox")?;
+    let directory = config.sms.load_directory()?;
+    tracing::info!(target: "alerts", phones = directory.len(), texting = sms.enabled(), "alerts ready");
+    let alert_desk = AlertDesk::new(
+        saved_alerts,
+        RuleSet::from_config(&config.alerts).map_err(|e| anyhow::anyhow!(e))?,
+        config.sms.min_severity()?,
+        alerts::AlertOutputs {
+            hub: hub.clone(),
+            kafka: kafka_output.clone(),
+            sms: sms.clone(),
+            directory,
+            writer: DerivedWriter::new(paths.parquet_root.clone(), instance_id.clone()),
+        },
+        alerts_saved_through,
+    );
+    let alerts_thread = alerts::spawn(
+        alert_desk.clone(),
+        replayed_for_alerts,
+        alerts_rx,
+        Duration::from_secs(config.storage.roll_interval_s),
+    )?;
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let reloads = tokio::spawn(reload_on_hangup(
+        hangups,
+        config_path.clone(),
+        alert_desk.clone(),
+    ));
     let intake = PipelineIntake::new(IntakeParts {
         validator,
         dedup,
@@ -312,6 +375,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, demo: bool) -> an
         hub: hub.clone(),
         devices,
         lots: lot_board,
+        alerts: alert_desk,
         verifier,
         dev_keys,
         ping_every: Duration::from_secs(config.websocket.ping_interval_s),
@@ -390,6 +454,11 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, demo: bool) -> an
     if let Some(analytics) = analytics_thread {
         let _ = tokio::task::spawn_blocking(move || analytics.join()).await;
     }
+    let _ = tokio::task::spawn_blocking(move || alerts_thread.join()).await;
+    reloads.abort();
+    // Texts still queued stay in the outbox for the next start.
+    sms_stop.cancel();
+    sms.stop(Duration::from_secs(1)).await;
     let parquet_result = tokio::task::spawn_blocking(move || parquet_thread.join())
         .await?
         .map_err(|_| anyhow::anyhow!("the parquet sink panicked"))?;
@@ -402,6 +471,31 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, demo: bool) -> an
     match failure {
         Some(reason) => Err(anyhow::anyhow!(reason)),
         None => Ok(()),
+    }
+}
+
+/// SIGHUP: reads the configuration file again and applies the alert thresholds (a file
+/// with a mistake is refused with the reason, and the running rules stay).
+async fn reload_on_hangup(
+    mut hangups: tokio::signal::unix::Signal,
+    config_path: Option<PathBuf>,
+    desk: Arc<AlertDesk>,
+) {
+    while hangups.recv().await.is_some() {
+        let reloaded = Config::load(config_path.as_deref()).and_then(|config| {
+            let rules = RuleSet::from_config(&config.alerts).map_err(|e| anyhow::anyhow!(e))?;
+            Ok((rules, config.sms.min_severity()?))
+        });
+        match reloaded {
+            Ok((rules, text_from)) => {
+                let count = rules.rules.len();
+                desk.reload(rules, text_from);
+                tracing::info!(target: "alerts", rules = count, "SIGHUP: alert rules reloaded");
+            }
+            Err(e) => {
+                tracing::error!(target: "alerts", error = %format!("{e:#}"), "SIGHUP: configuration not reloaded; the running rules stay")
+            }
+        }
     }
 }
 

@@ -18,6 +18,7 @@ const SQAL: &str = "gaveurs.sqal.v1";
 const DLQ: &str = "gaveurs.dlq.v1";
 const LIVE: &str = "gaveurs.live.v1";
 const KPIS: &str = "gaveurs.kpis.v1";
+const ALERTS: &str = "gaveurs.alerts.v1";
 
 async fn topics(tansu: &Tansu, gavage_partitions: i32) {
     tansu.create_topic(GAVAGE, gavage_partitions).await;
@@ -25,6 +26,7 @@ async fn topics(tansu: &Tansu, gavage_partitions: i32) {
     tansu.create_topic(DLQ, 1).await;
     tansu.create_topic(LIVE, 2).await;
     tansu.create_topic(KPIS, 1).await;
+    tansu.create_topic(ALERTS, 1).await;
 }
 
 /// Instances share `data`, the way replicas share a volume.
@@ -151,9 +153,30 @@ async fn produced_records_are_stored_once_and_offsets_follow_publication() {
     })
     .await;
     assert_eq!(meal_kpi.unwrap()["ecart_g"], -1.5);
+    // A refused meal (half the dose) opens a critical alert, on its topic keyed by lot.
+    let mut refused = records::meal("LL26KALERT", 1, "LL", 1, "matin");
+    refused["dose_reelle"] = serde_json::json!(100.0);
+    produce(
+        &producer,
+        GAVAGE,
+        "LL26KALERT",
+        refused.to_string().as_bytes(),
+        Some(&admin),
+    )
+    .await;
+    let alerts = read_topic_until(&tansu.brokers(), ALERTS, |m| {
+        let change: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        change["alert"]["code_lot"] == "LL26KALERT"
+    })
+    .await;
+    let change: serde_json::Value =
+        serde_json::from_slice(&alerts.last().unwrap().payload).unwrap();
+    assert_eq!(change["transition"], "opened");
+    assert_eq!(change["alert"]["rule"], "refus_alimentaire");
+    assert_eq!(change["alert"]["severity"], "critical");
     // Everything is published, so everything is committed.
     eventually(Duration::from_secs(30), "offsets committed", || {
-        (tansu.committed_total("g1", GAVAGE, 3) == 203).then_some(())
+        (tansu.committed_total("g1", GAVAGE, 3) == 204).then_some(())
     });
     gaveurs.stop_cleanly();
 
@@ -166,12 +189,12 @@ async fn produced_records_are_stored_once_and_offsets_follow_publication() {
     eventually(
         Duration::from_secs(60),
         "the new records in Parquet",
-        || (stored_meals(&root).len() == 250).then_some(()),
+        || (stored_meals(&root).len() == 251).then_some(()),
     );
     gaveurs.stop_cleanly();
-    assert_eq!(stored_meals(&root).len(), 250);
+    assert_eq!(stored_meals(&root).len(), 251);
     assert_eq!(read_rows(&root, "dlq").len(), 3);
-    assert_eq!(tansu.committed_total("g1", GAVAGE, 3), 253);
+    assert_eq!(tansu.committed_total("g1", GAVAGE, 3), 254);
 
     // Another instance on the same data, in a group that never committed anything, starts
     // after what the published files hold: the roll manifests, not the group, decide.
@@ -186,10 +209,10 @@ async fn produced_records_are_stored_once_and_offsets_follow_publication() {
     eventually(
         Duration::from_secs(60),
         "the newest records in Parquet",
-        || (stored_meals(&root).len() == 260).then_some(()),
+        || (stored_meals(&root).len() == 261).then_some(()),
     );
     fresh.stop_cleanly();
-    assert_eq!(stored_meals(&root).len(), 260);
+    assert_eq!(stored_meals(&root).len(), 261);
     assert_eq!(read_rows(&root, "dlq").len(), 3);
 }
 

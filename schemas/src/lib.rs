@@ -3,11 +3,13 @@
 //! Everything a record is, independent of how it travels: the typed input records producers
 //! send ([`records`]), how they are checked and normalised ([`validation`]), the envelope every
 //! accepted record carries ([`envelope`]), the dead-letter row of every refused input
-//! ([`dead_letter`]), and the Arrow schema of every Parquet dataset ([`datasets`]).
+//! ([`dead_letter`]), the Arrow schema of every Parquet dataset ([`datasets`]), and the alerts
+//! raised from records ([`alert`]).
 //!
 //! Input records ignore unknown keys at every level: stations send large extras (raw histogram
 //! blocks, analysis results) that the pipeline does not use.
 
+pub mod alert;
 pub mod datasets;
 pub mod dead_letter;
 pub mod envelope;

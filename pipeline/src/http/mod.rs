@@ -1,7 +1,8 @@
-//! The HTTP server: health, the dev-mode JWKS, the API (devices, SQL queries), the WebSocket
+//! The HTTP server: health, the dev-mode JWKS, the API (devices, lots, alerts, SQL queries), the WebSocket
 //! ingest and live channels. Every response carries the security headers and an `X-Request-ID`.
 
 mod access;
+mod alerts;
 mod query;
 mod ws;
 
@@ -40,6 +41,8 @@ pub struct AppState {
     pub devices: Arc<DeviceRegistry>,
     /// The latest KPIs of every lot.
     pub lots: Arc<crate::analytics::LotBoard>,
+    /// Alerts: listed, acknowledged, and joined to a lot's KPIs.
+    pub alerts: Arc<crate::alerts::AlertDesk>,
     pub verifier: Arc<Verifier>,
     /// Dev mode: the keys whose JWKS is served at the Keycloak-shaped path.
     pub dev_keys: Option<Arc<DevKeys>>,
@@ -59,6 +62,8 @@ pub fn router(state: AppState) -> Router {
         .route(&crate::auth::jwks_path(), get(jwks))
         .route("/api/v1/devices", get(devices))
         .route("/api/v1/lots/{code_lot}", get(lot))
+        .route("/api/v1/alerts", get(alerts::list))
+        .route("/api/v1/alerts/{alert_id}/ack", post(alerts::acknowledge))
         .route("/api/v1/query", post(query::query))
         .route("/ws/gavage", get(ws::gavage_ingest))
         .route("/ws/sensors/", get(ws::sensors_ingest))
@@ -155,14 +160,26 @@ async fn devices(
     Ok(axum::Json(state.devices.snapshot()))
 }
 
-/// A lot's current KPIs (the latest row of each), for its gaveur and superviseurs; open
-/// alerts join them once alerts exist.
+/// A lot's current KPIs (the latest row of each) and active alerts, for its gaveur and
+/// superviseurs.
 async fn lot(
     State(state): State<Arc<AppState>>,
     axum::extract::Path(code_lot): axum::extract::Path<String>,
     access: access::Access,
 ) -> Result<Response, access::Forbidden> {
-    let Some(view) = state.lots.get(&code_lot) else {
+    let alerts = state.alerts.alerts(&access.principal, |a| {
+        a.state.is_active() && a.code_lot.as_deref() == Some(code_lot.as_str())
+    });
+    // A lot with alerts but no KPIs yet (or analytics off) is still a lot.
+    let view = state.lots.get(&code_lot).or_else(|| {
+        alerts.first().map(|alert| crate::analytics::LotView {
+            code_lot: code_lot.clone(),
+            gaveur_id: alert.gaveur_id,
+            site: alert.site.clone(),
+            kpis: Default::default(),
+        })
+    });
+    let Some(view) = view else {
         // Only someone who may read some gavage data learns that a lot is unknown.
         access.require(
             Resource::GavageData,
@@ -191,7 +208,7 @@ async fn lot(
         "gaveur_id": view.gaveur_id,
         "site": view.site,
         "kpis": view.kpis,
-        "alerts": [],
+        "alerts": alerts,
     }))
     .into_response())
 }

@@ -171,14 +171,23 @@ async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
 /// Handles `{"type":"auth","token":…}` renewals on an open channel: a valid token that may
 /// still see the channel extends it; an invalid one is answered with an error (the current
 /// token keeps the channel until it expires); one that may not see it closes it with 4403.
+///
+/// On a gaveur channel (`alerts` given), `{"type":"ack_alert","alert_id":…}` acknowledges an
+/// alert as the channel's current principal; the answer is `ack_alert_ok` or an `error`, and
+/// the transition itself arrives as an `alerte` message like any other.
 fn renewals(
     caller: Caller,
+    principal: Arc<Principal>,
+    alerts: Option<Arc<crate::alerts::AlertDesk>>,
     may_see: impl Fn(&Principal) -> bool + Send + Sync + 'static,
 ) -> OnText {
     let may_see = Arc::new(may_see);
+    let principal = Arc::new(parking_lot::Mutex::new(principal));
     Box::new(move |text: String| {
         let caller = caller.clone();
         let may_see = may_see.clone();
+        let principal = principal.clone();
+        let alerts = alerts.clone();
         async move {
             #[derive(Deserialize)]
             struct Message {
@@ -186,6 +195,8 @@ fn renewals(
                 kind: String,
                 #[serde(default)]
                 token: Option<String>,
+                #[serde(default)]
+                alert_id: Option<String>,
             }
             let message = match serde_json::from_str::<Message>(&text) {
                 Ok(m) => m,
@@ -200,6 +211,7 @@ fn renewals(
                 "auth" => match caller.verifier.verify(message.token.as_deref().unwrap_or(""), None).await {
                     Ok(verified) if may_see(&verified.principal) => {
                         audit::authenticated(caller.context(Some(verified.principal.display_name())));
+                        *principal.lock() = verified.principal.clone();
                         ClientReply {
                             reply: Some(serde_json::json!({"type": "auth_ok", "expires_at": verified.expires_at}).to_string().into()),
                             expires_at: Some(verified.expires_at),
@@ -216,6 +228,22 @@ fn renewals(
                         ClientReply::text(serde_json::json!({"type": "error", "message": e.to_string()}).to_string())
                     }
                 },
+                "ack_alert" if alerts.is_some() => {
+                    let (Some(desk), Some(alert_id)) = (alerts, message.alert_id) else {
+                        return ClientReply::text(serde_json::json!({"type": "error", "message": "ack_alert needs an alert_id"}).to_string());
+                    };
+                    let who = principal.lock().clone();
+                    let id = alert_id.clone();
+                    let result = tokio::task::spawn_blocking(move || desk.acknowledge(&id, &who)).await;
+                    match result {
+                        Ok(Ok(_)) => {
+                            audit::data_mutation(&format!("acknowledge alert {alert_id}"), caller.context(Some(principal.lock().display_name())));
+                            ClientReply::text(serde_json::json!({"type": "ack_alert_ok", "alert_id": alert_id}).to_string())
+                        }
+                        Ok(Err(e)) => ClientReply::text(serde_json::json!({"type": "error", "alert_id": alert_id, "message": e.to_string()}).to_string()),
+                        Err(e) => ClientReply::text(serde_json::json!({"type": "error", "alert_id": alert_id, "message": e.to_string()}).to_string()),
+                    }
+                }
                 other => ClientReply::text(
                     serde_json::json!({"type": "error", "message": format!("unknown message type {other:?}")}).to_string(),
                 ),
@@ -338,7 +366,12 @@ pub(super) async fn gaveur_channel(
             socket,
             subscription,
             state.ping_every,
-            renewals(caller, may_see),
+            renewals(
+                caller,
+                verified.principal.clone(),
+                Some(state.alerts.clone()),
+                may_see,
+            ),
             Some(verified.expires_at),
         )
         .await;
@@ -399,7 +432,7 @@ pub(super) async fn realtime(
             state.hub.clone(),
             state.ping_every,
             scope.expect("authorized"),
-            renewals(caller, may_see),
+            renewals(caller, verified.principal.clone(), None, may_see),
             Some(verified.expires_at),
         )
         .await;

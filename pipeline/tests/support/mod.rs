@@ -5,6 +5,7 @@
 
 pub mod kafka;
 pub mod records;
+pub mod twilio;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -43,6 +44,12 @@ impl Gaveurs {
     /// Starts the binary in `dir` with `base_config` plus `extra` TOML (which may add
     /// sections; `[mqtt] listen` defaults to an ephemeral port when `extra` has no `[mqtt]`).
     pub fn start(dir: &Path, extra: &str) -> Gaveurs {
+        Self::start_with_env(dir, extra, &[])
+    }
+
+    /// [`Gaveurs::start`] with environment variables for the process; a value of `None`
+    /// removes the variable.
+    pub fn start_with_env(dir: &Path, extra: &str, env: &[(&str, Option<&str>)]) -> Gaveurs {
         let mut config: toml::Table = toml::from_str(&base_config(dir)).unwrap();
         let extra: toml::Table = toml::from_str(extra).expect("extra config is TOML");
         if !extra.contains_key("mqtt") {
@@ -61,16 +68,27 @@ impl Gaveurs {
         }
         let path = dir.join("gaveurs.toml");
         std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
-        Self::start_with(dir, &["run", "--config", path.to_str().unwrap()])
+        Self::spawn(dir, &["run", "--config", path.to_str().unwrap()], env)
     }
 
     pub fn start_with(dir: &Path, args: &[&str]) -> Gaveurs {
+        Self::spawn(dir, args, &[])
+    }
+
+    fn spawn(dir: &Path, args: &[&str], env: &[(&str, Option<&str>)]) -> Gaveurs {
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("stderr.log"))
             .unwrap();
-        let mut child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        for (name, value) in env {
+            match value {
+                Some(value) => command.env(name, value),
+                None => command.env_remove(name),
+            };
+        }
+        let mut child = command
             .args(args)
             .current_dir(dir)
             .stdout(Stdio::piped())
@@ -372,6 +390,17 @@ pub async fn publish_each(
     token: &str,
     messages: &[(String, Vec<u8>, u8)],
 ) -> Vec<u8> {
+    publish_each_with(addr, version, token, messages, &[]).await
+}
+
+/// [`publish_each`] with MQTT 5 user properties on every PUBLISH (e.g. `backfill: true`).
+pub async fn publish_each_with(
+    addr: SocketAddr,
+    version: gaveurs_pipeline::producer::MqttVersion,
+    token: &str,
+    messages: &[(String, Vec<u8>, u8)],
+    properties: &[(&str, &str)],
+) -> Vec<u8> {
     use gaveurs_pipeline::producer::{MqttVersion, ServerPacket, connect};
     // MQTT 5 carries the token on every PUBLISH (it survives a broker); 3.1.1 can only give
     // it as the CONNECT password, which only the embedded listener reads.
@@ -386,12 +415,13 @@ pub async fn publish_each(
     for (n, (topic, payload, qos)) in messages.iter().enumerate() {
         let pkid = (n % 60_000) as u16 + 1;
         writer
-            .publish(
+            .publish_with_properties(
                 topic,
                 bytes::Bytes::from(payload.clone()),
                 *qos,
                 pkid,
                 per_message,
+                properties,
             )
             .unwrap();
         writer.flush().await.unwrap();

@@ -5,6 +5,7 @@
 //! Columns are the record's own field names at top level; envelope fields sit beside them
 //! with a `_` prefix. Nothing is nested but the SQAL matrices (`list<list<int32>>`, 8×8).
 
+pub mod alerts;
 mod dlq;
 mod envelope_columns;
 mod gavage_meals;

@@ -1,4 +1,5 @@
-//! Kafka out (SPEC §3): refused records on `gaveurs.dlq.v1`, and every accepted record on the
+//! Kafka out (SPEC §3): refused records on `gaveurs.dlq.v1`, KPI rows on `gaveurs.kpis.v1`,
+//! alert transitions on `gaveurs.alerts.v1`, and every accepted record on the
 //! live topic that the WebSocket tier of every instance reads, so a gaveur connected to any
 //! instance sees every record of their lots, whichever instance processed it.
 //!
@@ -31,6 +32,8 @@ pub struct OutputSettings {
     pub live_topic: String,
     /// KPI rows as JSON, keyed by `code_lot` (else the site or station).
     pub kpis_topic: String,
+    /// Alert transitions as JSON, keyed by `code_lot` or `device_id`.
+    pub alerts_topic: String,
     pub instance: String,
     /// librdkafka properties passed through (security settings).
     pub properties: BTreeMap<String, String>,
@@ -113,6 +116,19 @@ impl KafkaOutput {
         }
         self.send(
             BaseRecord::to(&self.settings.kpis_topic)
+                .key(key)
+                .payload(json),
+        );
+    }
+
+    /// An alert transition as JSON (`{"transition", "alert", "recorded_at"}`), keyed by the
+    /// alert's `code_lot` or `device_id`, so one key's transitions stay in order.
+    pub fn alert(&self, key: &str, json: &[u8]) {
+        if self.settings.alerts_topic.is_empty() {
+            return;
+        }
+        self.send(
+            BaseRecord::to(&self.settings.alerts_topic)
                 .key(key)
                 .payload(json),
         );

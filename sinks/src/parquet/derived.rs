@@ -62,8 +62,23 @@ impl DerivedWriter {
 
     /// Publishes every buffered row.
     pub fn flush(&mut self) -> Result<DerivedFlush, SinkError> {
-        let mut flushed = DerivedFlush::default();
         let millis = chrono::Utc::now().timestamp_millis();
+        self.flush_files(|instance, n| format!("{instance}-derived-{millis}-{n}.parquet"))
+    }
+
+    /// Publishes every buffered row under names that depend only on `stem` and the rows'
+    /// order, so publishing the same rows again after a crash replaces the files instead of
+    /// adding a second copy.
+    pub fn flush_named(&mut self, stem: &str) -> Result<DerivedFlush, SinkError> {
+        self.files_written = 0;
+        self.flush_files(|instance, n| format!("{instance}-{stem}-{n}.parquet"))
+    }
+
+    fn flush_files(
+        &mut self,
+        name: impl Fn(&str, u64) -> String,
+    ) -> Result<DerivedFlush, SinkError> {
+        let mut flushed = DerivedFlush::default();
         for ((dataset, partition), batches) in std::mem::take(&mut self.buffered) {
             let dir = self.root.join(&dataset).join(partition.path());
             create_dir_durable(&dir)?;
@@ -77,10 +92,7 @@ impl DerivedWriter {
                     .position(|b| b.schema() != schema)
                     .map_or(batches.len(), |n| start + n);
                 self.files_written += 1;
-                let name = format!(
-                    "{}-derived-{millis}-{}.parquet",
-                    self.instance_id, self.files_written
-                );
+                let name = name(&self.instance_id, self.files_written);
                 let hidden = dir.join(format!(".{name}.tmp"));
                 let file = File::create(&hidden)?;
                 let properties = WriterProperties::builder()

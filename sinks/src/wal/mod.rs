@@ -79,6 +79,10 @@ pub struct WalOptions {
     pub segment_bytes: u64,
     /// Appends wait while this much is buffered and not yet written (backpressure).
     pub max_pending_bytes: usize,
+    /// Read back entries after this position instead of after the published one, for a
+    /// consumer whose own saved state lags the Parquet sink (the alert operator). Entries
+    /// at or below the published position are the caller's to filter for the other sinks.
+    pub replay_after: Option<Lsn>,
 }
 
 impl WalOptions {
@@ -87,6 +91,7 @@ impl WalOptions {
             dir,
             segment_bytes: 64 * 1024 * 1024,
             max_pending_bytes: 32 * 1024 * 1024,
+            replay_after: None,
         }
     }
 }
@@ -140,15 +145,19 @@ pub struct WalWriter {
 pub type Downstream = std::sync::mpsc::SyncSender<Arc<Vec<Committed>>>;
 
 impl Wal {
-    /// Opens the log in `options.dir`, reads back every entry after `published_through`, and
-    /// starts the writer thread. New entries go to a fresh segment.
+    /// Opens the log in `options.dir`, reads back every entry after `published_through` (or
+    /// after `options.replay_after`, when that is earlier), and starts the writer thread. New
+    /// entries go to a fresh segment.
     pub fn open(
         options: WalOptions,
         published_through: Lsn,
         downstream: Vec<Downstream>,
     ) -> Result<(Wal, WalWriter, Recovered), SegmentError> {
+        let replay_after = options
+            .replay_after
+            .map_or(published_through, |lsn| lsn.min(published_through));
         let (segments, recovered, last_lsn) =
-            segment::Segments::recover(&options.dir, published_through, options.segment_bytes)?;
+            segment::Segments::recover(&options.dir, replay_after, options.segment_bytes)?;
         // LSNs name published files, so they never go backwards, even when every segment
         // has been released.
         let next_lsn = last_lsn.max(published_through) + 1;

@@ -250,11 +250,13 @@ impl Hub {
         }
     }
 
-    /// Sends a site's KPI row to the dashboards that may see that site, as
-    /// `{"type":"kpi","timestamp":…,"site_code":…,"data":{…}}`; `sqal` rows are kept by the
-    /// `sqal_only` filter, and a station's rows by its `device_id` filter.
-    pub fn publish_site_kpi<T: Serialize>(
+    /// Sends a site's message to the dashboards that may see that site, as
+    /// `{"type":<kind>,"timestamp":…,"site_code":…,"data":{…}}` (`kind` is `kpi` for KPI rows,
+    /// `alert` for alert transitions); `sqal` messages are kept by the `sqal_only` filter,
+    /// and a station's by its `device_id` filter.
+    pub fn publish_site<T: Serialize>(
         &self,
+        kind: &str,
         site: Site,
         sqal: bool,
         device_id: Option<String>,
@@ -270,7 +272,7 @@ impl Hub {
             device_id,
             grade: None,
         };
-        self.publish_realtime(meta, "kpi", chrono::Utc::now(), data);
+        self.publish_realtime(meta, kind, chrono::Utc::now(), data);
     }
 
     fn publish_realtime<T: Serialize>(
