@@ -163,7 +163,8 @@ enum Command {
         #[arg(long)]
         ttl: Option<u64>,
     },
-    /// Check a configuration file (and GAVEURS_… overrides) and exit non-zero if it is wrong.
+    /// Check a configuration file (and GAVEURS_… overrides) and exit non-zero if it is wrong:
+    /// every section, the KPI queries (planned), the alert rules and the SMS phone directory.
     Check {
         #[arg(long, short)]
         config: PathBuf,
@@ -228,7 +229,11 @@ fn main() -> ExitCode {
         }
         Command::Check { config } => {
             telemetry::init_console_only();
-            match Config::load(Some(&config)).and_then(|loaded| check_kpi_queries(&loaded)) {
+            let checked = Config::load(Some(&config)).and_then(|loaded| {
+                check_kpi_queries(&loaded)?;
+                loaded.sms.load_directory().map(|_| ())
+            });
+            match checked {
                 Ok(()) => {
                     println!("{}: ok", config.display());
                     ExitCode::SUCCESS

@@ -468,3 +468,46 @@ async fn sighup_reloads_thresholds() {
     assert_eq!(messages[0]["data"]["threshold"], 5.0);
     gaveurs.stop_cleanly();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_neither_repeats_a_text_nor_twins_an_alert() {
+    let dir = tempfile::tempdir().unwrap();
+    let twilio = FakeTwilio::start().await;
+    let extra = config(dir.path(), &twilio.base_url, "");
+    let gaveurs = Gaveurs::start_with_env(dir.path(), &extra, &twilio_env());
+    publish(&gaveurs, &[meal_at("LL2611013", 0, 0.5)]).await;
+    twilio.wait_for_requests(1, Duration::from_secs(20)).await;
+    // Killed once the outbox has recorded the text as sent (a kill between Twilio's answer
+    // and that record would send it again: Twilio has no idempotency key), but most likely
+    // before the alert state is saved, so the record is evaluated again.
+    let journal = dir
+        .path()
+        .join("data/instances")
+        .join(&gaveurs.instance)
+        .join("sms/outbox.jsonl");
+    eventually(Duration::from_secs(10), "the text recorded as sent", || {
+        std::fs::read_to_string(&journal)
+            .unwrap_or_default()
+            .contains("\"sent\"")
+            .then_some(())
+    });
+    gaveurs.kill9();
+
+    let gaveurs = Gaveurs::start_with_env(dir.path(), &extra, &twilio_env());
+    let jean = gaveurs.token("jean.martin@gaveur.fr");
+    let mut channel = ws_connect(gaveurs.http, "/ws/gaveur/1", &jean).await;
+    publish(
+        &gaveurs,
+        &[meal_at("LL2611013", 1, 0.5), meal_at("LL2611014", 0, 0.5)],
+    )
+    .await;
+    alerte_until(&mut channel, |seen| !of_lot(seen, "LL2611014").is_empty()).await;
+    let requests = twilio.wait_for_requests(2, Duration::from_secs(20)).await;
+    assert!(requests[0].body.contains("LL2611013"));
+    assert!(requests[1].body.contains("LL2611014"), "{requests:#?}");
+    let open = alerts_as(&gaveurs, &jean, "?code_lot=LL2611013").await;
+    assert_eq!(open.len(), 1, "{open:#?}");
+    assert_eq!(open[0]["count"], 2);
+    gaveurs.stop_cleanly();
+    assert_eq!(twilio.requests().len(), 2);
+}

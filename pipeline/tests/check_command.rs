@@ -80,3 +80,41 @@ fn a_kpi_query_that_does_not_plan_is_refused_by_name() {
     assert!(output.contains("heavy_doses"), "{output}");
     assert!(output.contains("dose_totale"), "{output}");
 }
+
+#[test]
+fn alert_rules_and_the_phone_directory_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("alerts.toml");
+    let phones = dir.path().join("phones.csv");
+    std::fs::write(&phones, "gaveur_id,phone\n1,+33612345678\n").unwrap();
+    let config = |rules: &str| format!("[sms]\ndirectory = \"{}\"\n{rules}", phones.display());
+    std::fs::write(
+        &path,
+        config("[alerts.rules.temperature]\ncritical = { low = 12, high = 30 }\n"),
+    )
+    .unwrap();
+    let (ok, output) = check(&path, &[]);
+    assert!(ok, "{output}");
+
+    std::fs::write(
+        &path,
+        config("[alerts.rules.temperatur]\nenabled = false\n"),
+    )
+    .unwrap();
+    let (ok, output) = check(&path, &[]);
+    assert!(
+        !ok && output.contains("temperatur") && output.contains("no such rule"),
+        "{output}"
+    );
+    std::fs::write(&path, config("[alerts.rules.temperature]\nwarning = 25\n")).unwrap();
+    let (ok, output) = check(&path, &[]);
+    assert!(!ok && output.contains("band"), "{output}");
+
+    std::fs::write(&phones, "gaveur_id,phone\n1,+33612345678\n2,0612345678\n").unwrap();
+    std::fs::write(&path, config("")).unwrap();
+    let (ok, output) = check(&path, &[]);
+    assert!(
+        !ok && output.contains("0612345678") && output.contains("line 3"),
+        "{output}"
+    );
+}

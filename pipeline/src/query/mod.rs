@@ -67,18 +67,8 @@ pub fn fallback_schemas() -> Vec<(&'static str, Schema)> {
         ),
         ("late", Schema::new(late)),
         (
-            "alerts",
-            Schema::new(vec![
-                Field::new("alert_id", DataType::Utf8, false),
-                Field::new("rule", DataType::Utf8, false),
-                Field::new("severity", DataType::Utf8, false),
-                Field::new("state", DataType::Utf8, false),
-                Field::new("code_lot", DataType::Utf8, true),
-                Field::new("device_id", DataType::Utf8, true),
-                Field::new("value", DataType::Float64, true),
-                Field::new("threshold", DataType::Float64, true),
-                Field::new("opened_at", utc(), false),
-            ]),
+            gaveurs_schemas::datasets::alerts::NAME,
+            gaveurs_schemas::datasets::alerts::schema().as_ref().clone(),
         ),
         (
             "anomalies",
