@@ -71,17 +71,19 @@ pub struct SmsConfig {
 }
 
 impl Default for SmsConfig {
+    /// The SMS sink's own defaults, so they are written once.
     fn default() -> Self {
+        let sink = gaveurs_sinks::sms::SmsSettings::default();
         Self {
-            twilio_base_url: "https://api.twilio.com".into(),
+            twilio_base_url: sink.base_url,
             directory: None,
-            min_severity: "critical".into(),
-            budget_per_hour: 5,
-            budget_bypass_critical: false,
+            min_severity: gaveurs_schemas::alert::Severity::Critical.as_str().into(),
+            budget_per_hour: sink.budget_per_hour,
+            budget_bypass_critical: sink.budget_bypass_critical,
             quiet_hours: None,
-            retry_initial_ms: 1000,
-            retry_max_s: 300,
-            max_attempts: 10,
+            retry_initial_ms: sink.retry_initial.as_millis() as u64,
+            retry_max_s: sink.retry_max.as_secs(),
+            max_attempts: sink.max_attempts,
         }
     }
 }

@@ -459,6 +459,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, demo: bool) -> an
     // Texts still queued stay in the outbox for the next start.
     sms_stop.cancel();
     sms.stop(Duration::from_secs(1)).await;
+    let texts = sms.counters();
+    tracing::info!(target: "alerts", sent = texts.sent, failed = texts.failed, retried = texts.retried, disabled = texts.disabled, dropped_budget = texts.dropped_budget, pending = sms.pending_len(), "SMS sink stopped");
     let parquet_result = tokio::task::spawn_blocking(move || parquet_thread.join())
         .await?
         .map_err(|_| anyhow::anyhow!("the parquet sink panicked"))?;
