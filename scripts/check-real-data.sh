@@ -54,7 +54,21 @@ wait "$PID" || { echo "the pipeline did not stop cleanly" >&2; tail -20 "$WORK/s
 PID=""
 (cd "$WORK" && "$GAVEURS_BIN" query --config gaveurs.toml --format csv \
   "SELECT code_lot, itm FROM lot_kpis ORDER BY code_lot") > "$WORK/itm.csv"
+(cd "$WORK" && "$GAVEURS_BIN" query --config gaveurs.toml --format csv \
+  "SELECT rule, severity, count(*) AS opened, sum(CASE WHEN backfill THEN 0 ELSE 1 END) AS live
+   FROM alerts WHERE transition = 'opened' GROUP BY rule, severity ORDER BY rule, severity") > "$WORK/alerts.csv"
 ended=$(date +%s)
+# Every replayed record is flagged backfill, so every alert it opened must be too (never texted).
+python3 - "$WORK/alerts.csv" <<'PY'
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+summary = ", ".join(f"{r['rule']}/{r['severity']} {r['opened']}" for r in rows)
+print(f"real-data check: alerts opened by the replay: {summary or 'none'}", file=sys.stderr)
+live = sum(int(r["live"]) for r in rows)
+if live:
+    print(f"real-data check: {live} alerts opened by the replay are not flagged backfill", file=sys.stderr)
+    sys.exit(1)
+PY
 
 python3 - "$LOTS" "$WORK/itm.csv" <<'PY'
 import csv, gzip, sys

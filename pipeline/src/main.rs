@@ -36,6 +36,13 @@ enum Command {
     /// as `kpi` messages on each gaveur's channel and the dashboards, served at
     /// GET /api/v1/lots/{code_lot}, and written to the lot_kpis and late datasets.
     ///
+    /// Every accepted record is evaluated by the alert rules (`[alerts]`): alerts open,
+    /// update, are acknowledged and clear; each transition is an `alerte` message on the
+    /// owner's channel, `alert` on the dashboards, a row of the alerts dataset, and listed at
+    /// GET /api/v1/alerts. Critical openings are texted through Twilio (`[sms]`, credentials
+    /// from TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, TWILIO_PHONE_NUMBER) from a durable
+    /// outbox, never for replayed (backfill) records. SIGHUP reloads the alert thresholds.
+    ///
     /// Every record and every channel needs a JWT. Without `[auth]` the pipeline runs in dev
     /// mode: it keeps a signing key in data/auth/, serves its JWKS at
     /// /realms/gaveurs-production/protocol/openid-connect/certs, and `gaveurs token` mints
@@ -43,8 +50,8 @@ enum Command {
     ///
     /// With `[kafka]`, it also joins the consumer group and reads gaveurs.gavage.v1 and
     /// gaveurs.sqal.v1 (committing offsets only once published), writes refused records to
-    /// gaveurs.dlq.v1, live records to gaveurs.live.v1 and KPI rows to gaveurs.kpis.v1;
-    /// replicas share one data dir.
+    /// gaveurs.dlq.v1, live records to gaveurs.live.v1, KPI rows to gaveurs.kpis.v1 and
+    /// alert transitions to gaveurs.alerts.v1; replicas share one data dir.
     Run {
         /// TOML configuration file; every section is optional. Keys can be overridden from
         /// the environment as GAVEURS_<SECTION>__<KEY>.
