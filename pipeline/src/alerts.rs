@@ -12,6 +12,7 @@
 //! and the `alerts` files — written only after a save that lists their rows, under names
 //! fixed by that save — are replaced rather than duplicated.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,7 +28,6 @@ use gaveurs_operators::auth::permissions::{self, Action, Resource, Scope};
 use gaveurs_schemas::Principal;
 use gaveurs_schemas::alert::{Alert, AlertChange, Severity};
 use gaveurs_schemas::datasets::alerts as dataset;
-use gaveurs_schemas::event::Event;
 use gaveurs_schemas::records::Site;
 use gaveurs_sinks::fsutil::{create_dir_durable, write_atomic};
 use gaveurs_sinks::kafka::KafkaOutput;
@@ -38,9 +38,6 @@ use gaveurs_sinks::websocket::Hub;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-
-/// How often the state is saved while records flow (and at every acknowledgement and stop).
-const SAVE_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Default, Serialize, Deserialize)]
 struct Snapshot {
@@ -102,15 +99,23 @@ struct DeskState {
     snapshot: Snapshot,
     rules: RuleSet,
     text_from: Severity,
-    writer: DerivedWriter,
+    /// Kafka records this state already reflects that Kafka will deliver again (they were
+    /// not yet in a published file when the last run stopped): skipped once each.
+    already_evaluated: HashSet<u128>,
     unsaved: bool,
     last_saved: Instant,
 }
 
 /// The alert operator's state, shared by its thread and the HTTP and WebSocket handlers.
+/// The state lock is held for evaluation and bookkeeping only; files are written and
+/// messages routed outside it.
 pub struct AlertDesk {
     dir: PathBuf,
     state: Mutex<DeskState>,
+    writer: Mutex<DerivedWriter>,
+    /// One `state.json` writer at a time, in the order their snapshots were taken.
+    saving: Mutex<()>,
+    save_every: Duration,
     hub: Arc<Hub>,
     kafka: Option<Arc<KafkaOutput>>,
     sms: Arc<SmsService>,
@@ -137,6 +142,8 @@ impl AlertDesk {
         text_from: Severity,
         outputs: AlertOutputs,
         saved_through: Arc<AtomicU64>,
+        already_evaluated: HashSet<u128>,
+        save_every: Duration,
     ) -> Arc<AlertDesk> {
         saved_through.store(saved.snapshot.through_lsn, Ordering::Release);
         Arc::new(AlertDesk {
@@ -145,10 +152,13 @@ impl AlertDesk {
                 snapshot: saved.snapshot,
                 rules,
                 text_from,
-                writer: outputs.writer,
+                already_evaluated,
                 unsaved: false,
                 last_saved: Instant::now(),
             }),
+            writer: Mutex::new(outputs.writer),
+            saving: Mutex::new(()),
+            save_every,
             hub: outputs.hub,
             kafka: outputs.kafka,
             sms: outputs.sms,
@@ -157,12 +167,22 @@ impl AlertDesk {
         })
     }
 
-    /// New thresholds (SIGHUP). Active alerts keep their state; the next evaluation uses
-    /// the new rules, so an alert whose condition no longer holds clears after N records.
+    /// New thresholds (SIGHUP). Active alerts keep their state and the next evaluation uses
+    /// the new rules; the alerts of a rule that was disabled clear now, as nothing would
+    /// evaluate them again.
     pub fn reload(&self, rules: RuleSet, text_from: Severity) {
-        let mut state = self.state.lock();
-        state.rules = rules;
-        state.text_from = text_from;
+        let retired = {
+            let mut state = self.state.lock();
+            let retired = state.snapshot.book.retire_rules(&rules, Utc::now());
+            state.snapshot.pending.extend(retired.iter().cloned());
+            state.unsaved |= !retired.is_empty();
+            state.rules = rules;
+            state.text_from = text_from;
+            retired
+        };
+        for change in &retired {
+            self.route(change);
+        }
     }
 
     pub fn counters(&self) -> gaveurs_operators::alerts::AlertCounters {
@@ -194,61 +214,77 @@ impl AlertDesk {
         alert_id: &str,
         principal: &Principal,
     ) -> Result<Option<Alert>, AckFailure> {
-        let mut state = self.state.lock();
-        let Some(alert) = state.snapshot.book.find(alert_id) else {
-            return Err(AckError::Unknown(alert_id.to_string()).into());
+        let change = {
+            let mut state = self.state.lock();
+            let Some(alert) = state.snapshot.book.find(alert_id) else {
+                return Err(AckError::Unknown(alert_id.to_string()).into());
+            };
+            if !may_acknowledge(principal, alert) {
+                return Err(AckFailure::Forbidden(
+                    principal.display_name().to_string(),
+                    alert_id.to_string(),
+                ));
+            }
+            let Some(change) =
+                state
+                    .snapshot
+                    .book
+                    .acknowledge(alert_id, principal.display_name(), Utc::now())?
+            else {
+                return Ok(None);
+            };
+            state.snapshot.pending.push(change.clone());
+            state.unsaved = true;
+            change
         };
-        if !may_see(principal, alert) {
-            return Err(AckFailure::Forbidden(
-                principal.display_name().to_string(),
-                alert_id.to_string(),
-            ));
-        }
-        let Some(change) =
-            state
-                .snapshot
-                .book
-                .acknowledge(alert_id, principal.display_name(), Utc::now())?
-        else {
-            return Ok(None);
-        };
-        let alert = change.alert.clone();
         self.route(&change);
-        state.snapshot.pending.push(change);
-        self.save(&mut state)
+        self.save()
             .map_err(|e| AckFailure::Storage(e.to_string()))?;
-        tracing::info!(target: "alerts", alert_id, rule = %alert.rule, by = principal.display_name(), "alert acknowledged");
-        Ok(Some(alert))
+        tracing::info!(target: "alerts", alert_id, rule = %change.alert.rule, by = principal.display_name(), "alert acknowledged");
+        Ok(Some(change.alert))
     }
 
-    /// Evaluates the events of one batch of committed entries, in event order.
+    /// Evaluates the events of one batch of committed entries, in log order, then routes
+    /// what they raised.
     fn process(&self, batch: &[Committed]) {
-        let mut state = self.state.lock();
-        let through = state.snapshot.through_lsn;
-        let mut events: Vec<&Event> = batch
-            .iter()
-            .filter(|c| c.lsn > through)
-            .filter_map(|c| match c.entry.as_ref() {
-                WalEntry::Event(event) => Some(event),
-                WalEntry::DeadLetter(_) => None,
-            })
-            .collect();
-        events.sort_by_key(|e| e.envelope.event_time);
-        let now = Utc::now();
-        let state = &mut *state;
-        for event in events {
-            let raised = state
-                .snapshot
-                .book
-                .evaluate(&state.rules, event, state.text_from, now);
-            for raised in raised {
-                self.deliver(&raised);
-                state.snapshot.pending.push(raised.change);
+        let raised = {
+            let mut state = self.state.lock();
+            let state = &mut *state;
+            let through = state.snapshot.through_lsn;
+            let now = Utc::now();
+            let mut raised = Vec::new();
+            for committed in batch.iter().filter(|c| c.lsn > through) {
+                let WalEntry::Event(event) = committed.entry.as_ref() else {
+                    continue;
+                };
+                if !state.already_evaluated.is_empty()
+                    && state
+                        .already_evaluated
+                        .remove(&event.record.idempotency_hash())
+                {
+                    continue;
+                }
+                raised.extend(state.snapshot.book.evaluate(
+                    &state.rules,
+                    event,
+                    state.text_from,
+                    now,
+                ));
             }
-        }
-        if let Some(last) = batch.last() {
-            state.snapshot.through_lsn = state.snapshot.through_lsn.max(last.lsn);
-            state.unsaved = true;
+            state
+                .snapshot
+                .pending
+                .extend(raised.iter().map(|r| r.change.clone()));
+            if let Some(last) = batch.last()
+                && last.lsn > through
+            {
+                state.snapshot.through_lsn = last.lsn;
+                state.unsaved = true;
+            }
+            raised
+        };
+        for raised in &raised {
+            self.deliver(raised);
         }
     }
 
@@ -324,62 +360,76 @@ impl AlertDesk {
         }
     }
 
-    fn save(&self, state: &mut DeskState) -> std::io::Result<()> {
-        let bytes = serde_json::to_vec(&state.snapshot).map_err(std::io::Error::other)?;
-        create_dir_durable(&self.dir)?;
-        write_atomic(&self.dir.join("state.json"), &bytes)?;
-        state.unsaved = false;
-        state.last_saved = Instant::now();
-        self.saved_through
-            .store(state.snapshot.through_lsn, Ordering::Release);
+    /// Writes `state.json`: the snapshot is taken under the state lock, written outside it.
+    fn save(&self) -> std::io::Result<()> {
+        let _one_writer = self.saving.lock();
+        let (bytes, through) = {
+            let mut state = self.state.lock();
+            let bytes = serde_json::to_vec(&state.snapshot).map_err(std::io::Error::other)?;
+            state.unsaved = false;
+            state.last_saved = Instant::now();
+            (bytes, state.snapshot.through_lsn)
+        };
+        let written = create_dir_durable(&self.dir)
+            .and_then(|()| write_atomic(&self.dir.join("state.json"), &bytes));
+        if written.is_err() {
+            self.state.lock().unsaved = true;
+        }
+        written?;
+        self.saved_through.fetch_max(through, Ordering::AcqRel);
         Ok(())
     }
 
     fn save_if_due(&self, force: bool) {
-        let mut state = self.state.lock();
-        if state.unsaved
-            && (force || state.last_saved.elapsed() >= SAVE_EVERY)
-            && let Err(e) = self.save(&mut state)
-        {
+        let due = {
+            let state = self.state.lock();
+            state.unsaved && (force || state.last_saved.elapsed() >= self.save_every)
+        };
+        if due && let Err(e) = self.save() {
             tracing::error!(target: "alerts", error = %e, "alert state not saved; the log keeps the records it would need again");
         }
     }
 
     /// Publishes the transitions not yet in a file: saved first (they are listed in the
-    /// state, with the file names' sequence number), then written under those names, then
+    /// state with the sequence number that names their files), written under those names —
+    /// one file per partition, so writing them again after a crash replaces them — then
     /// forgotten in a second save.
     fn publish(&self) {
-        let mut state = self.state.lock();
-        if state.snapshot.pending.is_empty() {
-            return;
-        }
+        let (changes, seq) = {
+            let state = self.state.lock();
+            if state.snapshot.pending.is_empty() {
+                return;
+            }
+            (state.snapshot.pending.clone(), state.snapshot.publish_seq)
+        };
         let result = (|| -> anyhow::Result<usize> {
-            self.save(&mut state)?;
-            let state = &mut *state;
+            self.save()?;
             let mut by_partition: std::collections::BTreeMap<_, Vec<&AlertChange>> =
                 Default::default();
-            for change in &state.snapshot.pending {
+            for change in &changes {
                 by_partition
                     .entry(dataset::partition(change))
                     .or_default()
                     .push(change);
             }
+            let mut writer = self.writer.lock();
             for (partition, changes) in by_partition {
-                state
-                    .writer
-                    .append(dataset::NAME, partition, dataset::to_batch(&changes)?);
+                writer.append(dataset::NAME, partition, dataset::to_batch(&changes)?);
             }
-            let flushed = state
-                .writer
-                .flush_named(&format!("alerts-{}", state.snapshot.publish_seq))?;
-            state.snapshot.pending.clear();
-            state.snapshot.publish_seq += 1;
+            let flushed = writer.flush_named(&format!("alerts-{seq}"))?;
+            drop(writer);
+            {
+                let mut state = self.state.lock();
+                // Only appended to meanwhile, so what was published is the front.
+                state.snapshot.pending.drain(..changes.len());
+                state.snapshot.publish_seq = seq + 1;
+                state.unsaved = true;
+            }
+            self.save()?;
             Ok(flushed.rows)
         })();
-        match result.and_then(|rows| Ok((rows, self.save(&mut state)?))) {
-            Ok((rows, ())) => {
-                tracing::debug!(target: "storage", rows, "alert transitions published")
-            }
+        match result {
+            Ok(rows) => tracing::debug!(target: "storage", rows, "alert transitions published"),
             Err(e) => {
                 tracing::error!(target: "storage", error = %e, "alert transitions not published; they stay in the alert state and are published later")
             }
@@ -387,9 +437,25 @@ impl AlertDesk {
     }
 }
 
-/// Who may see (and acknowledge) an alert: a lot's alerts whoever may read that gaveur's
-/// gavage data, a station's alerts whoever may read that site's SQAL data (and the gaveur
-/// of the sample's lot).
+/// Who may acknowledge: the gaveur who owns the alert, a superviseur, an admin.
+fn may_acknowledge(principal: &Principal, alert: &Alert) -> bool {
+    match alert.gaveur_id {
+        Some(gaveur_id) => permissions::allowed(
+            principal,
+            Resource::GavageData,
+            Action::Read,
+            Scope {
+                gaveur_id: Some(gaveur_id),
+                site: alert.site.as_deref(),
+            },
+        ),
+        None => principal.has_role("superviseur") || principal.has_role("admin"),
+    }
+}
+
+/// Who may see an alert: a lot's alerts whoever may read that gaveur's gavage data, a
+/// station's alerts whoever may read SQAL data of its site (a token that names a site sees
+/// that site's stations only), and the gaveur of the sample's lot.
 pub fn may_see(principal: &Principal, alert: &Alert) -> bool {
     let site = alert.site.as_deref();
     let gavage = alert.gaveur_id.is_some()
@@ -402,6 +468,7 @@ pub fn may_see(principal: &Principal, alert: &Alert) -> bool {
                 site,
             },
         );
+    let everywhere = principal.has_role("superviseur") || principal.has_role("admin");
     let sqal = alert.device_id.is_some()
         && permissions::allowed(
             principal,
@@ -411,7 +478,12 @@ pub fn may_see(principal: &Principal, alert: &Alert) -> bool {
                 gaveur_id: None,
                 site,
             },
-        );
+        )
+        && (everywhere
+            || principal
+                .site_id
+                .as_deref()
+                .is_none_or(|own| Some(own) == site));
     gavage || sqal
 }
 
@@ -429,7 +501,9 @@ pub fn spawn(
             desk.process(&replayed);
             let mut last_publish = Instant::now();
             loop {
-                let wait = SAVE_EVERY.min(publish_every.saturating_sub(last_publish.elapsed()));
+                let wait = desk
+                    .save_every
+                    .min(publish_every.saturating_sub(last_publish.elapsed()));
                 let closed = match committed.recv_timeout(wait) {
                     Ok(entries) => {
                         desk.process(&entries);

@@ -213,6 +213,7 @@ impl Inner {
         if let Some(kafka) = &self.kafka {
             kafka.dead_letter(&dead, &input.payload);
         }
+        crate::metrics::record_rejected(dead.reason_code.as_str(), dead.stage.as_str());
         let verdict = Verdict::Rejected {
             reason: rejection.reason,
             message: rejection.message,
@@ -247,6 +248,7 @@ impl Inner {
     ) -> Submitted {
         let saved = saved(&record);
         if !self.dedup.first_sighting(record.idempotency_hash()) {
+            crate::metrics::record_duplicate(record.stream());
             return self.after_everything_so_far(Verdict::Accepted {
                 saved,
                 duplicate: true,
@@ -265,6 +267,7 @@ impl Inner {
             },
             record,
         };
+        crate::metrics::record_accepted(event.envelope.stream, event.envelope.provenance.transport);
         // Live views get the record now; they must not wait for the disk (SPEC §3).
         self.hub.publish_event(&event);
         let verdict = Verdict::Accepted {

@@ -10,6 +10,8 @@ pub mod devices;
 pub mod http;
 pub mod instance;
 pub mod intake;
+pub mod logs;
+pub mod metrics;
 pub mod producer;
 pub mod query;
 pub mod replay;

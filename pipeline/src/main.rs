@@ -349,8 +349,8 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let _logs = match telemetry::init(&loaded.logs) {
-                Ok(guard) => guard,
+            let (_logs, levels) = match gaveurs_pipeline::logs::init(&loaded.logs) {
+                Ok(logs) => logs,
                 Err(e) => {
                     eprintln!(
                         "error: cannot set up logs in {}: {e:#}",
@@ -364,7 +364,7 @@ fn main() -> ExitCode {
                 .thread_name("gaveurs")
                 .build()
                 .expect("tokio runtime");
-            match runtime.block_on(run::run(loaded, config, demo)) {
+            match runtime.block_on(run::run(loaded, config, demo, levels)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("gaveurs failed: {e:#}");

@@ -8,6 +8,7 @@
 //! Shutdown (SIGINT/SIGTERM): stop reading input, send the acknowledgements owed, close the
 //! log (everything accepted is fsynced), publish every buffered row to Parquet, exit 0.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -74,7 +75,12 @@ pub fn demo_simulation(
     }
 }
 
-pub async fn run(config: Config, config_path: Option<PathBuf>, demo: bool) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    config_path: Option<PathBuf>,
+    demo: bool,
+    log_levels: crate::logs::Levels,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     // Before anything can announce readiness, so an early SIGTERM is a clean stop.
     let stop_signals = StopSignals::install()?;
@@ -124,6 +130,18 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, demo: bool) -> an
         .iter()
         .filter(|c| c.lsn <= published_through || c.entry.kafka_position().is_none())
         .cloned()
+        .collect();
+    // Unpublished Kafka records the alert state already reflects: Kafka delivers them again
+    // under new log positions, and they must not be evaluated twice.
+    let alerts_already_evaluated: HashSet<u128> = replay
+        .entries
+        .iter()
+        .filter(|c| c.lsn > published_through && c.lsn <= saved_alerts.through())
+        .filter(|c| c.entry.kafka_position().is_some())
+        .filter_map(|c| match c.entry.as_ref() {
+            WalEntry::Event(event) => Some(event.record.idempotency_hash()),
+            WalEntry::DeadLetter(_) => None,
+        })
         .collect();
     let (replayed, from_kafka): (Vec<_>, Vec<_>) = replay
         .entries
@@ -262,6 +280,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, demo: bool) -> an
         sms_stop.clone(),
     )
     .context("opening the SMS outbox")?;
+    crate::metrics::register_components(&hub, &sms);
     let directory = config.sms.load_directory()?;
     tracing::info!(target: "alerts", phones = directory.len(), texting = sms.enabled(), "alerts ready");
     let alert_desk = AlertDesk::new(
@@ -276,6 +295,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, demo: bool) -> an
             writer: DerivedWriter::new(paths.parquet_root.clone(), instance_id.clone()),
         },
         alerts_saved_through,
+        alerts_already_evaluated,
+        Duration::from_millis(config.alerts.state_save_interval_ms.max(1)),
     );
     let alerts_thread = alerts::spawn(
         alert_desk.clone(),
@@ -288,6 +309,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, demo: bool) -> an
         hangups,
         config_path.clone(),
         alert_desk.clone(),
+        log_levels,
     ));
     let intake = PipelineIntake::new(IntakeParts {
         validator,
@@ -382,6 +404,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, demo: bool) -> an
         shutdown: shutdown.clone(),
         ingest_sockets: ingest_sockets.clone(),
         parquet_root: paths.parquet_root.clone(),
+        data_dir: paths.data_dir.clone(),
     });
     let http_task = tokio::spawn({
         let shutdown = shutdown.clone();
@@ -476,26 +499,35 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, demo: bool) -> an
     }
 }
 
-/// SIGHUP: reads the configuration file again and applies the alert thresholds (a file
-/// with a mistake is refused with the reason, and the running rules stay).
+/// SIGHUP: reads the configuration file again and applies the alert thresholds and the log
+/// levels (a file with a mistake is refused with the reason, and what runs stays).
 async fn reload_on_hangup(
     mut hangups: tokio::signal::unix::Signal,
     config_path: Option<PathBuf>,
     desk: Arc<AlertDesk>,
+    log_levels: crate::logs::Levels,
 ) {
     while hangups.recv().await.is_some() {
         let reloaded = Config::load(config_path.as_deref()).and_then(|config| {
             let rules = RuleSet::from_config(&config.alerts).map_err(|e| anyhow::anyhow!(e))?;
-            Ok((rules, config.sms.min_severity()?))
+            Ok((rules, config.sms.min_severity()?, config.logs))
         });
         match reloaded {
-            Ok((rules, text_from)) => {
+            Ok((rules, text_from, logs)) => {
                 let count = rules.rules.len();
                 desk.reload(rules, text_from);
                 tracing::info!(target: "alerts", rules = count, "SIGHUP: alert rules reloaded");
+                match log_levels.reload(&logs) {
+                    Ok(()) => {
+                        tracing::info!(level = %logs.level, modules = ?logs.modules, "SIGHUP: log levels reloaded")
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), "SIGHUP: log levels not reloaded")
+                    }
+                }
             }
             Err(e) => {
-                tracing::error!(target: "alerts", error = %format!("{e:#}"), "SIGHUP: configuration not reloaded; the running rules stay")
+                tracing::error!(error = %format!("{e:#}"), "SIGHUP: configuration not reloaded; the running rules and levels stay")
             }
         }
     }

@@ -473,13 +473,19 @@ async fn sighup_reloads_thresholds() {
 async fn a_crash_neither_repeats_a_text_nor_twins_an_alert() {
     let dir = tempfile::tempdir().unwrap();
     let twilio = FakeTwilio::start().await;
-    let extra = config(dir.path(), &twilio.base_url, "");
+    // The alert state is not saved before the kill (rare saves, slow rolls), so the restart
+    // evaluates the record again from the durable log.
+    let extra = config(
+        dir.path(),
+        &twilio.base_url,
+        "[alerts]\nstate_save_interval_ms = 600000\n",
+    )
+    .replace("roll_interval_s = 1", "roll_interval_s = 600");
     let gaveurs = Gaveurs::start_with_env(dir.path(), &extra, &twilio_env());
     publish(&gaveurs, &[meal_at("LL2611013", 0, 0.5)]).await;
     twilio.wait_for_requests(1, Duration::from_secs(20)).await;
     // Killed once the outbox has recorded the text as sent (a kill between Twilio's answer
-    // and that record would send it again: Twilio has no idempotency key), but most likely
-    // before the alert state is saved, so the record is evaluated again.
+    // and that record would send it again: Twilio has no idempotency key).
     let journal = dir
         .path()
         .join("data/instances")
@@ -491,6 +497,15 @@ async fn a_crash_neither_repeats_a_text_nor_twins_an_alert() {
             .contains("\"sent\"")
             .then_some(())
     });
+    let state = dir
+        .path()
+        .join("data/instances")
+        .join(&gaveurs.instance)
+        .join("alerts/state.json");
+    assert!(
+        !state.exists(),
+        "the alert state must not cover the record yet"
+    );
     gaveurs.kill9();
 
     let gaveurs = Gaveurs::start_with_env(dir.path(), &extra, &twilio_env());

@@ -11,7 +11,11 @@
 //!
 //! The book is plain data: one thread evaluates records in log order, so two connections (or
 //! Kafka partitions) delivering records of one lot at once still meet one book and one
-//! active alert. Its state serialises (serde), so the pipeline can keep it across restarts.
+//! active alert. Log order is event order for each station and gateway (each sends its
+//! records in the order it took them); a record older than ones already evaluated is still
+//! evaluated, whatever its age, and never moves an alert's times backwards. Log order, not a
+//! sort by event time, because it is the one order a replay after a crash reproduces
+//! exactly. Its state serialises (serde), so the pipeline can keep it across restarts.
 //! An alert's id is derived from its key and opening event time, so evaluating the same
 //! records again after a crash reopens the same alert under the same id.
 
@@ -163,7 +167,7 @@ impl AlertBook {
             Record::Sqal(sample) => {
                 self.evaluate_sample(rules, sample, at, backfill, text_from, now, &mut raised)
             }
-            Record::LotOutcome(outcome) => self.finish_lot(rules, outcome, now, &mut raised),
+            Record::LotOutcome(outcome) => self.finish_lot(outcome, now, &mut raised),
         }
         raised
     }
@@ -207,7 +211,15 @@ impl AlertBook {
                 Metric::DoseRatioPct => (meal.dose_theorique > 0.0)
                     .then(|| meal.dose_reelle / meal.dose_theorique * 100.0),
                 Metric::EcartPctAbs => {
-                    if self.is_active(REFUS_ALIMENTAIRE, Subject::Lot, &meal.code_lot) {
+                    // An underfed meal is a refusal, not also an écart — even while the
+                    // refusal's alert cools down.
+                    let refused = rules.get(REFUS_ALIMENTAIRE).is_some_and(|refus| {
+                        meal.dose_theorique > 0.0
+                            && refus
+                                .level(meal.dose_reelle / meal.dose_theorique * 100.0)
+                                .is_some()
+                    });
+                    if refused || self.is_active(REFUS_ALIMENTAIRE, Subject::Lot, &meal.code_lot) {
                         None
                     } else {
                         (meal.dose_theorique > 0.0).then(|| {
@@ -289,19 +301,21 @@ impl AlertBook {
         }
     }
 
-    fn finish_lot(
-        &mut self,
-        rules: &RuleSet,
-        outcome: &LotOutcome,
-        now: DateTime<Utc>,
-        raised: &mut Vec<Raised>,
-    ) {
-        for rule in rules.rules.iter().filter(|r| r.subject == Subject::Lot) {
-            let key = key_of(rule.name, Subject::Lot, &outcome.code_lot);
-            if let Some(state) = self.keys.get_mut(&key)
+    /// The lot is slaughtered: its active alerts clear, and the book forgets it (so it does
+    /// not grow with every lot ever fed).
+    fn finish_lot(&mut self, outcome: &LotOutcome, now: DateTime<Utc>, raised: &mut Vec<Raised>) {
+        let suffix = format!("\u{1f}lot\u{1f}{}", outcome.code_lot);
+        let keys: Vec<String> = self
+            .keys
+            .keys()
+            .filter(|k| k.ends_with(&suffix))
+            .cloned()
+            .collect();
+        for key in keys {
+            if let Some(mut state) = self.keys.remove(&key)
                 && state.active.is_some()
             {
-                let change = clear(state, outcome.event_time, now);
+                let change = clear(&mut state, outcome.event_time, now);
                 self.by_id.remove(&change.alert.alert_id);
                 self.counters.cleared += 1;
                 raised.push(Raised {
@@ -310,6 +324,27 @@ impl AlertBook {
                 });
             }
         }
+        self.lots.remove(&outcome.code_lot);
+    }
+
+    /// Clears the active alerts of rules `rules` no longer has (disabled by a reload): nothing
+    /// would ever evaluate them again.
+    pub fn retire_rules(&mut self, rules: &RuleSet, now: DateTime<Utc>) -> Vec<AlertChange> {
+        let mut changes = Vec::new();
+        for state in self.keys.values_mut() {
+            let retired = state
+                .active
+                .as_ref()
+                .is_some_and(|a| rules.get(&a.rule).is_none());
+            if retired {
+                let at = state.active.as_ref().map_or(now, |a| a.updated_at);
+                let change = clear(state, at, now);
+                self.by_id.remove(&change.alert.alert_id);
+                self.counters.cleared += 1;
+                changes.push(change);
+            }
+        }
+        changes
     }
 
     fn is_active(&self, rule: &str, subject: Subject, name: &str) -> bool {
@@ -352,9 +387,6 @@ impl AlertBook {
                 if at > alert.updated_at {
                     alert.updated_at = at;
                 }
-                if owner.gaveur_id.is_some() {
-                    alert.gaveur_id = owner.gaveur_id;
-                }
                 let text = rose && !backfill && !state.texted && alert.severity >= text_from;
                 state.texted |= text;
                 self.counters.updated += 1;
@@ -369,7 +401,9 @@ impl AlertBook {
             }
             (Some((severity, threshold)), None) => {
                 if let Some(cleared_at) = state.last_cleared.as_ref().and_then(|a| a.cleared_at)
-                    && at < cleared_at + rule.cooldown
+                    && cleared_at
+                        .checked_add_signed(rule.cooldown)
+                        .is_none_or(|reopens| at < reopens)
                 {
                     self.counters.suppressed += 1;
                     return;

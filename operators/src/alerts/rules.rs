@@ -55,6 +55,10 @@ pub struct AlertsConfig {
     pub cooldown_min: f64,
     /// Changes to the built-in rules, by rule name (see the table above).
     pub rules: BTreeMap<String, RuleOverride>,
+    /// How often the alert state is saved while records flow (default 1000 ms): after a
+    /// crash, records since the last save are evaluated again (harmlessly, see
+    /// ARCHITECTURE.md), so this trades disk writes for replay work.
+    pub state_save_interval_ms: u64,
 }
 
 impl Default for AlertsConfig {
@@ -63,6 +67,7 @@ impl Default for AlertsConfig {
             hysteresis: 3,
             cooldown_min: 30.0,
             rules: BTreeMap::new(),
+            state_save_interval_ms: 1000,
         }
     }
 }
@@ -267,6 +272,9 @@ const BUILTIN: &[Builtin] = &[
     },
 ];
 
+/// A longer cooldown is surely a typo; it would also overflow event-time arithmetic.
+const MAX_COOLDOWN_MIN: f64 = 525_600.0;
+
 pub const REFUS_ALIMENTAIRE: &str = "refus_alimentaire";
 pub const DOSE_ECART: &str = "dose_ecart";
 pub const QUALITY_CRITICAL: &str = "quality_critical";
@@ -314,8 +322,10 @@ impl RuleSet {
             if hysteresis == 0 {
                 return Err(context("hysteresis must be at least 1"));
             }
-            if !(cooldown_min.is_finite() && cooldown_min >= 0.0) {
-                return Err(context("cooldown_min must be a number of minutes ≥ 0"));
+            if !(cooldown_min.is_finite() && (0.0..=MAX_COOLDOWN_MIN).contains(&cooldown_min)) {
+                return Err(context(&format!(
+                    "cooldown_min must be a number of minutes from 0 to {MAX_COOLDOWN_MIN} (a year)"
+                )));
             }
             let mut levels: Vec<(Severity, Threshold)> = builtin.levels.to_vec();
             for (severity, threshold) in [
@@ -324,6 +334,16 @@ impl RuleSet {
                 (Severity::Info, changes.info),
             ] {
                 let Some(threshold) = threshold else { continue };
+                if let Threshold::Band(band) = threshold
+                    && band.low.partial_cmp(&band.high) != Some(std::cmp::Ordering::Less)
+                {
+                    return Err(context(&format!(
+                        "{}: low ({}) must be below high ({})",
+                        severity.as_str(),
+                        band.low,
+                        band.high
+                    )));
+                }
                 let banded = matches!(threshold, Threshold::Band(_));
                 if banded != (builtin.compare == Compare::Outside) {
                     return Err(context(&format!(

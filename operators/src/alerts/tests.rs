@@ -379,3 +379,108 @@ fn configuration_changes_thresholds_and_names_mistakes() {
     let error = RuleSet::from_config(&config).unwrap_err();
     assert!(error.contains("no such rule"), "{error}");
 }
+
+#[test]
+fn an_underfed_meal_is_not_also_an_ecart_even_while_the_refusal_cools_down() {
+    let mut run = Run::new();
+    run.feed(meal("LL1", 0, 100.0));
+    for minute in 1..4 {
+        run.feed(meal("LL1", minute, 200.0));
+    }
+    assert_eq!(
+        run.transitions("refus_alimentaire"),
+        [Transition::Opened, Transition::Cleared]
+    );
+    // In the cooldown: the refusal does not reopen, and no écart opens in its place.
+    run.feed(meal("LL1", 10, 100.0));
+    assert!(run.transitions("dose_ecart").is_empty());
+    assert_eq!(run.texts(), 1);
+}
+
+#[test]
+fn a_station_alert_keeps_the_owner_it_opened_with() {
+    let mut run = Run::new();
+    run.feed(meal("LL1", 0, 200.0));
+    let mut other = meal("LL2", 0, 200.0);
+    if let Record::Gavage(m) = &mut other.record {
+        m.gaveur_id = 8;
+    }
+    run.feed(other);
+    let with_lot = |lot: &str, minute: i64| {
+        let mut sample = sample("ESP32_LL_01", minute, 0.30);
+        if let Record::Sqal(s) = &mut sample.record {
+            s.code_lot = Some(lot.to_string());
+        }
+        sample
+    };
+    run.feed(with_lot("LL1", 1));
+    run.feed(with_lot("LL2", 2));
+    let owners: Vec<Option<i64>> = run
+        .raised
+        .iter()
+        .filter(|r| r.change.alert.rule == "quality_critical")
+        .map(|r| r.change.alert.gaveur_id)
+        .collect();
+    assert_eq!(owners, [Some(7), Some(7)]);
+}
+
+#[test]
+fn disabling_a_rule_clears_its_alerts_and_an_outcome_forgets_the_lot() {
+    let mut run = Run::new();
+    run.feed(with(meal("LL1", 0, 200.0), |m| {
+        m.humidite_stabule = Some(90.0)
+    }));
+    let mut config = AlertsConfig::default();
+    config.rules.insert(
+        "humidite".into(),
+        RuleOverride {
+            enabled: Some(false),
+            ..RuleOverride::default()
+        },
+    );
+    let rules = RuleSet::from_config(&config).unwrap();
+    let retired = run.book.retire_rules(&rules, at(1));
+    assert_eq!(retired.len(), 1);
+    assert_eq!(retired[0].transition, Transition::Cleared);
+    assert!(run.book.alerts().all(|a| !a.state.is_active()));
+
+    run.feed(meal("LL1", 2, 100.0));
+    run.feed(event(
+        json!({"record_type": "lot_outcome", "code_lot": "LL1", "gaveur_id": 7, "site": "LL",
+               "nb_canards_mis_en_gavage": 100, "nb_canards_accroches": 98,
+               "date_fin": "2026-01-20", "event_time": at(5)}),
+        5,
+        false,
+    ));
+    assert_eq!(
+        run.book.alerts().count(),
+        0,
+        "a finished lot leaves nothing behind"
+    );
+}
+
+#[test]
+fn impossible_bands_and_cooldowns_are_refused() {
+    let mut config = AlertsConfig::default();
+    config.rules.insert(
+        "temperature".into(),
+        RuleOverride {
+            warning: Some(Threshold::Band(super::rules::Band {
+                low: 25.0,
+                high: 18.0,
+            })),
+            ..RuleOverride::default()
+        },
+    );
+    let error = RuleSet::from_config(&config).unwrap_err();
+    assert!(error.contains("low") && error.contains("below"), "{error}");
+    let config = AlertsConfig {
+        cooldown_min: 1e12,
+        ..AlertsConfig::default()
+    };
+    assert!(
+        RuleSet::from_config(&config)
+            .unwrap_err()
+            .contains("cooldown_min")
+    );
+}

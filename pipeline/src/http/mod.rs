@@ -53,12 +53,15 @@ pub struct AppState {
     pub ingest_sockets: TaskTracker,
     /// `<data_dir>/parquet`, which `POST /api/v1/query` reads.
     pub parquet_root: PathBuf,
+    /// Must stay writable for `/health/ready`.
+    pub data_dir: PathBuf,
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
+        .route("/metrics", get(metrics))
         .route(&crate::auth::jwks_path(), get(jwks))
         .route("/api/v1/devices", get(devices))
         .route("/api/v1/lots/{code_lot}", get(lot))
@@ -116,11 +119,22 @@ async fn live() -> impl IntoResponse {
     axum::Json(serde_json::json!({"status": "live"}))
 }
 
+/// 200 only when input can be taken and kept: the durable log works, every source is
+/// connected, and the data dir is writable; else 503 with the reason.
 async fn ready(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let data_dir = state.data_dir.clone();
+    let writable = tokio::task::spawn_blocking(move || writable(&data_dir))
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
     let problem = if state.wal.failed() {
-        Some("the durable log failed; input is refused")
+        Some("the durable log failed; input is refused".to_string())
     } else if !*state.sources_connected.borrow() {
-        Some("a source is not connected")
+        Some("a source is not connected".to_string())
+    } else if let Err(reason) = writable {
+        Some(format!(
+            "the data dir {} is not writable: {reason}",
+            state.data_dir.display()
+        ))
     } else {
         None
     };
@@ -134,6 +148,29 @@ async fn ready(State(state): State<Arc<AppState>>) -> impl IntoResponse {
             axum::Json(serde_json::json!({"status": "not_ready", "reason": reason})),
         ),
     }
+}
+
+/// Whether files can be created in `dir`: its permissions (root ignores them when writing,
+/// but an operator who made the folder read-only means it) and a real probe file.
+fn writable(dir: &std::path::Path) -> Result<(), String> {
+    let metadata = std::fs::metadata(dir).map_err(|e| e.to_string())?;
+    if metadata.permissions().readonly() {
+        return Err("it is read-only".into());
+    }
+    let probe = dir.join(format!(".ready-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(|e| e.to_string())?;
+    std::fs::remove_file(&probe).map_err(|e| e.to_string())
+}
+
+/// Prometheus text (names prefixed `gaveurs_`).
+async fn metrics() -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(),
+    )
 }
 
 async fn jwks(State(state): State<Arc<AppState>>) -> Response {

@@ -240,7 +240,12 @@ fn renewals(
                             audit::data_mutation(&format!("acknowledge alert {alert_id}"), caller.context(Some(principal.lock().display_name())));
                             ClientReply::text(serde_json::json!({"type": "ack_alert_ok", "alert_id": alert_id}).to_string())
                         }
-                        Ok(Err(e)) => ClientReply::text(serde_json::json!({"type": "error", "alert_id": alert_id, "message": e.to_string()}).to_string()),
+                        Ok(Err(e)) => {
+                            if let crate::alerts::AckFailure::Forbidden(..) = e {
+                                audit::unauthorized(&AuthError::forbidden(e.to_string()), caller.context(Some(principal.lock().display_name())));
+                            }
+                            ClientReply::text(serde_json::json!({"type": "error", "alert_id": alert_id, "message": e.to_string()}).to_string())
+                        }
                         Err(e) => ClientReply::text(serde_json::json!({"type": "error", "alert_id": alert_id, "message": e.to_string()}).to_string()),
                     }
                 }

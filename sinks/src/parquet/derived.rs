@@ -63,20 +63,24 @@ impl DerivedWriter {
     /// Publishes every buffered row.
     pub fn flush(&mut self) -> Result<DerivedFlush, SinkError> {
         let millis = chrono::Utc::now().timestamp_millis();
-        self.flush_files(|instance, n| format!("{instance}-derived-{millis}-{n}.parquet"))
+        self.flush_files(|instance, n, _| format!("{instance}-derived-{millis}-{n}.parquet"))
     }
 
-    /// Publishes every buffered row under names that depend only on `stem` and the rows'
-    /// order, so publishing the same rows again after a crash replaces the files instead of
-    /// adding a second copy.
+    /// Publishes every buffered row as `<instance>-<stem>.parquet` in each partition's
+    /// folder, so publishing the same rows (or more) again after a crash replaces the files
+    /// instead of adding a second copy.
     pub fn flush_named(&mut self, stem: &str) -> Result<DerivedFlush, SinkError> {
-        self.files_written = 0;
-        self.flush_files(|instance, n| format!("{instance}-{stem}-{n}.parquet"))
+        self.flush_files(|instance, _, chunk| match chunk {
+            0 => format!("{instance}-{stem}.parquet"),
+            k => format!("{instance}-{stem}-{k}.parquet"),
+        })
     }
 
+    /// `name(instance, files written so far, chunk of this partition)`: a partition has
+    /// more than one chunk only when the rows' schema changed.
     fn flush_files(
         &mut self,
-        name: impl Fn(&str, u64) -> String,
+        name: impl Fn(&str, u64, usize) -> String,
     ) -> Result<DerivedFlush, SinkError> {
         let mut flushed = DerivedFlush::default();
         for ((dataset, partition), batches) in std::mem::take(&mut self.buffered) {
@@ -85,6 +89,7 @@ impl DerivedWriter {
             // Batches of one dataset share a schema unless the KPI queries changed between
             // runs; a schema change starts a new file.
             let mut start = 0;
+            let mut chunk = 0;
             while start < batches.len() {
                 let schema = batches[start].schema();
                 let end = batches[start..]
@@ -92,7 +97,8 @@ impl DerivedWriter {
                     .position(|b| b.schema() != schema)
                     .map_or(batches.len(), |n| start + n);
                 self.files_written += 1;
-                let name = name(&self.instance_id, self.files_written);
+                let name = name(&self.instance_id, self.files_written, chunk);
+                chunk += 1;
                 let hidden = dir.join(format!(".{name}.tmp"));
                 let file = File::create(&hidden)?;
                 let properties = WriterProperties::builder()
@@ -104,11 +110,15 @@ impl DerivedWriter {
                     writer.write(batch)?;
                     flushed.rows += batch.num_rows();
                 }
-                writer.into_inner()?.sync_all()?;
+                let file = writer.into_inner()?;
+                file.sync_all()?;
+                let bytes = file.metadata()?.len();
                 let published = dir.join(&name);
                 std::fs::rename(&hidden, &published)?;
                 sync_dir(&dir)?;
                 flushed.files.push(published);
+                let rows: usize = batches[start..end].iter().map(|b| b.num_rows()).sum();
+                super::count_published(1, rows as u64, bytes);
                 start = end;
             }
         }

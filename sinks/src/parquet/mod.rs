@@ -454,12 +454,40 @@ impl Sink {
             bytes,
             "published parquet files"
         );
+        count_published(roll.files.len(), rows as u64, bytes);
         (self.on_publish)(&roll);
         Ok(())
     }
 }
 
 /// Renames hidden files to their published names and fsyncs the folders once each.
+/// Parquet files, rows and bytes published (`/metrics`), by the log's sink and the derived
+/// writers alike.
+pub(crate) fn count_published(files: usize, rows: u64, bytes: u64) {
+    let metrics = gaveurs_schemas::metrics::registry();
+    metrics
+        .counter(
+            "gaveurs_parquet_files_total",
+            "Parquet files published.",
+            &[],
+        )
+        .add(files as u64);
+    metrics
+        .counter(
+            "gaveurs_parquet_bytes_total",
+            "Bytes of the Parquet files published.",
+            &[],
+        )
+        .add(bytes);
+    metrics
+        .counter(
+            "gaveurs_records_out_total",
+            "Rows written out, by sink.",
+            &[("sink", "parquet")],
+        )
+        .add(rows);
+}
+
 fn publish_renames(renames: &[(PathBuf, PathBuf)]) -> io::Result<()> {
     let mut dirs: Vec<&Path> = Vec::new();
     for (from, to) in renames {

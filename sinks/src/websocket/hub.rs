@@ -17,6 +17,9 @@ use super::realtime::{RealtimeFilters, RealtimeKind, RealtimeMeta, RealtimeScope
 pub struct Frame {
     pub seq: u64,
     pub text: Utf8Bytes,
+    /// When the record it carries was received, for the end-to-end latency metric; `None`
+    /// for messages that are not a record (KPIs, alerts, notifications).
+    pub ingest_time: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Debug, Clone)]
@@ -183,6 +186,16 @@ impl Hub {
 
     /// Sends `{"type": kind, "seq": N, "data": data}` on one gaveur's channel.
     pub fn publish_to_gaveur<T: Serialize>(&self, gaveur_id: i64, kind: &str, data: &T) {
+        self.publish_to_gaveur_at(gaveur_id, kind, data, None);
+    }
+
+    fn publish_to_gaveur_at<T: Serialize>(
+        &self,
+        gaveur_id: i64,
+        kind: &str,
+        data: &T,
+        ingest_time: Option<chrono::DateTime<chrono::Utc>>,
+    ) {
         let channel = self.channel(gaveur_id);
         let mut state = channel.lock();
         let seq = state.next_seq;
@@ -191,6 +204,7 @@ impl Hub {
         let frame = Frame {
             seq,
             text: text.into(),
+            ingest_time,
         };
         state.replay.push_back(frame.clone());
         while state.replay.len() > self.options.replay {
@@ -205,7 +219,12 @@ impl Hub {
     pub fn publish_event(&self, event: &Event) {
         match &event.record {
             Record::Gavage(meal) => {
-                self.publish_to_gaveur(meal.gaveur_id, "gavage", meal);
+                self.publish_to_gaveur_at(
+                    meal.gaveur_id,
+                    "gavage",
+                    meal,
+                    Some(event.envelope.ingest_time),
+                );
                 self.publish_realtime(
                     RealtimeMeta {
                         kind: RealtimeKind::Gavage,
@@ -215,6 +234,7 @@ impl Hub {
                     },
                     "gavage_realtime",
                     event.envelope.ingest_time,
+                    Some(event.envelope.ingest_time),
                     meal,
                 );
             }
@@ -228,6 +248,7 @@ impl Hub {
                     },
                     "sensor_update",
                     event.envelope.ingest_time,
+                    Some(event.envelope.ingest_time),
                     sample.as_ref(),
                 );
             }
@@ -272,7 +293,7 @@ impl Hub {
             device_id,
             grade: None,
         };
-        self.publish_realtime(meta, kind, chrono::Utc::now(), data);
+        self.publish_realtime(meta, kind, chrono::Utc::now(), None, data);
     }
 
     fn publish_realtime<T: Serialize>(
@@ -280,6 +301,7 @@ impl Hub {
         meta: RealtimeMeta,
         kind: &str,
         timestamp: chrono::DateTime<chrono::Utc>,
+        ingest_time: Option<chrono::DateTime<chrono::Utc>>,
         data: &T,
     ) {
         let mut subscribers = self.realtime.lock();
@@ -310,6 +332,7 @@ impl Hub {
         let frame = Frame {
             seq: 0,
             text: text.into(),
+            ingest_time,
         };
         let before = subscribers.len();
         subscribers.retain(|s| {

@@ -95,7 +95,9 @@ impl Pump {
             self.ping_every,
         );
         let mut expires_at = self.expires_at;
+        let latency = live_latency();
         let end = loop {
+            let mut sent_record = None;
             let until_expiry = expires_at.map(|at| (at - Utc::now()).to_std().unwrap_or_default());
             let next = tokio::select! {
                 biased;
@@ -126,7 +128,10 @@ impl Pump {
                     }
                 },
                 frame = self.frames.recv() => match frame {
-                    Some(frame) => Next::Send(Message::Text(frame.text)),
+                    Some(frame) => {
+                        sent_record = frame.ingest_time;
+                        Next::Send(Message::Text(frame.text))
+                    }
                     None => Next::Done,
                 },
                 _ = ping.tick() => Next::Send(Message::Ping(Default::default())),
@@ -137,7 +142,14 @@ impl Pump {
                 Next::Done => break None,
             };
             tokio::select! {
-                sent = sink.send(message) => if sent.is_err() { break None },
+                sent = sink.send(message) => {
+                    if sent.is_err() {
+                        break None;
+                    }
+                    if let Some(ingest_time) = sent_record {
+                        latency.observe((Utc::now() - ingest_time).as_seconds_f64());
+                    }
+                }
                 _ = self.evicted.cancelled() => break Some((CLOSE_TOO_SLOW, "client too slow; reconnect with ?since=".into())),
                 _ = client_gone.cancelled() => break None,
             }
@@ -156,6 +168,16 @@ impl Pump {
         }
         reader.abort();
     }
+}
+
+/// Event ingest → the record's frame written to a WebSocket (SPEC §9 "end-to-end latency").
+fn live_latency() -> std::sync::Arc<gaveurs_schemas::metrics::Histogram> {
+    gaveurs_schemas::metrics::registry().histogram(
+        "gaveurs_live_latency_seconds",
+        "From a record's receipt to its frame written to a WebSocket client (gaveur channels and dashboards).",
+        &[],
+        gaveurs_schemas::metrics::LATENCY_BUCKETS,
+    )
 }
 
 async fn sleep_or_never(duration: Option<Duration>) {

@@ -122,7 +122,28 @@ struct SourceContext<P: Publication> {
     assigned: Mutex<HashSet<(String, i32)>>,
 }
 
-impl<P: Publication> ClientContext for SourceContext<P> {}
+impl<P: Publication> ClientContext for SourceContext<P> {
+    /// librdkafka's statistics (every `statistics.interval.ms`): the consumer lag of the
+    /// partitions this instance owns, summed per topic, for `/metrics`.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let metrics = gaveurs_schemas::metrics::registry();
+        for (topic, stats) in &statistics.topics {
+            let lag: i64 = stats
+                .partitions
+                .values()
+                .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+                .map(|p| p.consumer_lag)
+                .sum();
+            metrics
+                .gauge(
+                    "gaveurs_kafka_consumer_lag",
+                    "Records behind the end of each input topic, over the partitions this instance owns.",
+                    &[("topic", topic)],
+                )
+                .set(lag as f64);
+        }
+    }
+}
 
 impl<P: Publication> SourceContext<P> {
     /// Publishes everything consumed so far and commits it (synchronously).
@@ -243,6 +264,8 @@ pub fn spawn<I: Intake, P: Publication>(
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
+        // Feeds the consumer-lag metric (`SourceContext::stats`).
+        .set("statistics.interval.ms", "5000")
         .set(
             "session.timeout.ms",
             settings.session_timeout_ms.to_string(),
