@@ -291,7 +291,18 @@ impl AlertDesk {
     fn deliver(&self, raised: &Raised) {
         self.route(&raised.change);
         let alert = &raised.change.alert;
-        tracing::info!(target: "alerts", alert_id = %alert.alert_id, rule = %alert.rule, severity = alert.severity.as_str(), transition = raised.change.transition.as_str(), code_lot = alert.code_lot.as_deref().unwrap_or(""), device_id = alert.device_id.as_deref().unwrap_or(""), value = alert.value, "{}", alert.message);
+        let subject = alert
+            .code_lot
+            .as_deref()
+            .or(alert.device_id.as_deref())
+            .unwrap_or("");
+        let transition = raised.change.transition.as_str();
+        // An alert held for days updates on every record: those lines are for debugging.
+        if raised.change.transition == gaveurs_schemas::alert::Transition::Updated {
+            tracing::debug!(target: "alerts", alert_id = %alert.alert_id, rule = %alert.rule, transition, subject, count = alert.count, value = alert.value, "{}", alert.message);
+        } else {
+            tracing::info!(target: "alerts", alert_id = %alert.alert_id, rule = %alert.rule, severity = alert.severity.as_str(), transition, subject, value = alert.value, "{}", alert.message);
+        }
         if raised.text {
             self.text(alert);
         }

@@ -422,7 +422,10 @@ async fn dashboards_filter_what_they_receive() {
         &json!({"type": "subscribe", "filters": {"device_id": "ESP32_LS_01"}}),
     )
     .await;
-    assert_eq!(next_json(&mut filtered).await["type"], "subscribe_ack");
+    assert_eq!(
+        next_record_push(&mut filtered).await["type"],
+        "subscribe_ack"
+    );
     publish_each(
         gaveurs.mqtt(),
         MqttVersion::V5,

@@ -98,10 +98,27 @@ const SECURITY_HEADERS: [(&str, &str); 6] = [
 
 /// Adds the SPEC's security headers and an `X-Request-ID` (the caller's, when it sent a sane
 /// one) to every response, and makes the id available to handlers for their audit lines.
+/// Every response gets the security headers and its `X-Request-ID`; everything logged while
+/// the request is handled carries `request_id`, and the request itself is one `api` line
+/// (probes and scrapes at debug, so they do not drown the rest).
 async fn security_headers(mut request: Request, next: Next) -> Response {
+    use tracing::Instrument;
     let request_id = RequestId::from_headers(request.headers());
     request.extensions_mut().insert(request_id.clone());
-    let mut response = next.run(request).await;
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let started = std::time::Instant::now();
+    let span = tracing::info_span!("request", request_id = %request_id.0);
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    let ms = started.elapsed().as_millis() as u64;
+    span.in_scope(|| {
+        if path.starts_with("/health") || path == "/metrics" {
+            tracing::debug!(target: "api", %method, path, status, ms, "request");
+        } else {
+            tracing::info!(target: "api", %method, path, status, ms, "request");
+        }
+    });
     let headers = response.headers_mut();
     for (name, value) in SECURITY_HEADERS {
         headers.insert(

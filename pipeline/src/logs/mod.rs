@@ -142,6 +142,8 @@ impl Levels {
     pub fn reload(&self, config: &LogsConfig) -> anyhow::Result<()> {
         let levels = LevelMap::from_config(config)?;
         *self.0.write() = levels;
+        // The filters' verdicts are cached per call site: ask them again.
+        tracing::callsite::rebuild_interest_cache();
         Ok(())
     }
 
