@@ -56,20 +56,17 @@ pub fn record_rejected(reason: &str, stage: &str) {
 /// Gauges and counters read from their components at scrape time.
 pub fn register_components(hub: &Arc<Hub>, sms: &Arc<SmsService>) {
     let metrics = registry();
-    let clients = hub.clone();
-    metrics.gauge_fn(
-        "gaveurs_ws_clients",
-        "WebSocket clients connected, by kind.",
-        &[("kind", "gaveur")],
-        move || clients.clients().0 as f64,
-    );
-    let clients = hub.clone();
-    metrics.gauge_fn(
-        "gaveurs_ws_clients",
-        "WebSocket clients connected, by kind.",
-        &[("kind", "realtime")],
-        move || clients.clients().1 as f64,
-    );
+    type Count = fn((usize, usize)) -> usize;
+    let kinds: [(&str, Count); 2] = [("gaveur", |c| c.0), ("realtime", |c| c.1)];
+    for (kind, count) in kinds {
+        let clients = hub.clone();
+        metrics.gauge_fn(
+            "gaveurs_ws_clients",
+            "WebSocket clients connected, by kind (gaveur channels, dashboards).",
+            &[("kind", kind)],
+            move || count(clients.clients()) as f64,
+        );
+    }
     let slow = hub.clone();
     metrics.gauge_fn(
         "gaveurs_ws_slow_disconnects_total",

@@ -12,19 +12,12 @@ use serde_json::{Value, json};
 use support::records::meal;
 use support::*;
 
-const MODULES: [&str; 11] = [
-    "main",
-    "auth",
-    "audit",
-    "api",
-    "websocket",
-    "connectors",
-    "storage",
-    "alerts",
-    "ml",
-    "ledger",
-    "errors",
-];
+/// Every log file: the modules and `errors`.
+fn log_files() -> Vec<&'static str> {
+    let mut files = gaveurs_pipeline::logs::MODULES.to_vec();
+    files.push(gaveurs_pipeline::logs::ERRORS);
+    files
+}
 
 const LINE: &str = r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} \| (TRACE|DEBUG|INFO|WARN|ERROR) +\| [a-z]+ +\| [^|]*( \| [a-z_]+=[^|]*)*$";
 
@@ -61,7 +54,7 @@ async fn scrape(gaveurs: &Gaveurs) -> String {
 async fn every_module_has_its_file_and_every_line_parses() {
     let dir = tempfile::tempdir().unwrap();
     let gaveurs = Gaveurs::start(dir.path(), "[storage]\nroll_interval_s = 1\n");
-    for module in MODULES {
+    for module in log_files() {
         assert!(
             dir.path().join(format!("logs/{module}.log")).exists(),
             "{module}.log is created at start"
@@ -133,7 +126,7 @@ async fn every_module_has_its_file_and_every_line_parses() {
     assert!(log(dir.path(), "alerts").contains("alerts ready"));
     assert!(!log(dir.path(), "main").contains("UNAUTHORIZED_ACCESS"));
     let line = regex::Regex::new(LINE).unwrap();
-    for module in MODULES {
+    for module in log_files() {
         for text in log(dir.path(), module).lines() {
             assert!(line.is_match(text), "{module}.log: {text:?}");
         }
