@@ -310,25 +310,9 @@ impl AlertDesk {
 
     /// The live and Kafka copies of a transition.
     fn route(&self, change: &AlertChange) {
-        let alert = &change.alert;
-        let mut data = match serde_json::to_value(alert) {
-            Ok(Value::Object(map)) => map,
-            _ => return,
-        };
-        data.insert("transition".into(), Value::from(change.transition.as_str()));
-        if let Some(gaveur_id) = alert.gaveur_id {
-            self.hub.publish_to_gaveur(gaveur_id, "alerte", &data);
-        }
-        if let Some(site) = alert.site.as_deref().and_then(Site::parse) {
-            self.hub.publish_site(
-                "alert",
-                site,
-                alert.device_id.is_some(),
-                alert.device_id.clone(),
-                &data,
-            );
-        }
+        push_live(&self.hub, change);
         if let Some(kafka) = &self.kafka {
+            let alert = &change.alert;
             let key = alert
                 .code_lot
                 .as_deref()
@@ -445,6 +429,30 @@ impl AlertDesk {
                 tracing::error!(target: "storage", error = %e, "alert transitions not published; they stay in the alert state and are published later")
             }
         }
+    }
+}
+
+/// A transition on the owner's channel (`alerte`) and the site's dashboards (`alert`); also
+/// how transitions raised by other instances (read from `gaveurs.alerts.v1`) reach this
+/// instance's clients.
+pub fn push_live(hub: &Hub, change: &AlertChange) {
+    let alert = &change.alert;
+    let mut data = match serde_json::to_value(alert) {
+        Ok(Value::Object(map)) => map,
+        _ => return,
+    };
+    data.insert("transition".into(), Value::from(change.transition.as_str()));
+    if let Some(gaveur_id) = alert.gaveur_id {
+        hub.publish_to_gaveur(gaveur_id, "alerte", &data);
+    }
+    if let Some(site) = alert.site.as_deref().and_then(Site::parse) {
+        hub.publish_site(
+            "alert",
+            site,
+            alert.device_id.is_some(),
+            alert.device_id.clone(),
+            &data,
+        );
     }
 }
 

@@ -230,6 +230,21 @@ pub async fn run(
                 gaveurs_sinks::kafka::spawn_live_reader(&settings, hub.clone(), shutdown.clone())
                     .context("reading the live topic")?;
             }
+            if !settings.alerts_topic.is_empty() {
+                // Alerts raised by other instances reach the gaveurs connected here.
+                let hub = hub.clone();
+                gaveurs_sinks::kafka::spawn_topic_reader(
+                    &settings,
+                    &settings.alerts_topic,
+                    "alerts",
+                    move |payload| match serde_json::from_slice(payload) {
+                        Ok(change) => alerts::push_live(&hub, &change),
+                        Err(e) => tracing::warn!(target: "websocket", error = %e, "unreadable message on the alerts topic"),
+                    },
+                    shutdown.clone(),
+                )
+                .context("reading the alerts topic")?;
+            }
             Some(output)
         }
         None => None,

@@ -306,6 +306,31 @@ async fn a_survivor_takes_over_a_killed_peer_and_its_gaveurs_miss_nothing() {
             }
         }
     }
+    // An alert raised by the other instance (its MQTT listener, its log, its rules) reaches
+    // Jean's channel here through gaveurs.alerts.v1.
+    let mut refused = records::meal("LL26PALERT", 1, "LL", 1, "matin");
+    refused["dose_reelle"] = serde_json::json!(50.0);
+    publish_each(
+        doomed.mqtt(),
+        MqttVersion::V5,
+        &doomed.admin,
+        &[(
+            "gaveurs/LL/1/gavage".into(),
+            refused.to_string().into_bytes(),
+            1,
+        )],
+    )
+    .await;
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(30), next_json(&mut jean))
+            .await
+            .expect("the other instance's alert on the survivor's channel");
+        if frame["type"] == "alerte" && frame["data"]["code_lot"] == "LL26PALERT" {
+            assert_eq!(frame["data"]["transition"], "opened");
+            assert_eq!(frame["data"]["rule"], "refus_alimentaire");
+            break;
+        }
+    }
     let total = 2000;
     // Jean reads while records flow, as a phone would.
     let watcher = tokio::spawn(async move {
@@ -354,7 +379,7 @@ async fn a_survivor_takes_over_a_killed_peer_and_its_gaveurs_miss_nothing() {
         produce(&producer, GAVAGE, &lot, &payload, Some(&admin)).await;
     }
     eventually(Duration::from_secs(90), "every record in Parquet", || {
-        (stored_meals(&root).len() == total + probes).then_some(())
+        (stored_meals(&root).len() == total + probes + 1).then_some(())
     });
     // Jean, connected to the survivor, saw every record of his lots, whichever instance
     // processed it (one the killed instance pushed but never published may come twice).
@@ -366,7 +391,8 @@ async fn a_survivor_takes_over_a_killed_peer_and_its_gaveurs_miss_nothing() {
         seen.len()
     );
     survivor.stop_cleanly();
-    assert_eq!(stored_meals(&root).len(), total + probes);
+    // The probes and the refused meal came in through the killed instance's MQTT listener.
+    assert_eq!(stored_meals(&root).len(), total + probes + 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -130,23 +130,28 @@ impl KafkaOutput {
         self.send(
             BaseRecord::to(&self.settings.alerts_topic)
                 .key(key)
-                .payload(json),
+                .payload(json)
+                .headers(self.instance_header()),
         );
+    }
+
+    /// Names this instance, so its own readers skip what it wrote.
+    fn instance_header(&self) -> OwnedHeaders {
+        OwnedHeaders::new().insert(Header {
+            key: INSTANCE_HEADER,
+            value: Some(self.settings.instance.as_str()),
+        })
     }
 
     pub fn live(&self, key: &str, encoded: &[u8]) {
         if self.settings.live_topic.is_empty() {
             return;
         }
-        let headers = OwnedHeaders::new().insert(Header {
-            key: INSTANCE_HEADER,
-            value: Some(self.settings.instance.as_str()),
-        });
         self.send(
             BaseRecord::to(&self.settings.live_topic)
                 .key(key)
                 .payload(encoded)
-                .headers(headers),
+                .headers(self.instance_header()),
         );
     }
 
@@ -165,29 +170,52 @@ impl KafkaOutput {
     }
 }
 
-/// Feeds this instance's WebSocket hub with the records other instances accepted. It reads
-/// every partition of the live topic from its end, outside any consumer group (nothing to
-/// commit, nothing to hand over), and skips its own messages: they were pushed when they
-/// were accepted.
+/// Reads every instance's records from the live topic into this instance's hub, so a gaveur
+/// connected here sees the records of their lots whichever instance processed them.
 pub fn spawn_live_reader(
     settings: &OutputSettings,
     hub: Arc<Hub>,
     stop: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, KafkaError> {
+    spawn_topic_reader(
+        settings,
+        &settings.live_topic,
+        "live",
+        move |payload| match serde_json::from_slice::<WalEntry>(payload) {
+            Ok(WalEntry::Event(event)) => hub.publish_event(&event),
+            Ok(WalEntry::DeadLetter(_)) => {}
+            Err(e) => {
+                tracing::warn!(target: "websocket", error = %e, "unreadable message on the live topic")
+            }
+        },
+        stop,
+    )
+}
+
+/// Reads what the other instances write to `topic` from its end (in a group of this instance
+/// alone, `gaveurs-<what>-<instance>`) and hands each payload to `deliver`. A topic that does
+/// not exist yet is looked for again every 5 s.
+pub fn spawn_topic_reader(
+    settings: &OutputSettings,
+    topic: &str,
+    what: &str,
+    deliver: impl Fn(&[u8]) + Send + 'static,
+    stop: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, KafkaError> {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &settings.brokers)
-        .set("group.id", format!("gaveurs-live-{}", settings.instance))
+        .set("group.id", format!("gaveurs-{what}-{}", settings.instance))
         .set("enable.auto.commit", "false");
     for (key, value) in &settings.properties {
         config.set(key, value);
     }
     let consumer: StreamConsumer = config.create()?;
     let instance = settings.instance.clone();
-    let topic = settings.live_topic.clone();
+    let topic = topic.to_string();
+    let what = what.to_string();
     Ok(tokio::spawn(async move {
         let mut reported = false;
-        // The topic may not exist yet: look again until it does.
         loop {
             let partitions = tokio::task::block_in_place(|| {
                 consumer
@@ -207,15 +235,15 @@ pub fn spawn_live_reader(
                     let _ = list.add_partition_offset(&topic, partition, Offset::End);
                 }
                 if let Err(e) = consumer.assign(&list) {
-                    tracing::warn!(target: "websocket", error = %e, "cannot read the live topic");
+                    tracing::warn!(target: "websocket", topic, error = %e, "cannot read the {what} topic");
                     return;
                 }
-                tracing::info!(target: "websocket", topic, "reading other instances' records for the live channels");
+                tracing::info!(target: "websocket", topic, "reading other instances' {what} messages for the live channels");
                 break;
             }
             if !reported {
                 reported = true;
-                tracing::warn!(target: "websocket", topic, "the live topic does not exist yet; looking again every 5 s");
+                tracing::warn!(target: "websocket", topic, "the {what} topic does not exist yet; looking again every 5 s");
             }
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -230,7 +258,7 @@ pub fn spawn_live_reader(
             let message = match message {
                 Ok(message) => message,
                 Err(e) => {
-                    tracing::debug!(target: "websocket", error = %e, "live topic");
+                    tracing::debug!(target: "websocket", topic, error = %e, "topic reader");
                     continue;
                 }
             };
@@ -239,16 +267,8 @@ pub fn spawn_live_reader(
                     .iter()
                     .any(|h| h.key == INSTANCE_HEADER && h.value == Some(instance.as_bytes()))
             });
-            if own {
-                continue;
-            }
-            match message.payload().map(serde_json::from_slice::<WalEntry>) {
-                Some(Ok(WalEntry::Event(event))) => hub.publish_event(&event),
-                Some(Ok(WalEntry::DeadLetter(_))) => {}
-                Some(Err(e)) => {
-                    tracing::warn!(target: "websocket", error = %e, "unreadable message on the live topic")
-                }
-                None => {}
+            if !own && let Some(payload) = message.payload() {
+                deliver(payload);
             }
         }
     }))
