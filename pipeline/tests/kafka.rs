@@ -178,6 +178,20 @@ async fn produced_records_are_stored_once_and_offsets_follow_publication() {
     eventually(Duration::from_secs(30), "offsets committed", || {
         (tansu.committed_total("g1", GAVAGE, 3) == 204).then_some(())
     });
+    // Everything consumed: librdkafka's statistics (every 5 s) report no lag on /metrics.
+    let lag = format!("gaveurs_kafka_consumer_lag{{topic=\"{GAVAGE}\"}} ");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, metrics) = support::http_get(gaveurs.http, "/metrics").await;
+        if metrics.lines().any(|l| l.strip_prefix(&lag) == Some("0")) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no zero lag for {GAVAGE}:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     gaveurs.stop_cleanly();
 
     // A restart resumes after the committed offsets: new records only.
