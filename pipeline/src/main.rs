@@ -41,7 +41,12 @@ enum Command {
     /// owner's channel, `alert` on the dashboards, a row of the alerts dataset, and listed at
     /// GET /api/v1/alerts. Critical openings are texted through Twilio (`[sms]`, credentials
     /// from TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, TWILIO_PHONE_NUMBER) from a durable
-    /// outbox, never for replayed (backfill) records. SIGHUP reloads the alert thresholds.
+    /// outbox, never for replayed (backfill) records.
+    ///
+    /// Logs: one file per module in ./logs (main, auth, audit, api, websocket, connectors,
+    /// storage, alerts, ml, ledger) plus errors.log, renamed with the date at local midnight.
+    /// GET /metrics (Prometheus), /health/live, /health/ready. SIGHUP reloads the alert
+    /// thresholds and the log levels.
     ///
     /// Every record and every channel needs a JWT. Without `[auth]` the pipeline runs in dev
     /// mode: it keeps a signing key in data/auth/, serves its JWKS at
