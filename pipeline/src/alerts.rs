@@ -14,9 +14,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -33,7 +31,7 @@ use gaveurs_sinks::fsutil::{create_dir_durable, write_atomic};
 use gaveurs_sinks::kafka::KafkaOutput;
 use gaveurs_sinks::parquet::derived::DerivedWriter;
 use gaveurs_sinks::sms::{Directory, SmsMessage, SmsService, sms_body};
-use gaveurs_sinks::wal::{Committed, WalEntry};
+use gaveurs_sinks::wal::{Checkpointer, Committed, LogCursor, LogEnded, WalEntry};
 use gaveurs_sinks::websocket::Hub;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -120,8 +118,9 @@ pub struct AlertDesk {
     kafka: Option<Arc<KafkaOutput>>,
     sms: Arc<SmsService>,
     directory: Directory,
-    /// What the saved state covers: the log may not delete entries beyond it.
-    saved_through: Arc<AtomicU64>,
+    /// Moves the alerts cursor's checkpoint to what the saved state covers: the log keeps
+    /// every entry after it. Set when the operator's thread starts.
+    checkpoint: OnceLock<Checkpointer>,
 }
 
 /// Why an acknowledgement failed.
@@ -141,11 +140,9 @@ impl AlertDesk {
         rules: RuleSet,
         text_from: Severity,
         outputs: AlertOutputs,
-        saved_through: Arc<AtomicU64>,
         already_evaluated: HashSet<u128>,
         save_every: Duration,
     ) -> Arc<AlertDesk> {
-        saved_through.store(saved.snapshot.through_lsn, Ordering::Release);
         Arc::new(AlertDesk {
             dir: saved.dir,
             state: Mutex::new(DeskState {
@@ -163,7 +160,7 @@ impl AlertDesk {
             kafka: outputs.kafka,
             sms: outputs.sms,
             directory: outputs.directory,
-            saved_through,
+            checkpoint: OnceLock::new(),
         })
     }
 
@@ -183,6 +180,11 @@ impl AlertDesk {
         for change in &retired {
             self.route(change);
         }
+    }
+
+    /// The last log entry the state covers.
+    pub fn saved_through(&self) -> u64 {
+        self.state.lock().snapshot.through_lsn
     }
 
     pub fn counters(&self) -> gaveurs_operators::alerts::AlertCounters {
@@ -246,7 +248,7 @@ impl AlertDesk {
 
     /// Evaluates the events of one batch of committed entries, in log order, then routes
     /// what they raised.
-    fn process(&self, batch: &[Committed]) {
+    fn process(&self, batch: &[Committed], read_through: u64) {
         let raised = {
             let mut state = self.state.lock();
             let state = &mut *state;
@@ -275,10 +277,8 @@ impl AlertDesk {
                 .snapshot
                 .pending
                 .extend(raised.iter().map(|r| r.change.clone()));
-            if let Some(last) = batch.last()
-                && last.lsn > through
-            {
-                state.snapshot.through_lsn = last.lsn;
+            if read_through > through {
+                state.snapshot.through_lsn = read_through;
                 state.unsaved = true;
             }
             raised
@@ -371,7 +371,9 @@ impl AlertDesk {
             self.state.lock().unsaved = true;
         }
         written?;
-        self.saved_through.fetch_max(through, Ordering::AcqRel);
+        if let Some(checkpoint) = self.checkpoint.get() {
+            checkpoint.checkpoint(through);
+        }
         Ok(())
     }
 
@@ -506,40 +508,49 @@ pub fn may_see(principal: &Principal, alert: &Alert) -> bool {
     gavage || sqal
 }
 
-/// Runs the operator on its own thread until the log closes its channel; then the state is
-/// saved and the last transitions published.
+/// Runs the operator on its own thread, reading the log through `cursor` from what the
+/// saved state covers, until the log ends; then the state is saved and the last transitions
+/// published. Kafka records an earlier run logged are evaluated only if they were published
+/// (Kafka resumes after the published offsets, so it will not deliver them again); the others
+/// are re-read from Kafka.
 pub fn spawn(
     desk: Arc<AlertDesk>,
-    replayed: Vec<Committed>,
-    committed: Receiver<Arc<Vec<Committed>>>,
+    mut cursor: LogCursor,
+    published_at_start: u64,
     publish_every: Duration,
-) -> std::io::Result<JoinHandle<()>> {
+) -> std::io::Result<JoinHandle<anyhow::Result<()>>> {
     std::thread::Builder::new()
         .name("alerts".into())
         .spawn(move || {
-            desk.process(&replayed);
+            let _ = desk.checkpoint.set(cursor.checkpointer());
+            let opened_at = cursor.opened_at();
             let mut last_publish = Instant::now();
             loop {
                 let wait = desk
                     .save_every
                     .min(publish_every.saturating_sub(last_publish.elapsed()));
-                let closed = match committed.recv_timeout(wait) {
+                let ended = match cursor.next_batch(4096, wait) {
                     Ok(entries) => {
-                        desk.process(&entries);
-                        false
+                        let evaluated: Vec<Committed> = entries
+                            .into_iter()
+                            .filter(|c| {
+                                !c.is_earlier_kafka(opened_at) || c.lsn <= published_at_start
+                            })
+                            .collect();
+                        desk.process(&evaluated, cursor.read_through());
+                        None
                     }
-                    Err(RecvTimeoutError::Timeout) => false,
-                    Err(RecvTimeoutError::Disconnected) => true,
+                    Err(ended) => Some(ended),
                 };
-                desk.save_if_due(closed);
-                if closed || last_publish.elapsed() >= publish_every {
+                desk.save_if_due(ended.is_some());
+                if ended.is_some() || last_publish.elapsed() >= publish_every {
                     desk.publish();
                     last_publish = Instant::now();
                 }
-                if closed {
+                if let Some(ended) = ended {
                     let counters = desk.counters();
-                    tracing::info!(target: "alerts", evaluated = counters.evaluated, opened = counters.opened, cleared = counters.cleared, acknowledged = counters.acknowledged, "alerts stopped");
-                    return;
+                    tracing::info!(target: "alerts", evaluated = counters.evaluated, opened = counters.opened, cleared = counters.cleared, acknowledged = counters.acknowledged, caught_up = (ended == LogEnded::Closed), "alerts stopped");
+                    return Ok(());
                 }
             }
         })

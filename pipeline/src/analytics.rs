@@ -1,12 +1,11 @@
-//! Runs the analytics operator beside the Parquet sink: it receives the log's committed
-//! entries, closes micro-batches, and routes the KPI rows — to each row's gaveur channel or
+//! Runs the analytics operator beside the Parquet sink: it reads the log's committed
+//! entries through its own cursor, closes micro-batches, and routes the KPI rows — to each row's gaveur channel or
 //! site dashboards, to `gaveurs.kpis.v1`, to the `lot_kpis` and `late` datasets, and to the
 //! board behind `GET /api/v1/lots/{code_lot}`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -14,12 +13,14 @@ use anyhow::Context;
 use arrow::array::{Array, AsArray, RecordBatch, TimestampMicrosecondArray};
 use arrow::datatypes::{Field, Schema};
 use gaveurs_operators::analytics::{Engine, KpiRows, LOT_KPIS, StepOutput, json_rows};
+use gaveurs_operators::dedup::DedupIndex;
 use gaveurs_schemas::datasets::{self, Dataset, Partition};
 use gaveurs_schemas::event::Event;
 use gaveurs_schemas::records::{Record, Site};
 use gaveurs_sinks::kafka::KafkaOutput;
+use gaveurs_sinks::parquet::RollControl;
 use gaveurs_sinks::parquet::derived::DerivedWriter;
-use gaveurs_sinks::wal::{Committed, WalEntry};
+use gaveurs_sinks::wal::{CheckpointFile, LogCursor, LogEnded, WalEntry};
 use gaveurs_sinks::websocket::Hub;
 use parking_lot::RwLock;
 use serde::Serialize;
@@ -28,11 +29,13 @@ use serde_json::{Map, Value};
 /// The dataset of meals that arrived behind their lot's watermark.
 pub const LATE: &str = "late";
 
-/// The latest KPI rows of every lot, for clients that come back after the live channel's
-/// replay buffer has moved on.
-#[derive(Default)]
+/// The latest KPI rows of the lots in memory, for clients that come back after the live
+/// channel's replay buffer has moved on. Bounded: a lot leaves it when the analytics
+/// operator forgets it, and at most `max_lots` stay (the least recently updated go); a lot
+/// that is not here is read from the `lot_kpis` dataset ([`lot_view_from_parquet`]).
 pub struct LotBoard {
-    lots: RwLock<HashMap<String, LotView>>,
+    lots: RwLock<HashMap<String, (LotView, Instant)>>,
+    max_lots: usize,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -44,36 +47,114 @@ pub struct LotView {
     pub kpis: BTreeMap<String, Map<String, Value>>,
 }
 
+/// Columns that differ between two computations of the same values.
+const NOT_VALUES: [&str; 3] = ["kpi", "_computed_at", "date"];
+
+impl Default for LotBoard {
+    fn default() -> Self {
+        Self::new(50_000)
+    }
+}
+
 impl LotBoard {
-    pub fn get(&self, code_lot: &str) -> Option<LotView> {
-        self.lots.read().get(code_lot).cloned()
+    pub fn new(max_lots: usize) -> Self {
+        Self {
+            lots: RwLock::new(HashMap::new()),
+            max_lots: max_lots.max(1),
+        }
     }
 
-    fn note(&self, kpi: &str, row: &Map<String, Value>) {
+    pub fn get(&self, code_lot: &str) -> Option<LotView> {
+        self.lots.read().get(code_lot).map(|(view, _)| view.clone())
+    }
+
+    pub fn len(&self) -> usize {
+        self.lots.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Keeps `row` as the lot's latest `kpi` row; false when it holds the same values as the
+    /// one already kept (nothing changed).
+    fn note(&self, kpi: &str, row: &Map<String, Value>) -> bool {
         let Some(code_lot) = row.get("code_lot").and_then(Value::as_str) else {
-            return;
+            return true;
         };
         let mut lots = self.lots.write();
-        let view = lots.entry(code_lot.to_string()).or_insert_with(|| LotView {
-            code_lot: code_lot.to_string(),
-            ..LotView::default()
+        if !lots.contains_key(code_lot) && lots.len() >= self.max_lots {
+            // The least recently updated tenth goes: a stream of new lots does not sort on
+            // every row.
+            let mut by_age: Vec<(Instant, String)> = lots
+                .iter()
+                .map(|(code, (_, at))| (*at, code.clone()))
+                .collect();
+            let count = (self.max_lots / 10).max(1).min(by_age.len());
+            by_age.select_nth_unstable(count - 1);
+            for (_, code) in &by_age[..count] {
+                lots.remove(code);
+            }
+        }
+        let (view, at) = lots.entry(code_lot.to_string()).or_insert_with(|| {
+            (
+                LotView {
+                    code_lot: code_lot.to_string(),
+                    ..LotView::default()
+                },
+                Instant::now(),
+            )
         });
+        *at = Instant::now();
         if let Some(id) = row.get("gaveur_id").and_then(Value::as_i64) {
             view.gaveur_id = Some(id);
         }
         if let Some(site) = row.get("site").and_then(Value::as_str) {
             view.site = Some(site.to_string());
         }
+        let changed = view
+            .kpis
+            .get(kpi)
+            .is_none_or(|previous| !same_values(previous, row));
         view.kpis.insert(kpi.to_string(), row.clone());
+        changed
+    }
+
+    fn forget(&self, codes: &[String]) {
+        if codes.is_empty() {
+            return;
+        }
+        let mut lots = self.lots.write();
+        for code in codes {
+            lots.remove(code);
+        }
     }
 }
 
-/// Where KPI rows go.
+fn same_values(a: &Map<String, Value>, b: &Map<String, Value>) -> bool {
+    let values = |m: &Map<String, Value>| -> BTreeMap<String, Value> {
+        m.iter()
+            .filter(|(k, v)| !NOT_VALUES.contains(&k.as_str()) && !v.is_null())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    values(a) == values(b)
+}
+
+/// Where KPI rows go, and what the operator reads back.
 pub struct Outputs {
     pub hub: Arc<Hub>,
     pub kafka: Option<Arc<KafkaOutput>>,
     pub board: Arc<LotBoard>,
     pub writer: DerivedWriter,
+    /// Published datasets, to restore a lot that left memory (or a previous run's lots).
+    pub parquet_root: PathBuf,
+    /// Whether a lot has published records (so a lot not in memory is worth restoring).
+    pub dedup: Arc<DedupIndex>,
+    /// What the Parquet sink has published: the checkpoint never passes it, so a restart
+    /// finds in Parquet every record before the checkpoint.
+    pub published: Arc<RollControl>,
+    pub checkpoint: CheckpointFile,
 }
 
 pub struct Batching {
@@ -81,76 +162,112 @@ pub struct Batching {
     pub max_records: usize,
     /// Derived datasets are published this often (the Parquet roll interval).
     pub publish_every: Duration,
+    /// Test only (`[analytics] test_step_delay_ms`): each micro-batch takes this much longer,
+    /// to show that a slow operator never delays acknowledgements.
+    pub step_delay: Duration,
 }
 
-/// Reads back every meal and outcome earlier runs published, so lot totals and windows
-/// continue where they stopped, then recomputes every remembered lot's `lot_kpis` row (a
-/// crash may have lost the last ones). SQAL samples are not read back: the per-day station
-/// and site KPIs of the day of a restart start again from its first sample after it.
-pub async fn restore(
+/// Restores lots that are not in memory but have published records: their meals and
+/// outcome (so totals and windows continue), and their latest `lot_kpis` row (so a row is
+/// written again only when a value changes). SQAL samples are not read back.
+pub async fn restore_lots(
     engine: &mut Engine,
-    parquet_root: &Path,
-    outputs: &mut Outputs,
+    outputs: &Outputs,
+    codes: &[String],
 ) -> anyhow::Result<usize> {
+    if codes.is_empty() {
+        return Ok(0);
+    }
     // The same catalog `gaveurs query` reads: published files only, schemas merged, so a
     // file of an older version reads its missing columns as null; no files = no rows.
-    let catalog = crate::query::Catalog::open(parquet_root)
+    let catalog = crate::query::Catalog::open(&outputs.parquet_root)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let list = codes
+        .iter()
+        .map(|c| format!("'{}'", c.replace('\'', "''")))
+        .collect::<Vec<_>>()
+        .join(",");
     let mut records = Vec::new();
-    for (dataset, sql) in [
-        (Dataset::GavageMeals, "SELECT * FROM gavage_meals"),
+    for (record_type, sql) in [
         (
-            Dataset::LotOutcomes,
-            "SELECT *, _event_time AS event_time FROM lot_outcomes",
+            "gavage",
+            format!("SELECT * FROM gavage_meals WHERE code_lot IN ({list})"),
+        ),
+        (
+            "lot_outcome",
+            format!(
+                "SELECT *, _event_time AS event_time FROM lot_outcomes WHERE code_lot IN ({list})"
+            ),
         ),
     ] {
-        let batches = catalog
-            .sql(sql)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .collect()
-            .await
-            .with_context(|| format!("reading {} back", dataset.name()))?;
-        for row in json_rows(&batches)? {
-            let mut row = row;
-            row.insert(
-                "record_type".into(),
-                Value::from(match dataset {
-                    Dataset::GavageMeals => "gavage",
-                    _ => "lot_outcome",
-                }),
-            );
+        for mut row in read(&catalog, &sql).await? {
+            row.insert("record_type".into(), Value::from(record_type));
             match serde_json::from_value::<Record>(Value::Object(row)) {
                 Ok(record) => records.push(record),
                 Err(e) => {
-                    tracing::warn!(dataset = dataset.name(), error = %e, "a published row could not be read back for analytics")
+                    tracing::warn!(record_type, error = %e, "a published row could not be read back for analytics")
                 }
             }
         }
     }
     engine.restore(records.iter());
-    let codes = engine.lot_codes();
-    if !codes.is_empty() {
-        let output = engine.recompute_lots(&codes).await?;
-        for kpi in &output.kpis {
-            if kpi.kpi.dataset.as_deref() == Some(LOT_KPIS) {
-                store_lot_kpis(kpi, outputs)?;
-            }
-        }
+    let sql = format!("SELECT * FROM {LOT_KPIS} WHERE code_lot IN ({list})");
+    for mut row in read(&catalog, &sql).await? {
+        row.insert("kpi".into(), Value::from("lot"));
+        outputs.board.note("lot", &row);
     }
     Ok(records.len())
 }
 
-/// Runs the operator on its own thread until the log closes its channel; then the last
-/// micro-batch is processed and the derived datasets are published.
+async fn read(
+    catalog: &crate::query::Catalog,
+    sql: &str,
+) -> anyhow::Result<Vec<Map<String, Value>>> {
+    let batches = catalog
+        .sql(sql)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .collect()
+        .await
+        .with_context(|| format!("reading back: {sql}"))?;
+    Ok(json_rows(&batches)?)
+}
+
+/// A lot that is not in memory, from its latest `lot_kpis` row (`GET /api/v1/lots/{code}`).
+pub async fn lot_view_from_parquet(
+    parquet_root: &Path,
+    code_lot: &str,
+) -> anyhow::Result<Option<LotView>> {
+    let catalog = crate::query::Catalog::open(parquet_root)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let sql = format!(
+        "SELECT * FROM {LOT_KPIS} WHERE code_lot = '{}'",
+        code_lot.replace('\'', "''")
+    );
+    let Some(mut row) = read(&catalog, &sql).await?.into_iter().next() else {
+        return Ok(None);
+    };
+    row.remove("date");
+    row.insert("kpi".into(), Value::from("lot"));
+    Ok(Some(LotView {
+        code_lot: code_lot.to_string(),
+        gaveur_id: row.get("gaveur_id").and_then(Value::as_i64),
+        site: row.get("site").and_then(Value::as_str).map(str::to_string),
+        kpis: [("lot".to_string(), row)].into_iter().collect(),
+    }))
+}
+
+/// Runs the operator on its own thread, reading the log through `cursor`, until the log
+/// ends; then the last micro-batch is processed and the derived datasets are published.
+/// The log keeps what the operator has not yet read (its checkpoint is what it processed).
 pub fn spawn(
     mut engine: Engine,
     mut outputs: Outputs,
     batching: Batching,
-    replayed: Vec<Committed>,
-    committed: Receiver<Arc<Vec<Committed>>>,
-) -> std::io::Result<JoinHandle<()>> {
+    mut cursor: LogCursor,
+) -> std::io::Result<JoinHandle<anyhow::Result<()>>> {
     std::thread::Builder::new()
         .name("analytics".into())
         .spawn(move || {
@@ -158,10 +275,13 @@ pub fn spawn(
                 Ok(runtime) => runtime,
                 Err(e) => {
                     tracing::error!(error = %e, "analytics could not start; no KPIs this run");
-                    return;
+                    return Ok(());
                 }
             };
-            let mut pending: Vec<Arc<WalEntry>> = replayed.into_iter().map(|c| c.entry).collect();
+            let opened_at = cursor.opened_at();
+            let mut pending: Vec<Arc<WalEntry>> = Vec::new();
+            let mut pending_through = cursor.read_through();
+            let mut processed_through = pending_through;
             let mut batch_started = Instant::now();
             let mut last_publish = Instant::now();
             loop {
@@ -174,34 +294,61 @@ pub fn spawn(
                 } else {
                     batch_due.min(publish_due)
                 };
-                let closed = match committed.recv_timeout(wait) {
+                let room = batching.max_records.saturating_sub(pending.len()).max(1);
+                let ended = match cursor.next_batch(room, wait) {
                     Ok(entries) => {
-                        if pending.is_empty() {
+                        if pending.is_empty() && !entries.is_empty() {
                             batch_started = Instant::now();
+                        }
+                        if let Some(last) = entries.last() {
+                            pending_through = last.lsn;
                         }
                         pending.extend(
                             entries
                                 .iter()
+                                .filter(|c| !c.is_earlier_kafka(opened_at))
                                 .filter(|c| matches!(c.entry.as_ref(), WalEntry::Event(_)))
                                 .map(|c| c.entry.clone()),
                         );
-                        false
+                        None
                     }
-                    Err(RecvTimeoutError::Timeout) => false,
-                    Err(RecvTimeoutError::Disconnected) => true,
+                    Err(ended) => Some(ended),
                 };
+                let finishing = ended == Some(LogEnded::Closed);
+                if ended.is_some() && !finishing {
+                    // Out of time: what was not processed stays in the log, and the
+                    // checkpoint where it was.
+                    tracing::info!(unprocessed = pending.len(), "analytics stopped before catching up with the log");
+                    publish(&mut outputs.writer);
+                    return Ok(());
+                }
                 let batch_full = pending.len() >= batching.max_records;
                 if !pending.is_empty()
-                    && (closed || batch_full || batch_started.elapsed() >= batching.interval)
+                    && (finishing || batch_full || batch_started.elapsed() >= batching.interval)
                 {
                     let batch = std::mem::take(&mut pending);
                     runtime.block_on(step(&mut engine, &batch, &mut outputs));
+                    outputs.board.forget(&engine.take_evicted());
+                    if !batching.step_delay.is_zero() {
+                        std::thread::sleep(batching.step_delay);
+                    }
                 }
-                if closed || last_publish.elapsed() >= batching.publish_every {
-                    publish(&mut outputs.writer);
+                if pending.is_empty() {
+                    processed_through = pending_through;
+                }
+                if finishing || last_publish.elapsed() >= batching.publish_every {
+                    if publish(&mut outputs.writer) {
+                        // Everything up to here is processed, its rows are published, and
+                        // its records are in Parquet (a lot restored later finds them).
+                        let through = processed_through.min(outputs.published.published());
+                        match outputs.checkpoint.save(through) {
+                            Ok(()) => cursor.checkpoint(through),
+                            Err(e) => tracing::error!(target: "storage", error = %e, "analytics checkpoint not saved; a restart processes more of the log again"),
+                        }
+                    }
                     last_publish = Instant::now();
                 }
-                if closed {
+                if finishing {
                     let counters = engine.counters();
                     tracing::info!(
                         records = counters.records,
@@ -210,22 +357,25 @@ pub fn spawn(
                         lots = counters.lots,
                         "analytics stopped"
                     );
-                    return;
+                    return Ok(());
                 }
             }
         })
 }
 
-fn publish(writer: &mut DerivedWriter) {
+/// Publishes the buffered derived rows; true when nothing is left buffered.
+fn publish(writer: &mut DerivedWriter) -> bool {
     if writer.pending_rows() == 0 {
-        return;
+        return true;
     }
     match writer.flush() {
         Ok(flushed) => {
-            tracing::debug!(target: "storage", files = flushed.files.len(), rows = flushed.rows, "derived datasets published")
+            tracing::debug!(target: "storage", files = flushed.files.len(), rows = flushed.rows, "derived datasets published");
+            true
         }
         Err(e) => {
-            tracing::error!(target: "storage", error = %e, "derived datasets (lot_kpis, late) not published; they are recomputed at the next start")
+            tracing::error!(target: "storage", error = %e, "derived datasets (lot_kpis, late) not published; the checkpoint stays, so a restart computes them again");
+            false
         }
     }
 }
@@ -239,6 +389,32 @@ async fn step(engine: &mut Engine, batch: &[Arc<WalEntry>], outputs: &mut Output
         })
         .collect();
     let records: Vec<&Record> = events.iter().map(|e| &e.record).collect();
+    // Lots this batch touches that are not in memory but were published (a lot forgotten
+    // earlier, or one of a previous run): read back first, so their totals continue.
+    let mut away: Vec<String> = records
+        .iter()
+        .filter(|r| !matches!(r, Record::Sqal(_)))
+        .map(|r| r.partition_key())
+        .filter(|code| !engine.is_resident(code))
+        .map(str::to_string)
+        .collect();
+    away.sort();
+    away.dedup();
+    away.retain(|code| outputs.dedup.lot_published(code).unwrap_or(true));
+    if !away.is_empty() {
+        match restore_lots(engine, outputs, &away).await {
+            Ok(restored) => {
+                tracing::debug!(
+                    lots = away.len(),
+                    records = restored,
+                    "lots restored from Parquet"
+                )
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), lots = away.len(), "lots could not be restored from Parquet; their KPIs count this batch only")
+            }
+        }
+    }
     let output = match engine.step(&records).await {
         Ok(output) => output,
         Err(e) => {
@@ -254,10 +430,19 @@ async fn step(engine: &mut Engine, batch: &[Arc<WalEntry>], outputs: &mut Output
 fn route(output: &StepOutput, events: &[&Event], outputs: &mut Outputs) -> anyhow::Result<()> {
     for kpi in &output.kpis {
         let sqal = kpi.kpi.stream.as_deref() == Some("sqal");
+        let lot_rows = kpi.kpi.dataset.as_deref() == Some(LOT_KPIS);
+        let mut changed = Vec::new();
         for row in json_rows(&kpi.batches)? {
             let mut message = Map::with_capacity(row.len() + 1);
             message.insert("kpi".into(), Value::from(kpi.kpi.name.as_str()));
             message.extend(row);
+            let new_values = outputs.board.note(&kpi.kpi.name, &message);
+            changed.push(new_values);
+            // A lot's row that says nothing new (a record seen again after a restart, a
+            // late meal that changes no total) is neither pushed nor stored.
+            if lot_rows && !new_values {
+                continue;
+            }
             push_live(&outputs.hub, sqal, &message);
             if let Some(kafka) = &outputs.kafka {
                 let key = ["code_lot", "device_id", "site"]
@@ -267,10 +452,9 @@ fn route(output: &StepOutput, events: &[&Event], outputs: &mut Outputs) -> anyho
                     .to_string();
                 kafka.kpi(&key, &serde_json::to_vec(&message)?);
             }
-            outputs.board.note(&kpi.kpi.name, &message);
         }
         if kpi.kpi.dataset.as_deref() == Some(LOT_KPIS) {
-            store_lot_kpis(kpi, outputs)?;
+            store_lot_kpis(kpi, &changed, outputs)?;
         }
     }
     if !output.late.is_empty() {
@@ -297,13 +481,22 @@ fn push_live(hub: &Hub, sqal: bool, message: &Map<String, Value>) {
     }
 }
 
-/// `lot_kpis` rows, stamped with `_computed_at` (the latest row of a lot wins), partitioned by
-/// site and the day they were computed.
-fn store_lot_kpis(kpi: &KpiRows, outputs: &mut Outputs) -> anyhow::Result<()> {
+/// `lot_kpis` rows whose values changed (`changed`, one flag per row in order), stamped
+/// with `_computed_at` (the latest row of a lot wins), partitioned by site and the day they
+/// were computed.
+fn store_lot_kpis(kpi: &KpiRows, changed: &[bool], outputs: &mut Outputs) -> anyhow::Result<()> {
     let now = chrono::Utc::now();
+    let mut flags = changed.iter().copied();
     for batch in &kpi.batches {
+        let mask: arrow::array::BooleanArray = (0..batch.num_rows())
+            .map(|_| Some(flags.next().unwrap_or(true)))
+            .collect();
+        let batch = arrow::compute::filter_record_batch(batch, &mask)?;
+        if batch.num_rows() == 0 {
+            continue;
+        }
         let batch = with_column(
-            batch,
+            &batch,
             "_computed_at",
             Arc::new(
                 TimestampMicrosecondArray::from(vec![now.timestamp_micros(); batch.num_rows()])

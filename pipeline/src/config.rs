@@ -40,6 +40,43 @@ pub struct Config {
     pub alerts: gaveurs_operators::alerts::rules::AlertsConfig,
     #[serde(default)]
     pub sms: SmsConfig,
+    /// The SQAL stations' last status (`GET /api/v1/devices`).
+    #[serde(default)]
+    pub devices: DevicesConfig,
+}
+
+/// `[devices]`: what is kept of each station's last heartbeat or status message.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DevicesConfig {
+    /// Stations kept at most (the longest silent go first). Default 10000.
+    pub max: usize,
+    /// A station not heard from for this many hours is forgotten. Default 168 (a week).
+    pub idle_hours: u64,
+    /// A status message larger than this (bytes of JSON) is kept as its size only.
+    /// Default 16384.
+    pub max_status_bytes: usize,
+}
+
+impl Default for DevicesConfig {
+    fn default() -> Self {
+        let limits = crate::devices::DeviceLimits::default();
+        Self {
+            max: limits.max_devices,
+            idle_hours: limits.idle.as_secs() / 3600,
+            max_status_bytes: limits.max_status_bytes,
+        }
+    }
+}
+
+impl DevicesConfig {
+    pub fn limits(&self) -> crate::devices::DeviceLimits {
+        crate::devices::DeviceLimits {
+            max_devices: self.max.max(1),
+            idle: std::time::Duration::from_secs(self.idle_hours * 3600),
+            max_status_bytes: self.max_status_bytes,
+        }
+    }
 }
 
 /// `[sms]`: alert text messages through Twilio. Credentials come from the environment
@@ -168,10 +205,23 @@ pub struct AnalyticsConfig {
     /// counts everywhere, goes to the `late` dataset, and corrects its windows.
     #[serde(default = "default_allowed_lateness_s")]
     pub allowed_lateness_s: u64,
-    /// Finished lots are remembered this many days of event time (default 90); a meal for a
-    /// lot forgotten since is late and recomputes nothing.
+    /// Finished lots stay in memory this many days of event time after their last record
+    /// (default 8: the 7-day windows still see them); a record for a lot that left memory
+    /// reads it back from Parquet.
     #[serde(default = "default_lot_retention_days")]
     pub lot_retention_days: u64,
+    /// A lot without a record for this many hours leaves memory (default 48).
+    #[serde(default = "default_lot_idle_hours")]
+    pub lot_idle_hours: u64,
+    /// Lots kept in memory at most, with their latest KPIs for `GET /api/v1/lots/{code}`
+    /// (default 50000); the least recently touched leave first (a lot answers from the
+    /// `lot_kpis` dataset then).
+    #[serde(default = "default_max_lots")]
+    pub max_lots: usize,
+    /// Test only: every micro-batch takes this much longer (milliseconds), to show that a
+    /// slow operator never delays acknowledgements. Default 0.
+    #[serde(default)]
+    pub test_step_delay_ms: u64,
     /// Replace a shipped KPI (`meal`, `lot_day`, `lot`, `windows`, `sqal`) or add one:
     /// `[analytics.kpis.heavy_lots] sql = "SELECT code_lot, gaveur_id, … FROM meals …"`.
     /// The tables a query can read are listed in the README ("Analytics").
@@ -202,6 +252,8 @@ impl AnalyticsConfig {
         gaveurs_operators::analytics::AnalyticsSettings {
             allowed_lateness: chrono::Duration::seconds(self.allowed_lateness_s as i64),
             lot_retention: chrono::Duration::days(self.lot_retention_days as i64),
+            lot_idle: std::time::Duration::from_secs(self.lot_idle_hours * 3600),
+            max_lots: self.max_lots.max(1),
             kpis,
             ..Default::default()
         }
@@ -218,7 +270,13 @@ fn default_allowed_lateness_s() -> u64 {
     3600
 }
 fn default_lot_retention_days() -> u64 {
-    90
+    8
+}
+fn default_lot_idle_hours() -> u64 {
+    48
+}
+fn default_max_lots() -> usize {
+    50_000
 }
 
 /// `[kafka]`: consume the input topics in a consumer group, publish the output topics.
@@ -379,6 +437,14 @@ pub struct WebSocketConfig {
     /// Seconds between pings to channel and dashboard clients. Default 30.
     #[serde(default = "default_ping_interval_s")]
     pub ping_interval_s: u64,
+    /// MiB all gaveur channels' replay buffers may hold together; past it, channels nobody
+    /// is connected to are dropped, the longest quiet first. Default 64.
+    #[serde(default = "default_replay_budget_mb")]
+    pub replay_budget_mb: u64,
+    /// A channel nobody is connected to and that got nothing for this many seconds is
+    /// dropped (a client resuming it later is told of the gap). Default 3600.
+    #[serde(default = "default_channel_idle_s")]
+    pub channel_idle_s: u64,
 }
 
 fn default_replay() -> usize {
@@ -390,6 +456,12 @@ fn default_client_queue() -> usize {
 fn default_ping_interval_s() -> u64 {
     30
 }
+fn default_replay_budget_mb() -> u64 {
+    64
+}
+fn default_channel_idle_s() -> u64 {
+    3600
+}
 
 impl Default for WebSocketConfig {
     fn default() -> Self {
@@ -397,6 +469,8 @@ impl Default for WebSocketConfig {
             replay: default_replay(),
             client_queue: default_client_queue(),
             ping_interval_s: default_ping_interval_s(),
+            replay_budget_mb: default_replay_budget_mb(),
+            channel_idle_s: default_channel_idle_s(),
         }
     }
 }
@@ -511,6 +585,61 @@ pub struct StorageConfig {
     /// Largest record accepted, bytes; larger ones are dead-lettered. Default 1 MiB.
     #[serde(default = "default_max_record_bytes")]
     pub max_record_bytes: usize,
+    /// Size of one durable-log segment file, MiB (fractions allowed). Default 64.
+    #[serde(default = "default_log_segment_mb")]
+    pub log_segment_mb: f64,
+    /// Newest log entries kept in memory for the log's consumers (Parquet, analytics,
+    /// alerts, live topic), MiB of their encoded size; a consumer further behind reads the
+    /// segment files. Default 64.
+    #[serde(default = "default_log_tail_mb")]
+    pub log_tail_mb: u64,
+    /// Most log disk a lagging derived consumer (analytics, alerts, live topic) may hold,
+    /// MiB. Past it the oldest segments are released anyway, with an error in
+    /// `storage.log` and `gaveurs_log_retention_capped_total`, and that consumer skips what
+    /// they held. The Parquet sink is never skipped. Default 4096.
+    #[serde(default = "default_log_max_retained_mb")]
+    pub log_max_retained_mb: u64,
+    /// Lots whose dedup keys stay in memory at most (least recently used leave first; a lot
+    /// that comes back has its keys read from disk). Default 50000.
+    #[serde(default = "default_dedup_max_lots")]
+    pub dedup_max_lots: usize,
+    /// A lot without a record for this long leaves the dedup index's memory, seconds.
+    /// Default 3600.
+    #[serde(default = "default_dedup_idle_s")]
+    pub dedup_idle_s: u64,
+    /// Page cache of the published-keys database, MiB. Default 16.
+    #[serde(default = "default_dedup_cache_mb")]
+    pub dedup_cache_mb: u64,
+    /// From SIGTERM to exit, milliseconds (SPEC §9: 5 s). Log consumers catch up with what
+    /// was accepted within it; what they could not process stays in the log. Default 5000.
+    #[serde(default = "default_shutdown_timeout_ms")]
+    pub shutdown_timeout_ms: u64,
+}
+
+impl StorageConfig {
+    pub fn wal_options(&self, instance_dir: &Path) -> gaveurs_sinks::wal::WalOptions {
+        let mib = |n: u64| n.saturating_mul(1024 * 1024);
+        gaveurs_sinks::wal::WalOptions {
+            segment_bytes: (self.log_segment_mb.max(0.001) * 1024.0 * 1024.0) as u64,
+            tail_bytes: mib(self.log_tail_mb) as usize,
+            max_retained_bytes: mib(self.log_max_retained_mb.max(1)),
+            ..gaveurs_sinks::wal::WalOptions::new(instance_dir.join("wal"))
+        }
+    }
+
+    pub fn dedup_limits(&self) -> gaveurs_operators::dedup::DedupLimits {
+        gaveurs_operators::dedup::DedupLimits {
+            max_lots: self.dedup_max_lots.max(1),
+            idle: std::time::Duration::from_secs(self.dedup_idle_s),
+            cache_bytes: (self.dedup_cache_mb.max(1) * 1024 * 1024) as usize,
+        }
+    }
+
+    /// How long the log consumers may take to catch up at shutdown: the shutdown timeout
+    /// less what the steps after them need (SMS sink, HTTP, log flush).
+    pub fn shutdown_catch_up(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.shutdown_timeout_ms.saturating_sub(1500).max(1000))
+    }
 }
 
 fn default_data_dir() -> PathBuf {
@@ -525,6 +654,27 @@ fn default_max_rows_per_roll() -> usize {
 fn default_max_record_bytes() -> usize {
     1024 * 1024
 }
+fn default_log_segment_mb() -> f64 {
+    64.0
+}
+fn default_log_tail_mb() -> u64 {
+    64
+}
+fn default_log_max_retained_mb() -> u64 {
+    4096
+}
+fn default_dedup_max_lots() -> usize {
+    50_000
+}
+fn default_dedup_idle_s() -> u64 {
+    3600
+}
+fn default_dedup_cache_mb() -> u64 {
+    16
+}
+fn default_shutdown_timeout_ms() -> u64 {
+    5000
+}
 
 impl Default for StorageConfig {
     fn default() -> Self {
@@ -533,6 +683,13 @@ impl Default for StorageConfig {
             roll_interval_s: default_roll_interval_s(),
             max_rows_per_roll: default_max_rows_per_roll(),
             max_record_bytes: default_max_record_bytes(),
+            log_segment_mb: default_log_segment_mb(),
+            log_tail_mb: default_log_tail_mb(),
+            log_max_retained_mb: default_log_max_retained_mb(),
+            dedup_max_lots: default_dedup_max_lots(),
+            dedup_idle_s: default_dedup_idle_s(),
+            dedup_cache_mb: default_dedup_cache_mb(),
+            shutdown_timeout_ms: default_shutdown_timeout_ms(),
         }
     }
 }

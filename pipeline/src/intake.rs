@@ -1,5 +1,6 @@
 //! The operator chain behind every source: authenticate → validate → authorize → dedup →
-//! envelope → live push → durable log. Sources call [`PipelineIntake::submit`]; the returned
+//! envelope → live push → durable log. Everything else derived from a record (Parquet,
+//! analytics, alerts, the live topic) reads the log through its own cursor. Sources call [`PipelineIntake::submit`]; the returned
 //! ticket resolves when the entry is fsynced, which is when the producer may be acknowledged.
 
 use std::sync::Arc;
@@ -31,7 +32,7 @@ pub struct PipelineIntake {
 
 pub struct IntakeParts {
     pub validator: Validator,
-    pub dedup: DedupIndex,
+    pub dedup: Arc<DedupIndex>,
     pub wal: Wal,
     pub hub: Arc<Hub>,
     pub devices: Arc<DeviceRegistry>,
@@ -42,7 +43,7 @@ pub struct IntakeParts {
 
 struct Inner {
     validator: Validator,
-    dedup: DedupIndex,
+    dedup: Arc<DedupIndex>,
     wal: Wal,
     hub: Arc<Hub>,
     devices: Arc<DeviceRegistry>,
@@ -247,12 +248,27 @@ impl Inner {
         input: RawInput,
     ) -> Submitted {
         let saved = saved(&record);
-        if !self.dedup.first_sighting(record.idempotency_hash()) {
-            crate::metrics::record_duplicate(record.stream());
-            return self.after_everything_so_far(Verdict::Accepted {
-                saved,
-                duplicate: true,
-            });
+        match self.dedup.first_sighting(record.dedup_key()) {
+            Ok(true) => {}
+            Ok(false) => {
+                crate::metrics::record_duplicate(record.stream());
+                return self.after_everything_so_far(Verdict::Accepted {
+                    saved,
+                    duplicate: true,
+                });
+            }
+            Err(e) => {
+                // Without the index nobody can tell a replay from a new record: not
+                // acknowledged, so the producer sends it again.
+                tracing::error!(error = %e, "the dedup index cannot be read; the record is not acknowledged");
+                return Submitted {
+                    verdict: Verdict::Accepted {
+                        saved,
+                        duplicate: false,
+                    },
+                    durable: futures::future::ready(Err(Unavailable)).boxed(),
+                };
+            }
         }
         let event = Event {
             envelope: Envelope {
@@ -274,16 +290,7 @@ impl Inner {
             saved,
             duplicate: false,
         };
-        match &self.kafka {
-            Some(kafka) => {
-                let key = event.envelope.key.clone();
-                let entry = WalEntry::Event(event);
-                let encoded = wal::encode(&entry);
-                kafka.live(&key, &encoded);
-                self.log_encoded(entry, encoded, verdict).await
-            }
-            None => self.log(WalEntry::Event(event), verdict).await,
-        }
+        self.log(WalEntry::Event(event), verdict).await
     }
 
     async fn log(&self, entry: WalEntry, verdict: Verdict) -> Submitted {

@@ -181,6 +181,11 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Durable-log tools, for a stopped pipeline.
+    Log {
+        #[command(subcommand)]
+        action: LogAction,
+    },
     /// Run a read-only SQL query (DataFusion's dialect) over the published Parquet datasets
     /// and print only its result on stdout; errors go to stderr with a non-zero exit.
     ///
@@ -197,6 +202,20 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: query::Format,
         /// The pipeline's configuration, for `[storage] data_dir`.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum LogAction {
+    /// Keep every readable entry of a damaged durable log (`gaveurs run` refuses to start
+    /// on damage anywhere but the torn tail of the newest segment, and names the file and
+    /// offset). Each unreadable range is moved to data/instances/<id>/wal/quarantine/ and
+    /// written as a dlq row (stage `log`, reason `log_damaged`); the next `gaveurs run`
+    /// publishes every other acknowledged record. Run it in the pipeline's working
+    /// directory, with its --config, while the pipeline is stopped.
+    Salvage {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -235,6 +254,24 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Log {
+            action: LogAction::Salvage { config },
+        } => {
+            telemetry::init_console_only();
+            let salvaged = Config::load(config.as_deref()).and_then(|loaded| {
+                gaveurs_pipeline::log_salvage::run(&loaded, &std::env::current_dir()?)
+            });
+            match salvaged {
+                Ok(report) => {
+                    println!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
                     ExitCode::FAILURE
                 }
             }

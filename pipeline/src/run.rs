@@ -11,8 +11,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -27,7 +26,7 @@ use gaveurs_sinks::kafka::{KafkaOutput, OutputSettings};
 use gaveurs_sinks::parquet::derived::DerivedWriter;
 use gaveurs_sinks::parquet::{self, ParquetOptions, RollControl};
 use gaveurs_sinks::sms::{Credentials, SmsService};
-use gaveurs_sinks::wal::{Committed, Wal, WalEntry, WalOptions};
+use gaveurs_sinks::wal::{CheckpointFile, CursorOptions, Wal, WalEntry};
 use gaveurs_sinks::websocket::{Hub, HubOptions};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -39,6 +38,7 @@ use crate::devices::DeviceRegistry;
 use crate::http;
 use crate::instance;
 use crate::intake::{IntakeParts, PipelineIntake};
+use crate::topology::{LogConsumers, spawn_named};
 
 /// Where an instance keeps its files.
 pub struct Paths {
@@ -104,94 +104,96 @@ pub async fn run(
     };
     let recovered_state = parquet::recover(&parquet_options)
         .with_context(|| format!("recovering {}", paths.parquet_root.display()))?;
-    // Small: the durable log waits when Parquet falls behind, which bounds memory and
-    // pushes back on producers instead of buffering without limit.
-    let (parquet_tx, parquet_rx) = mpsc::sync_channel(8);
-    let (analytics_tx, analytics_rx) = mpsc::sync_channel(8);
-    let (alerts_tx, alerts_rx) = mpsc::sync_channel(8);
     let published_through = recovered_state.published_through;
     let saved_alerts =
         alerts::SavedAlerts::load(&paths.instance_dir.join("alerts"), published_through)?;
-    let alerts_saved_through = Arc::new(AtomicU64::new(saved_alerts.through()));
-    let (wal, wal_writer, replay) = Wal::open(
-        WalOptions {
-            replay_after: Some(saved_alerts.through()),
-            ..WalOptions::new(paths.instance_dir.join("wal"))
-        },
+    let (wal, wal_writer) = Wal::open(
+        config.storage.wal_options(&paths.instance_dir),
         published_through,
-        vec![parquet_tx, analytics_tx, alerts_tx],
     )
     .context("opening the durable log")?;
-    // Kafka records are never recovered from this log: whoever owns their partition now
-    // re-reads them from the offsets the published files cover. Entries that are published
-    // but that the alert state does not cover yet go to the alert operator only.
-    let replayed_for_alerts: Vec<Committed> = replay
-        .entries
-        .iter()
-        .filter(|c| c.lsn <= published_through || c.entry.kafka_position().is_none())
-        .cloned()
-        .collect();
-    // Unpublished Kafka records the alert state already reflects: Kafka delivers them again
-    // under new log positions, and they must not be evaluated twice.
-    let alerts_already_evaluated: HashSet<u128> = replay
-        .entries
-        .iter()
-        .filter(|c| c.lsn > published_through && c.lsn <= saved_alerts.through())
-        .filter(|c| c.entry.kafka_position().is_some())
-        .filter_map(|c| match c.entry.as_ref() {
-            WalEntry::Event(event) => Some(event.record.idempotency_hash()),
-            WalEntry::DeadLetter(_) => None,
-        })
-        .collect();
-    let (replayed, from_kafka): (Vec<_>, Vec<_>) = replay
-        .entries
-        .into_iter()
-        .filter(|c| c.lsn > published_through)
-        .partition(|c| c.entry.kafka_position().is_none());
-    if !from_kafka.is_empty() {
+    // What the log holds beyond the published position: its records are known (a second
+    // copy is a duplicate) — except Kafka records, never taken from this log again: whoever
+    // owns their partition now re-reads them from the offsets the published files cover.
+    // Those the alert state already reflects must not be evaluated twice when they come.
+    let mut unpublished_keys = Vec::new();
+    let mut alerts_already_evaluated: HashSet<u128> = HashSet::new();
+    let mut unpublished_kafka = 0usize;
+    wal.scan_after(published_through, |committed| {
+        let WalEntry::Event(event) = committed.entry.as_ref() else {
+            return;
+        };
+        if committed.entry.kafka_position().is_none() {
+            unpublished_keys.push(event.record.dedup_key());
+        } else {
+            unpublished_kafka += 1;
+            if committed.lsn <= saved_alerts.through() {
+                alerts_already_evaluated.insert(event.record.idempotency_hash());
+            }
+        }
+    })
+    .context("reading the durable log")?;
+    if unpublished_kafka > 0 {
         tracing::info!(
-            skipped = from_kafka.len(),
+            skipped = unpublished_kafka,
             "unpublished Kafka records are left to be re-read from Kafka"
         );
     }
-    let replayed_digests = replayed.iter().filter_map(|c| match c.entry.as_ref() {
-        WalEntry::Event(event) => Some(event.record.idempotency_hash()),
-        WalEntry::DeadLetter(_) => None,
-    });
-    let dedup = DedupIndex::from_digests(
-        recovered_state
-            .digests
-            .iter()
-            .copied()
-            .chain(replayed_digests),
+    let dedup = Arc::new(
+        DedupIndex::open(
+            &paths.instance_dir.join("published-keys.redb"),
+            config.storage.dedup_limits(),
+        )
+        .context("opening the dedup index")?,
     );
+    // An upgrade from a version that kept bare digests, or a lost index: the published
+    // files say every key.
+    let lost = published_through > 0 && dedup.is_empty().context("reading the dedup index")?;
+    if recovered_state.legacy_digests.is_some() || lost {
+        let keys = crate::recovery::rebuild_dedup_keys(&dedup, &paths.parquet_root)
+            .await
+            .context("building the dedup index from the published files")?;
+        if let Some(legacy) = &recovered_state.legacy_digests {
+            parquet::retire_legacy_digests(legacy)
+                .with_context(|| format!("retiring {}", legacy.display()))?;
+        }
+        tracing::info!(keys, "dedup index built from the published files");
+    }
+    dedup
+        .seed_unpublished(unpublished_keys.iter().copied())
+        .context("seeding the dedup index")?;
     tracing::info!(
         published_through = recovered_state.published_through,
-        replayed = replayed.len(),
-        known_keys = dedup.len(),
+        unpublished = unpublished_keys.len(),
+        log_bytes = wal.disk_bytes(),
+        resident_lots = dedup.counts().resident_lots,
         stale_temp_files_removed = recovered_state.stale_removed,
         "recovery done"
     );
-    let replayed_for_analytics = replayed.clone();
+    drop(unpublished_keys);
     let roll_control = RollControl::new(recovered_state.published_through);
-    let parquet_thread = {
-        let wal = wal.clone();
-        let alerts_saved_through = alerts_saved_through.clone();
-        parquet::spawn(
-            parquet_options,
-            &recovered_state,
-            replayed,
-            parquet_rx,
-            roll_control.clone(),
-            // The log keeps what the alert state does not cover yet, too.
-            Box::new(move |roll| {
-                wal.release_through(
-                    roll.through
-                        .min(alerts_saved_through.load(Ordering::Acquire)),
-                )
-            }),
-        )?
-    };
+    // Every consumer of the log: one cursor and one thread each.
+    let mut consumers = LogConsumers::default();
+    consumers.register(
+        CursorOptions {
+            name: "parquet".into(),
+            after: published_through,
+            essential: true,
+        },
+        {
+            let control = roll_control.clone();
+            let dedup = dedup.clone();
+            move |cursor| {
+                spawn_named("gaveurs-parquet", move || {
+                    let on_keys = Box::new(move |keys: &[gaveurs_schemas::records::DedupKey]| {
+                        dedup.published(keys).map_err(std::io::Error::other)
+                    });
+                    parquet::run(parquet_options, &recovered_state, cursor, control, on_keys)
+                        .context("publishing parquet files")
+                })
+            }
+        },
+    );
 
     // Sources.
     let validator = Validator {
@@ -201,9 +203,22 @@ pub async fn run(
     let hub = Hub::new(HubOptions {
         replay: config.websocket.replay,
         client_queue: config.websocket.client_queue,
+        replay_budget_bytes: (config.websocket.replay_budget_mb * 1024 * 1024) as usize,
+        channel_idle: Duration::from_secs(config.websocket.channel_idle_s),
         ..HubOptions::default()
     });
-    let devices = Arc::new(DeviceRegistry::default());
+    // Quiet channels go even when the replay budget is not reached.
+    tokio::spawn({
+        let hub = hub.clone();
+        async move {
+            let mut every = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                every.tick().await;
+                hub.drop_quiet_channels();
+            }
+        }
+    });
+    let devices = Arc::new(DeviceRegistry::new(config.devices.limits()));
     let (verifier, dev_keys) = crate::auth::verifier(&config).await?;
     tracing::info!(
         target: "auth",
@@ -249,44 +264,45 @@ pub async fn run(
         }
         None => None,
     };
-    let lot_board = Arc::new(LotBoard::default());
-    let analytics_thread = if !config.analytics.enabled {
+    let lot_board = Arc::new(LotBoard::new(config.analytics.max_lots));
+    if !config.analytics.enabled {
         tracing::info!("analytics disabled by [analytics] enabled = false");
-        drop(analytics_rx);
-        None
     } else {
         let mut engine = Engine::new(config.analytics.settings());
         engine
             .check_queries()
             .await
             .context("checking the [analytics] KPI queries")?;
-        let mut outputs = analytics::Outputs {
+        let cursors_dir = paths.instance_dir.join("cursors");
+        let (checkpoint, saved) = CheckpointFile::load(&cursors_dir, "analytics")
+            .with_context(|| format!("reading {}", cursors_dir.display()))?;
+        let outputs = analytics::Outputs {
             hub: hub.clone(),
             kafka: kafka_output.clone(),
             board: lot_board.clone(),
             writer: DerivedWriter::new(paths.parquet_root.clone(), instance_id.clone()),
+            parquet_root: paths.parquet_root.clone(),
+            dedup: dedup.clone(),
+            published: roll_control.clone(),
+            checkpoint,
         };
-        let restored = analytics::restore(&mut engine, &paths.parquet_root, &mut outputs)
-            .await
-            .context("reading published records back for analytics")?;
-        tracing::info!(
-            records = restored,
-            lots = engine.counters().lots,
-            "analytics restored"
-        );
-        analytics::spawn(
-            engine,
-            outputs,
-            analytics::Batching {
-                interval: Duration::from_millis(config.analytics.batch_interval_ms),
-                max_records: config.analytics.batch_max_records,
-                publish_every: Duration::from_secs(config.storage.roll_interval_s),
+        // Lots are read back from Parquet when a record touches them, not all at start.
+        let analytics_after = saved.unwrap_or(published_through);
+        let batching = analytics::Batching {
+            interval: Duration::from_millis(config.analytics.batch_interval_ms),
+            max_records: config.analytics.batch_max_records,
+            publish_every: Duration::from_secs(config.storage.roll_interval_s),
+            step_delay: Duration::from_millis(config.analytics.test_step_delay_ms),
+        };
+        consumers.register(
+            CursorOptions {
+                name: "analytics".into(),
+                after: analytics_after,
+                essential: false,
             },
-            replayed_for_analytics,
-            analytics_rx,
-        )
-        .map(Some)?
-    };
+            move |cursor| analytics::spawn(engine, outputs, batching, cursor),
+        );
+    }
     let sms_stop = CancellationToken::new();
     let sms = SmsService::start(
         config.sms.settings(&config.sites.timezone)?,
@@ -309,16 +325,39 @@ pub async fn run(
             directory,
             writer: DerivedWriter::new(paths.parquet_root.clone(), instance_id.clone()),
         },
-        alerts_saved_through,
         alerts_already_evaluated,
         Duration::from_millis(config.alerts.state_save_interval_ms.max(1)),
     );
-    let alerts_thread = alerts::spawn(
-        alert_desk.clone(),
-        replayed_for_alerts,
-        alerts_rx,
-        Duration::from_secs(config.storage.roll_interval_s),
-    )?;
+    consumers.register(
+        CursorOptions {
+            name: "alerts".into(),
+            after: alert_desk.saved_through(),
+            essential: false,
+        },
+        {
+            let desk = alert_desk.clone();
+            let publish_every = Duration::from_secs(config.storage.roll_interval_s);
+            move |cursor| alerts::spawn(desk, cursor, published_through, publish_every)
+        },
+    );
+    if let Some(kafka) = &kafka_output
+        && kafka.has_live_topic()
+    {
+        let kafka = kafka.clone();
+        let dir = paths.instance_dir.join("cursors");
+        let (file, saved) = CheckpointFile::load(&dir, "live")
+            .with_context(|| format!("reading {}", dir.display()))?;
+        consumers.register(
+            CursorOptions {
+                name: "live".into(),
+                // A first start sends no history: the topic is a notification.
+                after: saved.unwrap_or_else(|| wal.durable_lsn()),
+                essential: false,
+            },
+            move |cursor| crate::live::spawn(kafka, cursor, file),
+        );
+    }
+    let consumers = consumers.start(&wal)?;
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let reloads = tokio::spawn(reload_on_hangup(
         hangups,
@@ -489,25 +528,23 @@ pub async fn run(
     ingest_sockets.close();
     ingest_sockets.wait().await;
     tokio::task::spawn_blocking(move || wal_writer.close()).await?;
-    if let Some(analytics) = analytics_thread {
-        let _ = tokio::task::spawn_blocking(move || analytics.join()).await;
-    }
-    let _ = tokio::task::spawn_blocking(move || alerts_thread.join()).await;
+    // Everything accepted is durable; now every consumer catches up with it, within the
+    // shutdown deadline.
+    let consumers_result = consumers
+        .finish(&wal, stopping + config.storage.shutdown_catch_up())
+        .await;
     reloads.abort();
     // Texts still queued stay in the outbox for the next start.
     sms_stop.cancel();
     sms.stop(Duration::from_secs(1)).await;
     let texts = sms.counters();
     tracing::info!(target: "alerts", sent = texts.sent, failed = texts.failed, retried = texts.retried, disabled = texts.disabled, dropped_budget = texts.dropped_budget, pending = sms.pending_len(), "SMS sink stopped");
-    let parquet_result = tokio::task::spawn_blocking(move || parquet_thread.join())
-        .await?
-        .map_err(|_| anyhow::anyhow!("the parquet sink panicked"))?;
     let _ = http_task.await;
     tracing::info!(
         shutdown_ms = stopping.elapsed().as_millis() as u64,
         "gaveurs stopped: everything accepted is durable and published"
     );
-    parquet_result.context("publishing parquet files")?;
+    consumers_result?;
     match failure {
         Some(reason) => Err(anyhow::anyhow!(reason)),
         None => Ok(()),

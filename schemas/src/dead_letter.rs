@@ -28,6 +28,8 @@ pub enum Stage {
     Validate,
     /// Token verification and permissions.
     Auth,
+    /// The durable log: bytes of an accepted entry that can no longer be read.
+    Log,
 }
 
 impl Stage {
@@ -38,6 +40,7 @@ impl Stage {
             Stage::Decode => "decode",
             Stage::Validate => "validate",
             Stage::Auth => "auth",
+            Stage::Log => "log",
         }
     }
 }
@@ -59,6 +62,8 @@ pub enum RejectReason {
     InvalidToken,
     ExpiredToken,
     Forbidden,
+    /// Unreadable bytes `gaveurs log salvage` took out of a damaged log segment.
+    LogDamaged,
 }
 
 impl RejectReason {
@@ -73,6 +78,7 @@ impl RejectReason {
             RejectReason::InvalidToken => "invalid_token",
             RejectReason::ExpiredToken => "expired_token",
             RejectReason::Forbidden => "forbidden",
+            RejectReason::LogDamaged => "log_damaged",
         }
     }
 
@@ -86,6 +92,7 @@ impl RejectReason {
             | RejectReason::InvalidToken
             | RejectReason::ExpiredToken
             | RejectReason::Forbidden => Stage::Auth,
+            RejectReason::LogDamaged => Stage::Log,
         }
     }
 }

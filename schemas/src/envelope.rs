@@ -41,6 +41,8 @@ pub enum Transport {
     MqttBroker,
     WebSocket,
     Kafka,
+    /// The durable log itself (a damaged range found by `gaveurs log salvage`).
+    Log,
 }
 
 impl Transport {
@@ -50,6 +52,7 @@ impl Transport {
             Transport::MqttBroker => "mqtt_broker",
             Transport::WebSocket => "websocket",
             Transport::Kafka => "kafka",
+            Transport::Log => "log",
         }
     }
 }

@@ -2,14 +2,13 @@
 //! next append (like a producer that waits for every PUBACK) or keeping a window in flight.
 //! Measures entries/s through group commit on the machine's real disk.
 
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use criterion::{Criterion, criterion_group, criterion_main};
 use gaveurs_schemas::dead_letter::{DeadLetter, RejectReason, Rejection};
 use gaveurs_schemas::envelope::{Provenance, Transport};
-use gaveurs_sinks::wal::{Wal, WalEntry, WalOptions};
+use gaveurs_sinks::wal::{CursorOptions, Wal, WalEntry, WalOptions};
 
 fn entry() -> WalEntry {
     WalEntry::DeadLetter(DeadLetter::new(
@@ -27,9 +26,23 @@ fn entry() -> WalEntry {
 
 fn run(appenders: usize, window: usize, per_appender: usize) -> Duration {
     let dir = tempfile::tempdir_in(".").unwrap();
-    let (tx, rx) = mpsc::sync_channel(1 << 16);
-    let drain = std::thread::spawn(move || rx.iter().count());
-    let (wal, writer, _) = Wal::open(WalOptions::new(dir.path().into()), 0, vec![tx]).unwrap();
+    let (wal, writer) = Wal::open(WalOptions::new(dir.path().into()), 0).unwrap();
+    // One consumer reading everything through its cursor, as the Parquet sink does.
+    let mut cursor = wal.cursor(CursorOptions {
+        name: "bench".into(),
+        after: 0,
+        essential: true,
+    });
+    let drain = std::thread::spawn(move || {
+        let mut read = 0;
+        while let Ok(batch) = cursor.next_batch(4096, Duration::from_secs(1)) {
+            read += batch.len();
+            if let Some(last) = batch.last() {
+                cursor.checkpoint(last.lsn);
+            }
+        }
+        read
+    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -67,6 +67,10 @@ struct KeyState {
 struct LotContext {
     gaveur_id: i64,
     site: String,
+    /// The newest meal's event time: a lot quiet for `AlertsConfig::lot_idle_days` is
+    /// forgotten.
+    #[serde(default)]
+    last_seen: Option<DateTime<Utc>>,
     /// The newest meal's mean weight, for `poids_perte`.
     last_weight: Option<(DateTime<Utc>, f64)>,
 }
@@ -85,11 +89,18 @@ pub enum AckError {
 pub struct AlertBook {
     keys: HashMap<String, KeyState>,
     lots: HashMap<String, LotContext>,
+    /// The book's clock: the newest event time evaluated, never ahead of the wall clock (a
+    /// record dated in the future must not make everything look quiet).
+    #[serde(default)]
+    clock: Option<DateTime<Utc>>,
     #[serde(skip)]
     by_id: HashMap<String, String>,
     #[serde(skip)]
     counters: AlertCounters,
 }
+
+/// How many evaluations pass between two looks for what can be forgotten.
+const FORGET_EVERY: u64 = 4096;
 
 fn key_of(rule: &str, subject: Subject, name: &str) -> String {
     let kind = match subject {
@@ -158,6 +169,11 @@ impl AlertBook {
     ) -> Vec<Raised> {
         self.counters.evaluated += 1;
         let at = event.envelope.event_time;
+        self.clock = self.clock.max(Some(at.min(Utc::now())));
+        // Every so many evaluations (a count, so a replay forgets at the same points).
+        if self.counters.evaluated % FORGET_EVERY == 0 {
+            self.forget_quiet(rules);
+        }
         let backfill = event.envelope.backfill;
         let mut raised = Vec::new();
         match &event.record {
@@ -186,6 +202,7 @@ impl AlertBook {
         let lot = self.lots.entry(meal.code_lot.clone()).or_default();
         lot.gaveur_id = meal.gaveur_id;
         lot.site = meal.site.as_str().to_string();
+        lot.last_seen = lot.last_seen.max(Some(at));
         let weight_drop = match (lot.last_weight, meal.poids_moyen) {
             (Some((previous_at, previous)), Some(weight)) if previous_at < at => {
                 Some(previous - weight)
@@ -325,6 +342,44 @@ impl AlertBook {
             }
         }
         self.lots.remove(&outcome.code_lot);
+    }
+
+    /// Forgets what no rule needs any more, so the book stays bounded whatever the history:
+    /// cleared keys whose cooldown has passed, and lots without a meal for
+    /// `rules.lot_idle` (in event time, behind the newest record evaluated).
+    pub fn forget_quiet(&mut self, rules: &RuleSet) {
+        let Some(clock) = self.clock else {
+            return;
+        };
+        self.keys.retain(|key, state| {
+            if state.active.is_some() {
+                return true;
+            }
+            let rule = key.split('\u{1f}').next().unwrap_or_default();
+            let cooldown = rules
+                .get(rule)
+                .map_or(chrono::Duration::zero(), |r| r.cooldown);
+            state
+                .last_cleared
+                .as_ref()
+                .and_then(|a| a.cleared_at)
+                .and_then(|cleared| cleared.checked_add_signed(cooldown))
+                .is_some_and(|reopens| reopens > clock)
+        });
+        let horizon = clock - rules.lot_idle;
+        let active_lots: std::collections::HashSet<&str> = self
+            .keys
+            .values()
+            .filter_map(|s| s.active.as_ref()?.code_lot.as_deref())
+            .collect();
+        self.lots.retain(|code, lot| {
+            active_lots.contains(code.as_str()) || lot.last_seen.is_none_or(|t| t >= horizon)
+        });
+    }
+
+    /// Keys and lots the book holds (for logs and tests).
+    pub fn size(&self) -> (usize, usize) {
+        (self.keys.len(), self.lots.len())
     }
 
     /// Clears the active alerts of rules `rules` no longer has (disabled by a reload): nothing

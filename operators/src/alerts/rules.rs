@@ -59,6 +59,9 @@ pub struct AlertsConfig {
     /// crash, records since the last save are evaluated again (harmlessly, see
     /// ARCHITECTURE.md), so this trades disk writes for replay work.
     pub state_save_interval_ms: u64,
+    /// A lot without a meal for this many days of event time is forgotten by the rules (its
+    /// last weight, owner); its active alerts stay. Default 30.
+    pub lot_idle_days: u64,
 }
 
 impl Default for AlertsConfig {
@@ -68,6 +71,7 @@ impl Default for AlertsConfig {
             cooldown_min: 30.0,
             rules: BTreeMap::new(),
             state_save_interval_ms: 1000,
+            lot_idle_days: 30,
         }
     }
 }
@@ -289,6 +293,8 @@ pub fn rule_names() -> impl Iterator<Item = &'static str> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RuleSet {
     pub rules: Vec<Rule>,
+    /// See [`AlertsConfig::lot_idle_days`].
+    pub lot_idle: Duration,
 }
 
 impl Default for RuleSet {
@@ -370,7 +376,10 @@ impl RuleSet {
                 cooldown: Duration::milliseconds((cooldown_min * 60_000.0).round() as i64),
             });
         }
-        Ok(RuleSet { rules })
+        Ok(RuleSet {
+            rules,
+            lot_idle: Duration::days(config.lot_idle_days.min(36_500) as i64),
+        })
     }
 
     pub fn get(&self, name: &str) -> Option<&Rule> {

@@ -484,3 +484,29 @@ fn impossible_bands_and_cooldowns_are_refused() {
             .contains("cooldown_min")
     );
 }
+
+#[test]
+fn the_book_forgets_quiet_lots_and_cleared_keys_past_their_cooldown() {
+    let mut run = Run::new();
+    // 20,000 lots, each with one refusal that opens and clears an alert, spread over 300
+    // days of event time: the book keeps only what a rule may still need.
+    for lot in 0..20_000i64 {
+        let minute = lot * 20;
+        let code = format!("LL{lot:06}");
+        run.feed(meal(&code, minute, 50.0));
+        for n in 1..=3 {
+            run.feed(meal(&code, minute + n, 200.0));
+        }
+    }
+    let (keys, lots) = run.book.size();
+    // 30 days at one lot per 20 minutes is 2,160 lots, plus up to 1,024 lots (4,096
+    // evaluations) between two looks; of 20,000.
+    assert!(lots < 3_300, "{lots} lots remembered");
+    // Cleared keys wait out their 30-minute cooldown: at most the lots since the last look.
+    assert!(keys < 1_100, "{keys} keys remembered");
+    // What is still needed is still there: a refusal right after the last clear is in its
+    // cooldown, so it opens nothing.
+    let last = format!("LL{:06}", 19_999);
+    let raised = run.feed(meal(&last, 19_999 * 20 + 4, 50.0));
+    assert!(raised.is_empty(), "{raised:?}");
+}

@@ -93,8 +93,17 @@ pub fn default_kpis() -> Vec<KpiQuery> {
 pub struct AnalyticsSettings {
     /// How far behind its lot's newest meal a meal may be before it is late.
     pub allowed_lateness: Duration,
-    /// How long (in event time, behind the newest record) a finished lot is remembered.
+    /// How long (in event time, behind the newest record) a finished lot is remembered: at
+    /// least the longest window plus the lateness, so windows that still change see it.
     pub lot_retention: Duration,
+    /// A lot without a record for this long (processing time) leaves memory.
+    pub lot_idle: std::time::Duration,
+    /// At most this many lots stay in memory (least recently touched leave first, never
+    /// one touched within `lot_min_residency`).
+    pub max_lots: usize,
+    /// A lot stays at least this long after its last record, so what it holds is published
+    /// (and can be restored from Parquet) before it may leave.
+    pub lot_min_residency: std::time::Duration,
     /// How long per-day SQAL samples are remembered.
     pub sample_retention: Duration,
     pub kpis: Vec<KpiQuery>,
@@ -104,7 +113,10 @@ impl Default for AnalyticsSettings {
     fn default() -> Self {
         Self {
             allowed_lateness: Duration::hours(1),
-            lot_retention: Duration::days(90),
+            lot_retention: Duration::days(8),
+            lot_idle: std::time::Duration::from_secs(48 * 3600),
+            max_lots: 50_000,
+            lot_min_residency: std::time::Duration::from_secs(300),
             sample_retention: Duration::days(2),
             kpis: default_kpis(),
         }
@@ -169,8 +181,8 @@ pub struct Engine {
     lots: HashMap<String, LotState>,
     lots_of_gaveur: HashMap<i64, BTreeSet<String>>,
     lots_of_site: HashMap<Site, BTreeSet<String>>,
-    /// Lots forgotten after their retention; a meal for one is late and recomputes nothing.
-    forgotten: HashSet<String>,
+    /// Lots that left memory since the caller last asked (their board entries go too).
+    evicted: Vec<String>,
     samples: Samples,
     /// ITM and outcome day of finished lots, from the `lot_kpis` query.
     finished: HashMap<String, (NaiveDate, Option<f64>)>,
@@ -202,7 +214,7 @@ impl Engine {
             lots: HashMap::new(),
             lots_of_gaveur: HashMap::new(),
             lots_of_site: HashMap::new(),
-            forgotten: HashSet::new(),
+            evicted: Vec::new(),
             samples: Samples::default(),
             finished: HashMap::new(),
             newest_event: None,
@@ -309,14 +321,6 @@ impl Engine {
             self.note_time(record.event_time());
             match record {
                 Record::Gavage(meal) => {
-                    if self.forgotten.contains(&meal.code_lot) {
-                        late.push(LateMeal {
-                            index,
-                            code_lot: meal.code_lot.clone(),
-                            lateness: Duration::zero(),
-                        });
-                        continue;
-                    }
                     let lot = self.lot_entry(&meal.code_lot, meal.gaveur_id, meal.site);
                     if let Some(watermark) = lot.watermark(lateness)
                         && meal.timestamp < watermark
@@ -352,7 +356,6 @@ impl Engine {
                     closing.insert(meal.code_lot.clone());
                 }
                 Record::LotOutcome(outcome) => {
-                    self.forgotten.remove(&outcome.code_lot);
                     let lot = self.lot_entry(&outcome.code_lot, outcome.gaveur_id, outcome.site);
                     lot.outcome = Some(outcome.clone());
                     touched.lots.insert(outcome.code_lot.clone());
@@ -397,8 +400,22 @@ impl Engine {
         Ok(StepOutput { kpis, late })
     }
 
+    /// The engine's clock: the newest event time seen, never ahead of the wall clock (a
+    /// record dated in the future must not age every lot at once).
     fn note_time(&mut self, time: DateTime<Utc>) {
+        let time = time.min(Utc::now());
         self.newest_event = self.newest_event.max(Some(time));
+    }
+
+    /// Whether the lot's state is in memory. A lot that is not may have published records:
+    /// the caller restores them ([`Engine::restore`]) before a batch that touches it.
+    pub fn is_resident(&self, code_lot: &str) -> bool {
+        self.lots.contains_key(code_lot)
+    }
+
+    /// Lots that left memory since the last call.
+    pub fn take_evicted(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.evicted)
     }
 
     fn lot_entry(&mut self, code_lot: &str, gaveur_id: i64, site: Site) -> &mut LotState {
@@ -412,9 +429,12 @@ impl Engine {
                 .or_default()
                 .insert(code_lot.to_string());
         }
-        self.lots
+        let lot = self
+            .lots
             .entry(code_lot.to_string())
-            .or_insert_with(|| LotState::new(gaveur_id, site))
+            .or_insert_with(|| LotState::new(gaveur_id, site));
+        lot.touched = std::time::Instant::now();
+        lot
     }
 
     /// Runs every query; the `lot_kpis` one first, because windows average its ITMs.
@@ -676,37 +696,58 @@ impl Engine {
         Ok(())
     }
 
-    /// Forgets finished lots and old samples past their retention, measured in event time
-    /// behind the newest record (so a replay of last year's data is not forgotten at once).
+    /// Forgets, so memory stays bounded whatever the history: finished lots past their
+    /// retention (event time behind the newest record, so a replay of last year's data is
+    /// not forgotten at once), lots idle for `lot_idle`, and the least recently touched lots
+    /// beyond `max_lots`. A forgotten lot that gets a record again is restored from Parquet
+    /// by the caller. Old SQAL days go too.
     fn evict(&mut self) {
         let Some(newest) = self.newest_event else {
             return;
         };
         let lot_horizon = newest - self.settings.lot_retention;
-        let expired: Vec<String> = self
+        let idle = self.settings.lot_idle;
+        let mut expired: Vec<String> = self
             .lots
             .iter()
             .filter(|(_, lot)| {
-                lot.outcome.is_some() && lot.last_activity().is_some_and(|t| t < lot_horizon)
+                let finished =
+                    lot.outcome.is_some() && lot.last_activity().is_some_and(|t| t < lot_horizon);
+                finished || lot.touched.elapsed() >= idle
             })
             .map(|(code, _)| code.clone())
             .collect();
-        let mut forgotten = HashSet::new();
+        let over = (self.lots.len() - expired.len()).saturating_sub(self.settings.max_lots);
+        if over > 0 {
+            let residency = self.settings.lot_min_residency;
+            let mut candidates: Vec<(std::time::Instant, &String)> = self
+                .lots
+                .iter()
+                .filter(|(code, lot)| lot.touched.elapsed() >= residency && !expired.contains(code))
+                .map(|(code, lot)| (lot.touched, code))
+                .collect();
+            candidates.sort();
+            expired.extend(candidates.into_iter().take(over).map(|(_, c)| c.clone()));
+        }
+        let mut gone = HashSet::new();
         for code in expired {
             if let Some(lot) = self.lots.remove(&code) {
                 if let Some(codes) = self.lots_of_gaveur.get_mut(&lot.gaveur_id) {
                     codes.remove(&code);
+                    if codes.is_empty() {
+                        self.lots_of_gaveur.remove(&lot.gaveur_id);
+                    }
                 }
                 if let Some(codes) = self.lots_of_site.get_mut(&lot.site) {
                     codes.remove(&code);
                 }
                 self.finished.remove(&code);
-                forgotten.insert(code.clone());
-                self.forgotten.insert(code);
+                gone.insert(code.clone());
+                self.evicted.push(code);
             }
         }
         let sample_horizon = (newest - self.settings.sample_retention).date_naive();
-        self.samples.evict(sample_horizon, &forgotten);
+        self.samples.evict(sample_horizon, &gone);
     }
 }
 

@@ -18,6 +18,8 @@ pub(super) struct LotState {
     pub max_event_time: Option<DateTime<Utc>>,
     /// Days (UTC dates of event time) whose window contribution is final.
     pub closed_days: BTreeSet<NaiveDate>,
+    /// When a record last touched the lot (processing time), for eviction.
+    pub touched: std::time::Instant,
 }
 
 impl LotState {
@@ -29,6 +31,7 @@ impl LotState {
             outcome: None,
             max_event_time: None,
             closed_days: BTreeSet::new(),
+            touched: std::time::Instant::now(),
         }
     }
 

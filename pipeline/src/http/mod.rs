@@ -224,8 +224,25 @@ async fn lot(
     let alerts = state.alerts.alerts(&access.principal, |a| {
         a.state.is_active() && a.code_lot.as_deref() == Some(code_lot.as_str())
     });
+    // Not in memory (forgotten, or before a restart): its latest `lot_kpis` row.
+    let view = match state.lots.get(&code_lot) {
+        Some(view) => Some(view),
+        None => {
+            let root = state.parquet_root.clone();
+            let code = code_lot.clone();
+            crate::query::runtime()
+                .spawn(async move { crate::analytics::lot_view_from_parquet(&root, &code).await })
+                .await
+                .ok()
+                .and_then(|read| {
+                    read.map_err(|e| tracing::warn!(target: "api", error = %format!("{e:#}"), "a lot's KPIs could not be read from Parquet"))
+                        .ok()
+                })
+                .flatten()
+        }
+    };
     // A lot with alerts but no KPIs yet (or analytics off) is still a lot.
-    let view = state.lots.get(&code_lot).or_else(|| {
+    let view = view.or_else(|| {
         alerts.first().map(|alert| crate::analytics::LotView {
             code_lot: code_lot.clone(),
             gaveur_id: alert.gaveur_id,

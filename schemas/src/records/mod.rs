@@ -45,6 +45,51 @@ impl Site {
     }
 }
 
+/// The idempotency key of a meal (SPEC §1.1), from its fields.
+pub fn meal_key(code_lot: &str, jour: i64, moment: &str) -> String {
+    format!("gavage\u{1f}{code_lot}\u{1f}{jour}\u{1f}{moment}")
+}
+
+/// The idempotency key of a SQAL sample (sample ids alone collide across stations).
+pub fn sample_key(device_id: &str, sample_id: &str) -> String {
+    format!("sqal\u{1f}{device_id}\u{1f}{sample_id}")
+}
+
+/// The idempotency key of a lot outcome.
+pub fn outcome_key(code_lot: &str) -> String {
+    format!("lot_outcome\u{1f}{code_lot}")
+}
+
+/// A lot code's digest, as the dedup index keys lots.
+pub fn lot_digest(code_lot: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(code_lot.as_bytes())
+}
+
+/// Where the dedup index keeps a record's key: a meal's or outcome's with its lot (a lot's
+/// keys are loaded and evicted together; within a lot, 64 bits of the key's digest), a SQAL
+/// sample's on its own (a station sends samples for ever).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DedupKey {
+    Lot { lot: u64, key: u64 },
+    Sample(u128),
+}
+
+impl DedupKey {
+    /// The key of a lot record (a meal or outcome), from its idempotency key text.
+    pub fn lot_record(code_lot: &str, idempotency_key: &str) -> DedupKey {
+        DedupKey::Lot {
+            lot: lot_digest(code_lot),
+            key: xxhash_rust::xxh3::xxh3_128(idempotency_key.as_bytes()) as u64,
+        }
+    }
+
+    pub fn sample(device_id: &str, sample_id: &str) -> DedupKey {
+        DedupKey::Sample(xxhash_rust::xxh3::xxh3_128(
+            sample_key(device_id, sample_id).as_bytes(),
+        ))
+    }
+}
+
 impl fmt::Display for Site {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -74,12 +119,20 @@ impl Record {
     /// outcome.
     pub fn idempotency_key(&self) -> String {
         match self {
-            Record::Gavage(m) => format!(
-                "gavage\u{1f}{}\u{1f}{}\u{1f}{}",
-                m.code_lot, m.jour, m.moment
-            ),
-            Record::Sqal(s) => format!("sqal\u{1f}{}\u{1f}{}", s.device_id, s.sample_id),
-            Record::LotOutcome(o) => format!("lot_outcome\u{1f}{}", o.code_lot),
+            Record::Gavage(m) => meal_key(&m.code_lot, m.jour, m.moment.as_str()),
+            Record::Sqal(s) => sample_key(&s.device_id, &s.sample_id),
+            Record::LotOutcome(o) => outcome_key(&o.code_lot),
+        }
+    }
+
+    /// Where the dedup index keeps this record's key.
+    pub fn dedup_key(&self) -> DedupKey {
+        match self {
+            Record::Sqal(_) => DedupKey::Sample(self.idempotency_hash()),
+            Record::Gavage(_) | Record::LotOutcome(_) => DedupKey::Lot {
+                lot: lot_digest(self.partition_key()),
+                key: self.idempotency_hash() as u64,
+            },
         }
     }
 

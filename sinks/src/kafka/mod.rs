@@ -107,8 +107,6 @@ impl KafkaOutput {
         );
     }
 
-    /// An accepted record, for the live views of every other instance. `encoded` is its log
-    /// entry ([`crate::wal::encode`]), so the record is serialised once for both.
     /// One KPI row (JSON) on the KPI topic.
     pub fn kpi(&self, key: &str, json: &[u8]) {
         if self.settings.kpis_topic.is_empty() {
@@ -143,6 +141,13 @@ impl KafkaOutput {
         })
     }
 
+    /// Whether accepted records go to a live topic (`[kafka] live_topic` not empty).
+    pub fn has_live_topic(&self) -> bool {
+        !self.settings.live_topic.is_empty()
+    }
+
+    /// An accepted record, for the live views of every other instance: `encoded` is its log
+    /// entry ([`crate::wal::encode`]).
     pub fn live(&self, key: &str, encoded: &[u8]) {
         if self.settings.live_topic.is_empty() {
             return;

@@ -15,8 +15,6 @@ use std::path::PathBuf;
 use arrow::array::RecordBatch;
 use gaveurs_schemas::datasets::Partition;
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
 
 use super::SinkError;
 use crate::fsutil::{create_dir_durable, sync_dir};
@@ -101,10 +99,7 @@ impl DerivedWriter {
                 chunk += 1;
                 let hidden = dir.join(format!(".{name}.tmp"));
                 let file = File::create(&hidden)?;
-                let properties = WriterProperties::builder()
-                    .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
-                    .set_created_by(format!("gaveurs {}", env!("CARGO_PKG_VERSION")))
-                    .build();
+                let properties = super::writer_properties(&schema)?;
                 let mut writer = ArrowWriter::try_new(file, schema, Some(properties))?;
                 for batch in &batches[start..end] {
                     writer.write(batch)?;

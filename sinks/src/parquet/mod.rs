@@ -1,7 +1,7 @@
 //! The Parquet sink: turns the durable log into datasets under
 //! `parquet/<dataset>/date=YYYY-MM-DD/site=XX/` (SPEC §3).
 //!
-//! Entries arrive in LSN order and are appended to one open file per (dataset, partition).
+//! Entries are read from the log through the sink's cursor, in LSN order, and appended to one open file per (dataset, partition).
 //! A roll publishes every open file at once: at least every `roll_interval`, sooner when many
 //! rows are buffered, and at shutdown. Files are written hidden
 //! (`.<instance>-wal-<first>.parquet.tmp`) and renamed to
@@ -9,13 +9,14 @@
 //!
 //! A roll is made crash-safe by a small state file in the instance's private folder:
 //! 1. every file of the roll is completed and fsynced under its hidden name;
-//! 2. the idempotency digests of its records are appended to `published.keys`;
+//! 2. the dedup keys of its records are handed to the dedup index, which writes them to
+//!    its database (so a record is a duplicate for ever once its file can be seen);
 //! 3. the roll's intent (its LSN and its renames) is written to `state.json`;
 //! 4. the files are renamed and their folders fsynced;
 //! 5. `state.json` records the new published LSN, and the log may forget what it covered.
 //!
 //! At start, an intent left by a crash is finished (the hidden files are complete), other
-//! hidden files of this instance are deleted, and the log replays everything after the
+//! hidden files of this instance are deleted, and the sink's log cursor starts after the
 //! published LSN. So every logged entry reaches exactly one published file.
 //!
 //! With Kafka input, a roll also writes the instance's shared [`manifest`] (before step 2),
@@ -27,30 +28,29 @@ mod state;
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use gaveurs_schemas::datasets::{self, Dataset, Partition};
+use gaveurs_schemas::records::DedupKey;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 
 use crate::fsutil::{create_dir_durable, sync_dir};
-use crate::wal::{Committed, Lsn, WalEntry};
+use crate::wal::{Committed, LogCursor, LogEnded, Lsn, WalEntry};
 
-pub use state::{RecoveredState, recover};
+pub use state::{RecoveredState, recover, retire_legacy_digests};
 
 #[derive(Debug, Clone)]
 pub struct ParquetOptions {
     /// `data_dir/parquet`, shared by every instance.
     pub root: PathBuf,
-    /// This instance's private folder for the roll state and published digests.
+    /// This instance's private folder for the roll state.
     pub state_dir: PathBuf,
     pub instance_id: String,
     pub roll_interval: Duration,
@@ -129,6 +129,9 @@ impl RollControl {
     }
 }
 
+/// Receives the dedup keys of a roll's records (see `Sink::on_keys`).
+pub type OnKeys = Box<dyn FnMut(&[DedupKey]) -> io::Result<()> + Send>;
+
 /// How often the sink looks for a roll request while one is pending.
 const REQUEST_POLL: Duration = Duration::from_millis(20);
 
@@ -189,82 +192,79 @@ impl OpenFile {
 struct Sink {
     options: ParquetOptions,
     open: BTreeMap<(Dataset, Partition), OpenFile>,
-    /// Digests of the records in the open files.
-    digests: Vec<u128>,
+    /// Dedup keys of the records in the open files.
+    keys: Vec<DedupKey>,
+    /// Told the keys of each roll's records once its files are complete, before they are
+    /// renamed (the dedup index writes them to disk).
+    on_keys: OnKeys,
     published_through: Lsn,
     last_seen: Lsn,
     buffered_rows: usize,
     oldest_unpublished: Option<Instant>,
-    on_publish: Box<dyn FnMut(&PublishedRoll) + Send>,
     control: Arc<RollControl>,
     /// Kafka offsets in published files (cumulative) and in the open files.
     kafka_published: manifest::KafkaOffsets,
     kafka_open: manifest::KafkaOffsets,
 }
 
-/// Starts the sink thread. `initial` are the log entries replayed at start; `rx` brings every
-/// later batch. When `rx` hangs up (the log closed), the sink publishes everything and ends.
-pub fn spawn(
+/// Runs the sink on the calling thread, reading the log through `cursor` (essential: the
+/// log keeps what this sink has not published), until the log ends; then everything is
+/// published. Kafka records an earlier run logged are skipped: whoever owns their partition
+/// now re-reads them from Kafka.
+pub fn run(
     options: ParquetOptions,
     recovered: &RecoveredState,
-    initial: Vec<Committed>,
-    rx: Receiver<Arc<Vec<Committed>>>,
+    cursor: LogCursor,
     control: Arc<RollControl>,
-    on_publish: Box<dyn FnMut(&PublishedRoll) + Send>,
-) -> io::Result<JoinHandle<Result<(), SinkError>>> {
-    let published_through = recovered.published_through;
-    let kafka_published = recovered.kafka.clone();
-    std::thread::Builder::new()
-        .name("gaveurs-parquet".into())
-        .spawn(move || {
-            let mut sink = Sink {
-                options,
-                open: BTreeMap::new(),
-                digests: Vec::new(),
-                published_through,
-                last_seen: published_through,
-                buffered_rows: 0,
-                oldest_unpublished: None,
-                on_publish,
-                control,
-                kafka_published,
-                kafka_open: manifest::KafkaOffsets::new(),
-            };
-            let result = sink.run(initial, rx);
-            if let Err(e) = &result {
-                tracing::error!(error = %e, "parquet sink failed; its entries stay in the durable log");
-            }
-            result
-        })
+    on_keys: OnKeys,
+) -> Result<(), SinkError> {
+    let mut sink = Sink {
+        options,
+        open: BTreeMap::new(),
+        keys: Vec::new(),
+        on_keys,
+        published_through: recovered.published_through,
+        last_seen: recovered.published_through,
+        buffered_rows: 0,
+        oldest_unpublished: None,
+        control,
+        kafka_published: recovered.kafka.clone(),
+        kafka_open: manifest::KafkaOffsets::new(),
+    };
+    let result = sink.run(cursor);
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "parquet sink failed; its entries stay in the durable log");
+    }
+    result
 }
 
+/// How long the sink waits for entries when nothing is buffered: only new entries can
+/// answer a roll request then.
+const IDLE_WAIT: Duration = Duration::from_secs(1);
+
+/// Entries taken from the log at a time.
+const READ_BATCH: usize = 4096;
+
 impl Sink {
-    fn run(
-        &mut self,
-        initial: Vec<Committed>,
-        rx: Receiver<Arc<Vec<Committed>>>,
-    ) -> Result<(), SinkError> {
-        for committed in &initial {
-            self.add(committed)?;
-        }
+    fn run(&mut self, mut cursor: LogCursor) -> Result<(), SinkError> {
+        let opened_at = cursor.opened_at();
         loop {
-            let received = match self.oldest_unpublished {
-                // A roll request is not a message on `rx`: while rows wait, look for one
-                // every REQUEST_POLL. With nothing buffered, only new entries can answer a
-                // request, and they wake the sink.
-                Some(since) => {
-                    let due = since + self.options.roll_interval;
-                    rx.recv_timeout(
-                        due.saturating_duration_since(Instant::now())
-                            .min(REQUEST_POLL),
-                    )
-                }
-                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            let wait = match self.oldest_unpublished {
+                // A roll request is not an entry: while rows wait, look for one every
+                // REQUEST_POLL.
+                Some(since) => (since + self.options.roll_interval)
+                    .saturating_duration_since(Instant::now())
+                    .min(REQUEST_POLL),
+                None => IDLE_WAIT,
             };
-            match received {
+            match cursor.next_batch(READ_BATCH, wait) {
                 Ok(batch) => {
-                    for committed in batch.iter() {
-                        self.add(committed)?;
+                    for committed in &batch {
+                        if committed.is_earlier_kafka(opened_at) {
+                            self.pass(committed.lsn);
+                        } else {
+                            self.add(committed)?;
+                        }
                     }
                     let due = self
                         .oldest_unpublished
@@ -273,22 +273,25 @@ impl Sink {
                         || self.buffered_rows >= self.options.max_rows_per_roll
                         || self.request_reached()
                     {
-                        self.roll()?;
+                        self.roll(&cursor)?;
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => {
-                    let due = self
-                        .oldest_unpublished
-                        .is_some_and(|since| since.elapsed() >= self.options.roll_interval);
-                    if due || self.request_reached() {
-                        self.roll()?;
-                    }
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    self.roll()?;
+                Err(LogEnded::Closed) => {
+                    self.roll(&cursor)?;
                     return Ok(());
                 }
+                // Out of time, or the files cannot be read: what is not published stays in
+                // the log (its hidden files are removed at the next start).
+                Err(LogEnded::Abandoned | LogEnded::Unreadable) => return Ok(()),
             }
+        }
+    }
+
+    /// An entry that makes no row here still counts as published once the next roll is.
+    fn pass(&mut self, lsn: Lsn) {
+        if lsn > self.last_seen {
+            self.last_seen = lsn;
+            self.oldest_unpublished.get_or_insert_with(Instant::now);
         }
     }
 
@@ -313,7 +316,7 @@ impl Sink {
         }
         let (dataset, partition) = match committed.entry.as_ref() {
             WalEntry::Event(event) => {
-                self.digests.push(event.record.idempotency_hash());
+                self.keys.push(event.record.dedup_key());
                 (Dataset::of(&event.record), Partition::of_event(event))
             }
             WalEntry::DeadLetter(dead) => (Dataset::Dlq, Partition::of_dead_letter(dead)),
@@ -353,12 +356,8 @@ impl Sink {
             self.options.instance_id
         );
         let file = File::create(dir.join(&tmp_name))?;
-        let properties = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
-            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-            .set_created_by(format!("gaveurs {}", env!("CARGO_PKG_VERSION")))
-            .build();
-        let writer = ArrowWriter::try_new(file, dataset.schema(), Some(properties))?;
+        let schema = dataset.schema();
+        let writer = ArrowWriter::try_new(file, schema.clone(), Some(writer_properties(&schema)?))?;
         Ok(OpenFile {
             dataset,
             dir,
@@ -371,13 +370,14 @@ impl Sink {
         })
     }
 
-    fn roll(&mut self) -> Result<(), SinkError> {
+    fn roll(&mut self, cursor: &LogCursor) -> Result<(), SinkError> {
         if self.open.is_empty() {
             self.oldest_unpublished = None;
             // Entries that produced no row (none do today) still count as published.
             if self.last_seen > self.published_through {
                 self.published_through = self.last_seen;
                 self.control.set_published(self.last_seen);
+                cursor.checkpoint(self.last_seen);
             }
             return Ok(());
         }
@@ -404,7 +404,7 @@ impl Sink {
             renames.push((file.dir.join(&file.tmp_name), file.dir.join(final_name)));
         }
         let through = self.last_seen;
-        state::append_digests(&self.options.state_dir, &self.digests)?;
+        (self.on_keys)(&self.keys)?;
         let mut kafka = self.kafka_published.clone();
         manifest::merge(&mut kafka, &self.kafka_open);
         if !kafka.is_empty() {
@@ -438,7 +438,7 @@ impl Sink {
         self.kafka_published = kafka;
         self.kafka_open.clear();
         self.control.set_published(through);
-        self.digests.clear();
+        self.keys.clear();
         self.buffered_rows = 0;
         self.oldest_unpublished = None;
         let roll = PublishedRoll {
@@ -455,9 +455,26 @@ impl Sink {
             "published parquet files"
         );
         count_published(roll.files.len(), rows as u64, bytes);
-        (self.on_publish)(&roll);
+        // The log may now forget what this roll covered (once the other cursors have too).
+        cursor.checkpoint(through);
         Ok(())
     }
+}
+
+/// How every dataset file is written: zstd, row groups of at most `ROW_GROUP_ROWS`, and a
+/// bloom filter on `code_lot` where there is one, so reading one lot back (analytics
+/// restoring a lot, `GET /api/v1/lots/{code}`) skips the row groups that cannot hold it.
+pub fn writer_properties(
+    schema: &arrow::datatypes::Schema,
+) -> Result<WriterProperties, parquet::errors::ParquetError> {
+    let mut builder = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_created_by(format!("gaveurs {}", env!("CARGO_PKG_VERSION")));
+    if schema.field_with_name("code_lot").is_ok() {
+        builder = builder.set_column_bloom_filter_enabled("code_lot".into(), true);
+    }
+    Ok(builder.build())
 }
 
 /// Renames hidden files to their published names and fsyncs the folders once each.
@@ -507,16 +524,6 @@ fn publish_renames(renames: &[(PathBuf, PathBuf)]) -> io::Result<()> {
         sync_dir(dir)?;
     }
     Ok(())
-}
-
-/// Appends raw bytes and fsyncs.
-fn append_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
-    file.write_all(bytes)?;
-    file.sync_data()
 }
 
 #[cfg(test)]

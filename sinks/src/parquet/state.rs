@@ -1,17 +1,17 @@
-//! The Parquet sink's private state: the published LSN, a roll in progress, and the digests
-//! of every published record.
+//! The Parquet sink's private state: the published LSN and a roll in progress.
 
 use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{ParquetOptions, append_synced, publish_renames};
+use super::{ParquetOptions, publish_renames};
 use crate::fsutil::{create_dir_durable, write_atomic};
 use crate::wal::Lsn;
 
 const STATE_FILE: &str = "state.json";
-const DIGESTS_FILE: &str = "published.keys";
+/// Where versions before the dedup database kept the digest of every published record.
+const LEGACY_DIGESTS_FILE: &str = "published.keys";
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(super) struct State {
@@ -45,22 +45,12 @@ pub(super) fn write(options: &ParquetOptions, state: &State) -> io::Result<()> {
     write_atomic(&options.state_dir.join(STATE_FILE), &text)
 }
 
-pub(super) fn append_digests(state_dir: &Path, digests: &[u128]) -> io::Result<()> {
-    if digests.is_empty() {
-        return Ok(());
-    }
-    let mut bytes = Vec::with_capacity(digests.len() * 16);
-    for digest in digests {
-        bytes.extend_from_slice(&digest.to_le_bytes());
-    }
-    append_synced(&state_dir.join(DIGESTS_FILE), &bytes)
-}
-
 /// What the sink knows at start.
 pub struct RecoveredState {
     pub published_through: Lsn,
-    /// Idempotency digests of every record in a published file.
-    pub digests: Vec<u128>,
+    /// The digests file an earlier version kept, if any: the dedup index rebuilds its keys
+    /// from the published files, then retires it ([`retire_legacy_digests`]).
+    pub legacy_digests: Option<PathBuf>,
     /// Hidden files of this instance removed because no roll owned them.
     pub stale_removed: usize,
     /// Kafka offsets this instance has published (from its manifest).
@@ -68,7 +58,7 @@ pub struct RecoveredState {
 }
 
 /// Finishes a roll interrupted by a crash, removes this instance's stale hidden files, and
-/// reads the published digests. Never touches another instance's files.
+/// looks for the digests file of an earlier version. Never touches another instance's files.
 pub fn recover(options: &ParquetOptions) -> io::Result<RecoveredState> {
     create_dir_durable(&options.state_dir)?;
     create_dir_durable(&options.root)?;
@@ -114,17 +104,11 @@ pub fn recover(options: &ParquetOptions) -> io::Result<RecoveredState> {
         write(options, &state)?;
     }
     let stale_removed = remove_stale_temp_files(&options.root, &options.instance_id)?;
-    let digests = match std::fs::read(options.state_dir.join(DIGESTS_FILE)) {
-        Ok(bytes) => bytes
-            .chunks_exact(16)
-            .map(|c| u128::from_le_bytes(c.try_into().expect("16 bytes")))
-            .collect(),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(e),
-    };
+    let legacy = options.state_dir.join(LEGACY_DIGESTS_FILE);
+    let legacy_digests = legacy.exists().then_some(legacy);
     Ok(RecoveredState {
         published_through: state.published_through,
-        digests,
+        legacy_digests,
         stale_removed,
         kafka: manifest.map(|m| m.kafka).unwrap_or_default(),
     })
@@ -156,4 +140,15 @@ fn remove_stale_temp_files(root: &Path, instance: &str) -> io::Result<usize> {
         }
     }
     Ok(removed)
+}
+
+/// Renames an earlier version's digests file once the dedup index holds its keys (kept, not
+/// deleted: an operator going back to that version still has it).
+pub fn retire_legacy_digests(path: &Path) -> io::Result<()> {
+    let retired = path.with_extension("keys.migrated");
+    std::fs::rename(path, &retired)?;
+    if let Some(dir) = path.parent() {
+        crate::fsutil::sync_dir(dir)?;
+    }
+    Ok(())
 }

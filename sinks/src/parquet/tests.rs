@@ -1,4 +1,6 @@
-use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use crate::wal::{CursorOptions, Wal, WalOptions, WalWriter};
 
 use chrono::Utc;
 use gaveurs_schemas::envelope::{Envelope, Provenance, Transport};
@@ -83,42 +85,80 @@ fn rows_in(path: &Path) -> usize {
         .sum()
 }
 
-fn committed(lsn: Lsn, entry: WalEntry) -> Committed {
-    Committed {
-        lsn,
-        entry: Arc::new(entry),
+/// The sink running on its own thread, reading a real log through its cursor.
+struct Running {
+    wal: Wal,
+    writer: Option<WalWriter>,
+    sink: JoinHandle<Result<(), SinkError>>,
+    keys: Arc<parking_lot::Mutex<Vec<DedupKey>>>,
+}
+
+impl Running {
+    fn start(dir: &Path, options: ParquetOptions, control: Arc<RollControl>) -> Running {
+        let state = recover(&options).unwrap();
+        let (wal, writer) =
+            Wal::open(WalOptions::new(dir.join("wal")), state.published_through).unwrap();
+        let cursor = wal.cursor(CursorOptions {
+            name: "parquet".into(),
+            after: state.published_through,
+            essential: true,
+        });
+        let keys = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let sink = {
+            let keys = keys.clone();
+            std::thread::spawn(move || {
+                run(
+                    options,
+                    &state,
+                    cursor,
+                    control,
+                    Box::new(move |published| {
+                        keys.lock().extend_from_slice(published);
+                        Ok(())
+                    }),
+                )
+            })
+        };
+        Running {
+            wal,
+            writer: Some(writer),
+            sink,
+            keys,
+        }
+    }
+
+    async fn append(&self, entries: impl IntoIterator<Item = WalEntry>) -> Lsn {
+        let mut last = 0;
+        for entry in entries {
+            last = self.wal.append(entry).await.unwrap();
+        }
+        self.wal.durable(last).await.unwrap();
+        last
+    }
+
+    /// Closes the log; the sink publishes everything and ends.
+    fn finish(mut self) -> Vec<DedupKey> {
+        self.writer.take().unwrap().close();
+        self.sink.join().unwrap().unwrap();
+        let keys = self.keys.lock().clone();
+        keys
     }
 }
 
-#[test]
-fn entries_are_published_per_dataset_and_partition_when_the_log_ends() {
+#[tokio::test]
+async fn entries_are_published_per_dataset_and_partition_when_the_log_ends() {
     let dir = tempfile::tempdir().unwrap();
     let options = options(dir.path());
-    let state = recover(&options).unwrap();
-    assert_eq!(state.published_through, 0);
-    let (tx, rx) = mpsc::sync_channel(16);
-    let (rolled_tx, rolled_rx) = mpsc::channel();
-    let handle = spawn(
-        options.clone(),
-        &state,
-        vec![committed(1, meal(1))],
-        rx,
-        RollControl::new(0),
-        Box::new(move |roll| rolled_tx.send(roll.clone()).unwrap()),
-    )
-    .unwrap();
-    tx.send(Arc::new(
-        (2..=5001)
-            .map(|n| committed(n, meal(n as i64)))
-            .chain([committed(5002, dead())])
-            .collect(),
-    ))
-    .unwrap();
-    drop(tx);
-    handle.join().unwrap().unwrap();
-    let roll = rolled_rx.recv().unwrap();
-    assert_eq!(roll.through, 5002);
-    assert_eq!(roll.rows, 5002);
+    let running = Running::start(dir.path(), options.clone(), RollControl::new(0));
+    running
+        .append((1..=5001).map(|n| meal(n as i64)).chain([dead()]))
+        .await;
+    let keys = running.finish();
+    assert_eq!(
+        keys.len(),
+        5001,
+        "the dedup index is told every record's key"
+    );
     let files = published_files(&options.root);
     assert_eq!(files.len(), 2);
     let meals = files
@@ -132,7 +172,31 @@ fn entries_are_published_per_dataset_and_partition_when_the_log_ends() {
     assert_eq!(rows_in(meals), 5001);
     let state = recover(&options).unwrap();
     assert_eq!(state.published_through, 5002);
-    assert_eq!(state.digests.len(), 5001);
+}
+
+#[tokio::test]
+async fn a_restarted_sink_publishes_what_the_log_holds_after_the_published_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = options(dir.path());
+    let running = Running::start(dir.path(), options.clone(), RollControl::new(0));
+    running.append((1..=10).map(meal)).await;
+    running.finish();
+    // Entries logged after that (as a crash before their roll leaves them).
+    {
+        let (wal, writer) = Wal::open(WalOptions::new(dir.path().join("wal")), 10).unwrap();
+        for n in 11..=15 {
+            wal.append(meal(n)).await.unwrap();
+        }
+        wal.durable(15).await.unwrap();
+        writer.close();
+    }
+    let running = Running::start(dir.path(), options.clone(), RollControl::new(10));
+    assert_eq!(running.finish().len(), 5);
+    let rows: usize = published_files(&options.root)
+        .iter()
+        .map(|f| rows_in(f))
+        .sum();
+    assert_eq!(rows, 15);
 }
 
 #[test]
@@ -175,31 +239,23 @@ fn an_interrupted_roll_is_finished_and_stale_temp_files_removed() {
     );
 }
 
-#[test]
-fn a_timer_roll_publishes_without_shutdown() {
+#[tokio::test]
+async fn a_timer_roll_publishes_without_shutdown() {
     let dir = tempfile::tempdir().unwrap();
     let options = ParquetOptions {
         roll_interval: Duration::from_millis(50),
         ..options(dir.path())
     };
-    let state = recover(&options).unwrap();
-    let (tx, rx) = mpsc::sync_channel(16);
-    let (rolled_tx, rolled_rx) = mpsc::channel();
-    let handle = spawn(
-        options.clone(),
-        &state,
-        Vec::new(),
-        rx,
-        RollControl::new(0),
-        Box::new(move |roll| rolled_tx.send(roll.clone()).unwrap()),
-    )
-    .unwrap();
-    tx.send(Arc::new(vec![committed(1, meal(1))])).unwrap();
-    let roll = rolled_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-    assert_eq!(roll.through, 1);
+    let control = RollControl::new(0);
+    let running = Running::start(dir.path(), options.clone(), control.clone());
+    running.append([meal(1)]).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while control.published() < 1 {
+        assert!(Instant::now() < deadline, "no roll within 10 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert_eq!(published_files(&options.root).len(), 1);
-    drop(tx);
-    handle.join().unwrap().unwrap();
+    running.finish();
 }
 
 fn from_kafka(jour: i64, partition: i32, offset: i64) -> WalEntry {
@@ -215,45 +271,44 @@ fn from_kafka(jour: i64, partition: i32, offset: i64) -> WalEntry {
     entry
 }
 
-#[test]
-fn a_requested_roll_publishes_early_and_the_manifest_names_the_kafka_offsets() {
+#[tokio::test]
+async fn a_requested_roll_publishes_early_and_the_manifest_names_the_kafka_offsets() {
     let dir = tempfile::tempdir().unwrap();
     let options = options(dir.path());
-    let state = recover(&options).unwrap();
-    let (tx, rx) = mpsc::sync_channel(16);
     let control = RollControl::new(0);
-    let handle = spawn(
-        options.clone(),
-        &state,
-        Vec::new(),
-        rx,
-        control.clone(),
-        Box::new(|_| {}),
-    )
-    .unwrap();
-    tx.send(Arc::new(vec![
-        committed(1, from_kafka(1, 0, 41)),
-        committed(2, from_kafka(2, 1, 7)),
-        committed(3, from_kafka(3, 0, 42)),
-        committed(4, meal(4)),
-    ]))
-    .unwrap();
+    let running = Running::start(dir.path(), options.clone(), control.clone());
+    running
+        .append([
+            from_kafka(1, 0, 41),
+            from_kafka(2, 1, 7),
+            from_kafka(3, 0, 42),
+            meal(4),
+        ])
+        .await;
     // The roll interval is an hour: only the request can publish this.
-    assert!(control.publish_through(4, Duration::from_secs(10)));
+    let asked = control.clone();
+    assert!(
+        tokio::task::spawn_blocking(move || asked.publish_through(4, Duration::from_secs(10)))
+            .await
+            .unwrap()
+    );
     assert_eq!(published_files(&options.root).len(), 1);
     let offsets = manifest::published_offsets(&options.root).unwrap();
     assert_eq!(offsets["gaveurs.gavage.v1"][&0], 42);
     assert_eq!(offsets["gaveurs.gavage.v1"][&1], 7);
 
     // Offsets are cumulative: a later roll without partition 1 still names it.
-    tx.send(Arc::new(vec![committed(5, from_kafka(5, 0, 43))]))
-        .unwrap();
-    assert!(control.publish_through(5, Duration::from_secs(10)));
+    running.append([from_kafka(5, 0, 43)]).await;
+    let asked = control.clone();
+    assert!(
+        tokio::task::spawn_blocking(move || asked.publish_through(5, Duration::from_secs(10)))
+            .await
+            .unwrap()
+    );
     let offsets = manifest::published_offsets(&options.root).unwrap();
     assert_eq!(offsets["gaveurs.gavage.v1"][&0], 43);
     assert_eq!(offsets["gaveurs.gavage.v1"][&1], 7);
-    drop(tx);
-    handle.join().unwrap().unwrap();
+    running.finish();
     assert_eq!(recover(&options).unwrap().kafka, offsets);
 }
 

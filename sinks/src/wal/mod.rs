@@ -3,28 +3,45 @@
 //!
 //! Appends from all connections go into one in-memory buffer; a dedicated writer thread takes
 //! the whole buffer, writes it and calls `fdatasync` once (group commit), then publishes the
-//! highest durable sequence number (LSN) and hands the entries to the sinks downstream. So
-//! one fsync covers everything that arrived while the previous one ran, and acknowledgements
-//! leave in LSN order.
+//! highest durable sequence number (LSN). So one fsync covers everything that arrived while
+//! the previous one ran, and acknowledgements leave in LSN order.
+//!
+//! Everything derived from the log — Parquet, analytics, alerts, the live topic — reads it
+//! through its own named [`LogCursor`], at its own pace: the writer never waits for a reader.
+//! The newest committed entries stay in memory (a tail bounded in bytes) so readers that keep
+//! up never touch the disk; a reader further behind reads the segment files. Each cursor
+//! reports a checkpoint (everything up to it is safe in the consumer's own state), and
+//! segments are deleted once every cursor's checkpoint has passed them — except that a
+//! derived cursor may hold at most `max_retained_bytes` of segments: past that, its oldest
+//! segments go anyway (loudly), and it skips ahead. The essential cursor (Parquet) holds the
+//! log whatever its size: what it has not published would be lost.
 //!
 //! On disk the log is a folder of segments named by their first LSN. Each entry is framed as
 //! `len: u32 | crc32: u32 | lsn: u64 | payload (JSON)`, the checksum covering LSN and payload.
-//! A frame that is short or fails its checksum ends its segment: it was being written when the
-//! process died, so it was never acknowledged. Segments whose entries are all published to
-//! Parquet are deleted.
+//! Only the end of the newest segment may hold a torn frame (written when the process died,
+//! never acknowledged): it is cut. A bad frame anywhere else is damage to acknowledged data:
+//! opening fails, naming the file, the offset and how many entries follow, and
+//! [`salvage`](salvage::salvage) keeps every readable entry.
 
+mod checkpoint;
+mod cursor;
+pub mod salvage;
 mod segment;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use gaveurs_schemas::{DeadLetter, Event};
 use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 
-pub use segment::SegmentError;
+pub use checkpoint::CheckpointFile;
+pub use cursor::{Checkpointer, CursorOptions, CursorStatus, LogCursor, LogEnded};
+pub use segment::{Damage, SegmentError};
 
 /// Log sequence number: the position of an entry in the log, from 1.
 pub type Lsn = u64;
@@ -58,6 +75,14 @@ impl WalEntry {
             provenance.offset?,
         ))
     }
+
+    /// When the pipeline received the input.
+    pub fn received_at(&self) -> chrono::DateTime<chrono::Utc> {
+        match self {
+            WalEntry::Event(event) => event.envelope.ingest_time,
+            WalEntry::DeadLetter(dead) => dead.received_at,
+        }
+    }
 }
 
 /// The bytes an entry is logged as (JSON).
@@ -65,11 +90,20 @@ pub fn encode(entry: &WalEntry) -> Vec<u8> {
     serde_json::to_vec(entry).expect("log entries serialise")
 }
 
-/// An entry that is on disk, on its way to the sinks.
+/// An entry that is on disk.
 #[derive(Debug, Clone)]
 pub struct Committed {
     pub lsn: Lsn,
     pub entry: Arc<WalEntry>,
+}
+
+impl Committed {
+    /// A Kafka record logged by an earlier run of this instance (at or below `opened_at`,
+    /// the last position the log held when it was opened). Such records are never taken
+    /// from this log again: whoever owns their partition now re-reads them from Kafka.
+    pub fn is_earlier_kafka(&self, opened_at: Lsn) -> bool {
+        self.lsn <= opened_at && self.entry.kafka_position().is_some()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -79,10 +113,12 @@ pub struct WalOptions {
     pub segment_bytes: u64,
     /// Appends wait while this much is buffered and not yet written (backpressure).
     pub max_pending_bytes: usize,
-    /// Read back entries after this position instead of after the published one, for a
-    /// consumer whose own saved state lags the Parquet sink (the alert operator). Entries
-    /// at or below the published position are the caller's to filter for the other sinks.
-    pub replay_after: Option<Lsn>,
+    /// Committed entries kept in memory for the cursors (their encoded size); a cursor
+    /// further behind reads the segment files.
+    pub tail_bytes: usize,
+    /// The most segment bytes a derived (non-essential) cursor may keep on disk; past it
+    /// the oldest segments are released anyway and that cursor skips what they held.
+    pub max_retained_bytes: u64,
 }
 
 impl WalOptions {
@@ -91,7 +127,8 @@ impl WalOptions {
             dir,
             segment_bytes: 64 * 1024 * 1024,
             max_pending_bytes: 32 * 1024 * 1024,
-            replay_after: None,
+            tail_bytes: 64 * 1024 * 1024,
+            max_retained_bytes: 4 * 1024 * 1024 * 1024,
         }
     }
 }
@@ -109,7 +146,8 @@ struct Durable {
 
 struct Pending {
     frames: Vec<u8>,
-    entries: Vec<Committed>,
+    /// Entries with their encoded size.
+    entries: Vec<(Committed, usize)>,
     next_lsn: Lsn,
     closed: bool,
 }
@@ -120,19 +158,22 @@ struct Shared {
     space: Notify,
     durable: watch::Sender<Durable>,
     segments: Mutex<segment::Segments>,
+    tail: Mutex<cursor::Tail>,
+    /// Wakes cursors waiting for entries.
+    tail_grew: Condvar,
+    cursors: Mutex<Vec<Arc<cursor::CursorState>>>,
+    /// Set when shutdown has run out of time: cursors stop reading.
+    abandoned: AtomicBool,
     max_pending_bytes: usize,
+    max_retained_bytes: u64,
+    /// The last LSN the log held when it was opened.
+    opened_at: Lsn,
 }
 
-/// A handle to append to the log; cheap to clone.
+/// A handle to append to the log and to open cursors on it; cheap to clone.
 #[derive(Clone)]
 pub struct Wal {
     shared: Arc<Shared>,
-}
-
-/// What the log held beyond the published position when it was opened: entries to hand to
-/// the sinks again.
-pub struct Recovered {
-    pub entries: Vec<Committed>,
 }
 
 /// Owns the writer thread; [`WalWriter::close`] flushes and stops it.
@@ -141,27 +182,15 @@ pub struct WalWriter {
     thread: Option<JoinHandle<()>>,
 }
 
-/// Where committed entries go; each receives every batch in LSN order.
-pub type Downstream = std::sync::mpsc::SyncSender<Arc<Vec<Committed>>>;
-
 impl Wal {
-    /// Opens the log in `options.dir`, reads back every entry after `published_through` (or
-    /// after `options.replay_after`, when that is earlier), and starts the writer thread. New
-    /// entries go to a fresh segment.
-    pub fn open(
-        options: WalOptions,
-        published_through: Lsn,
-        downstream: Vec<Downstream>,
-    ) -> Result<(Wal, WalWriter, Recovered), SegmentError> {
-        let replay_after = options
-            .replay_after
-            .map_or(published_through, |lsn| lsn.min(published_through));
-        let (segments, recovered, last_lsn) =
-            segment::Segments::recover(&options.dir, replay_after, options.segment_bytes)?;
-        // LSNs name published files, so they never go backwards, even when every segment
-        // has been released.
-        let next_lsn = last_lsn.max(published_through) + 1;
-        let mut segments = segments;
+    /// Opens the log in `options.dir` (checking every frame: see the module doc on damage)
+    /// and starts the writer thread. New entries go to a fresh segment and are numbered after
+    /// the highest LSN found, or after `floor` if that is higher: LSNs name published files,
+    /// so they never go backwards, even when every segment has been released.
+    pub fn open(options: WalOptions, floor: Lsn) -> Result<(Wal, WalWriter), SegmentError> {
+        let (mut segments, last_lsn) =
+            segment::Segments::recover(&options.dir, options.segment_bytes)?;
+        let next_lsn = last_lsn.max(floor) + 1;
         segments.start_segment(next_lsn)?;
         let (durable, _) = watch::channel(Durable {
             lsn: next_lsn - 1,
@@ -178,13 +207,19 @@ impl Wal {
             space: Notify::new(),
             durable,
             segments: Mutex::new(segments),
+            tail: Mutex::new(cursor::Tail::new(options.tail_bytes, next_lsn - 1)),
+            tail_grew: Condvar::new(),
+            cursors: Mutex::new(Vec::new()),
+            abandoned: AtomicBool::new(false),
             max_pending_bytes: options.max_pending_bytes,
+            max_retained_bytes: options.max_retained_bytes,
+            opened_at: last_lsn,
         });
         let thread = {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("gaveurs-wal".into())
-                .spawn(move || write_loop(&shared, &downstream))
+                .spawn(move || write_loop(&shared))
                 .map_err(SegmentError::Io)?
         };
         Ok((
@@ -195,7 +230,6 @@ impl Wal {
                 shared,
                 thread: Some(thread),
             },
-            Recovered { entries: recovered },
         ))
     }
 
@@ -206,7 +240,7 @@ impl Wal {
     }
 
     /// [`Wal::append`] for an entry already encoded with [`encode`] (its bytes are also
-    /// sent elsewhere, e.g. to the live topic).
+    /// sent elsewhere).
     pub async fn append_encoded(
         &self,
         entry: WalEntry,
@@ -226,7 +260,9 @@ impl Wal {
                     let lsn = pending.next_lsn;
                     pending.next_lsn += 1;
                     segment::frame(&mut pending.frames, lsn, &payload);
-                    pending.entries.push(Committed { lsn, entry });
+                    pending
+                        .entries
+                        .push((Committed { lsn, entry }, payload.len()));
                     drop(pending);
                     self.shared.writer_wake.notify_one();
                     return Ok(lsn);
@@ -239,6 +275,12 @@ impl Wal {
     /// The LSN of the last entry appended so far (durable or not).
     pub fn last_appended(&self) -> Lsn {
         self.shared.pending.lock().next_lsn - 1
+    }
+
+    /// The last LSN the log held when it was opened: entries at or below it were written by
+    /// an earlier run.
+    pub fn opened_at(&self) -> Lsn {
+        self.shared.opened_at
     }
 
     /// Resolves once every entry up to `lsn` is durable; fails if the log stopped first.
@@ -265,13 +307,6 @@ impl Wal {
         self.shared.durable.borrow().lsn
     }
 
-    /// Deletes the segments whose entries are all at or below `lsn` (published elsewhere).
-    pub fn release_through(&self, lsn: Lsn) {
-        if let Err(e) = self.shared.segments.lock().release_through(lsn) {
-            tracing::warn!(error = %e, lsn, "could not delete released log segments");
-        }
-    }
-
     /// True once the log stopped because a write or fsync failed.
     pub fn failed(&self) -> bool {
         self.shared.durable.borrow().failed
@@ -284,11 +319,67 @@ impl Wal {
             let _ = rx.wait_for(|d| d.failed).await;
         }
     }
+
+    /// Opens a named cursor reading the entries after `options.after`. Its checkpoint starts
+    /// there and holds the log until the consumer moves it.
+    pub fn cursor(&self, options: CursorOptions) -> LogCursor {
+        LogCursor::register(self.shared.clone(), options)
+    }
+
+    /// Where every cursor stands, for `/metrics` and logs.
+    pub fn cursors(&self) -> Vec<CursorStatus> {
+        let durable = self.durable_lsn();
+        let cursors = self.shared.cursors.lock().clone();
+        let tail = self.shared.tail.lock();
+        cursors
+            .iter()
+            .map(|state| state.status(durable, &tail))
+            .collect()
+    }
+
+    /// Makes every cursor stop at its next read (shutdown ran out of time): what a
+    /// consumer has not read stays in the log for the next start.
+    pub fn abandon_cursors(&self) {
+        self.shared.abandoned.store(true, Ordering::SeqCst);
+        let _tail = self.shared.tail.lock();
+        self.shared.tail_grew.notify_all();
+    }
+
+    /// Reads every durable entry after `after` from the segment files, in order (e.g. to
+    /// seed the dedup index with what is not yet published). Entries that are gone (released)
+    /// are not read.
+    pub fn scan_after(
+        &self,
+        after: Lsn,
+        mut each: impl FnMut(Committed),
+    ) -> Result<(), SegmentError> {
+        let through = self.durable_lsn();
+        let mut reader = segment::Reader::default();
+        let mut next = after + 1;
+        while next <= through {
+            let files = self.shared.segments.lock().files();
+            let batch = reader.read(&files, next, through, 4096)?;
+            let read_to = batch
+                .entries
+                .last()
+                .map(|c| c.lsn)
+                .or(batch.gone_through)
+                .unwrap_or(through);
+            next = read_to + 1;
+            batch.entries.into_iter().for_each(&mut each);
+        }
+        Ok(())
+    }
+
+    /// Bytes of segment files on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        self.shared.segments.lock().total_bytes()
+    }
 }
 
 impl WalWriter {
     /// Refuses new appends, writes and fsyncs what is buffered, and stops the thread. The
-    /// downstream senders are dropped, which tells the sinks the log has ended.
+    /// cursors then read to the end and are told the log has ended.
     pub fn close(mut self) {
         self.shut();
     }
@@ -300,6 +391,8 @@ impl WalWriter {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+        self.shared.tail.lock().closed = true;
+        self.shared.tail_grew.notify_all();
     }
 }
 
@@ -309,7 +402,7 @@ impl Drop for WalWriter {
     }
 }
 
-fn write_loop(shared: &Shared, downstream: &[Downstream]) {
+fn write_loop(shared: &Shared) {
     let mut spare = Vec::with_capacity(1 << 20);
     loop {
         let (frames, entries) = {
@@ -326,7 +419,7 @@ fn write_loop(shared: &Shared, downstream: &[Downstream]) {
         shared.space.notify_waiters();
         let last = entries
             .last()
-            .map(|c| c.lsn)
+            .map(|(c, _)| c.lsn)
             .expect("frames come with entries");
         let written = shared.segments.lock().append_durably(&frames, last);
         if let Err(e) = written {
@@ -334,14 +427,17 @@ fn write_loop(shared: &Shared, downstream: &[Downstream]) {
             shared.pending.lock().closed = true;
             shared.durable.send_modify(|d| d.failed = true);
             shared.space.notify_waiters();
+            let mut tail = shared.tail.lock();
+            tail.closed = true;
+            shared.tail_grew.notify_all();
             return;
         }
         shared.durable.send_modify(|d| d.lsn = last);
-        let batch = Arc::new(entries);
-        for sink in downstream {
-            // A sink that hung up is shutting down; the entries are safe in the log.
-            let _ = sink.send(batch.clone());
+        {
+            let mut tail = shared.tail.lock();
+            tail.push(entries, Instant::now());
         }
+        shared.tail_grew.notify_all();
         spare = frames;
         spare.clear();
     }

@@ -1,6 +1,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use axum::extract::ws::Utf8Bytes;
 use gaveurs_schemas::Event;
@@ -32,6 +32,11 @@ pub struct HubOptions {
     /// milliseconds keeps numbers growing across restarts, so a client resuming with a number
     /// from before a restart sees a gap instead of silently wrong frames.
     pub seq_base: u64,
+    /// Bytes all channels' replay buffers may hold together; past it, channels nobody is
+    /// connected to are dropped, the longest quiet first.
+    pub replay_budget_bytes: usize,
+    /// A channel nobody is connected to and that got nothing for this long is dropped.
+    pub channel_idle: std::time::Duration,
 }
 
 impl Default for HubOptions {
@@ -40,6 +45,8 @@ impl Default for HubOptions {
             replay: 512,
             client_queue: 256,
             seq_base: chrono::Utc::now().timestamp_millis().max(1) as u64,
+            replay_budget_bytes: 64 * 1024 * 1024,
+            channel_idle: std::time::Duration::from_secs(3600),
         }
     }
 }
@@ -67,7 +74,10 @@ fn fan_out(subscribers: &mut Vec<Subscriber>, frame: &Frame) -> usize {
 struct ChannelState {
     next_seq: u64,
     replay: VecDeque<Frame>,
+    /// Bytes of the frames in `replay`.
+    replay_bytes: usize,
     subscribers: Vec<Subscriber>,
+    last_publish: std::time::Instant,
 }
 
 /// What a gaveur-channel client gets when it joins.
@@ -115,6 +125,11 @@ pub(super) struct RealtimeSubscriber {
 pub struct Hub {
     options: HubOptions,
     gaveurs: Mutex<HashMap<i64, Arc<Mutex<ChannelState>>>>,
+    /// Bytes of every channel's replay buffer.
+    replay_bytes: AtomicUsize,
+    /// The highest sequence number a dropped channel gave: a channel made again after it
+    /// was dropped starts above it, so its numbers never go backwards.
+    dropped_seq_high_water: AtomicU64,
     pub(super) realtime: Mutex<Vec<RealtimeSubscriber>>,
     next_subscriber: AtomicU64,
     slow_disconnects: AtomicU64,
@@ -134,6 +149,8 @@ impl Hub {
         Arc::new(Hub {
             options,
             gaveurs: Mutex::new(HashMap::new()),
+            replay_bytes: AtomicUsize::new(0),
+            dropped_seq_high_water: AtomicU64::new(0),
             realtime: Mutex::new(Vec::new()),
             next_subscriber: AtomicU64::new(1),
             slow_disconnects: AtomicU64::new(0),
@@ -175,13 +192,59 @@ impl Hub {
             .lock()
             .entry(gaveur_id)
             .or_insert_with(|| {
+                let next_seq = self
+                    .options
+                    .seq_base
+                    .max(self.dropped_seq_high_water.load(Ordering::Acquire) + 1);
                 Arc::new(Mutex::new(ChannelState {
-                    next_seq: self.options.seq_base,
+                    next_seq,
                     replay: VecDeque::new(),
+                    replay_bytes: 0,
                     subscribers: Vec::new(),
+                    last_publish: std::time::Instant::now(),
                 }))
             })
             .clone()
+    }
+
+    /// Gaveur channels in memory (connected or keeping frames for a resume).
+    pub fn channels(&self) -> usize {
+        self.gaveurs.lock().len()
+    }
+
+    /// Bytes the channels' replay buffers hold.
+    pub fn replay_bytes(&self) -> usize {
+        self.replay_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Drops channels nobody is connected to: those quiet for `channel_idle`, then the
+    /// longest quiet ones while the replay buffers hold more than the budget. A client that
+    /// comes back to a dropped channel with `?since=` is told of the gap.
+    pub fn drop_quiet_channels(&self) {
+        let mut channels = self.gaveurs.lock();
+        let mut quiet: Vec<(std::time::Instant, i64, usize, u64)> = Vec::new();
+        for (id, channel) in channels.iter() {
+            // A channel being published to is busy, not quiet.
+            let Some(state) = channel.try_lock() else {
+                continue;
+            };
+            if state.subscribers.is_empty() {
+                quiet.push((state.last_publish, *id, state.replay_bytes, state.next_seq));
+            }
+        }
+        quiet.sort();
+        let target = self.options.replay_budget_bytes / 10 * 9;
+        let mut held = self.replay_bytes.load(Ordering::Acquire);
+        for (last_publish, id, bytes, next_seq) in quiet {
+            if held <= target && last_publish.elapsed() < self.options.channel_idle {
+                break;
+            }
+            channels.remove(&id);
+            self.dropped_seq_high_water
+                .fetch_max(next_seq.saturating_sub(1), Ordering::AcqRel);
+            held = held.saturating_sub(bytes);
+            self.replay_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        }
     }
 
     /// Sends `{"type": kind, "seq": N, "data": data}` on one gaveur's channel.
@@ -197,22 +260,43 @@ impl Hub {
         ingest_time: Option<chrono::DateTime<chrono::Utc>>,
     ) {
         let channel = self.channel(gaveur_id);
-        let mut state = channel.lock();
-        let seq = state.next_seq;
-        state.next_seq += 1;
-        let text = serde_json::to_string(&Envelope { kind, seq, data }).expect("frames serialise");
-        let frame = Frame {
-            seq,
-            text: text.into(),
-            ingest_time,
+        let over_budget = {
+            let mut state = channel.lock();
+            let seq = state.next_seq;
+            state.next_seq += 1;
+            let text =
+                serde_json::to_string(&Envelope { kind, seq, data }).expect("frames serialise");
+            let frame = Frame {
+                seq,
+                text: text.into(),
+                ingest_time,
+            };
+            let mut added = frame.text.len() as isize;
+            state.replay.push_back(frame.clone());
+            while state.replay.len() > self.options.replay {
+                if let Some(old) = state.replay.pop_front() {
+                    added -= old.text.len() as isize;
+                }
+            }
+            state.replay_bytes = (state.replay_bytes as isize + added).max(0) as usize;
+            state.last_publish = std::time::Instant::now();
+            let held = if added >= 0 {
+                self.replay_bytes
+                    .fetch_add(added as usize, Ordering::AcqRel)
+                    + added as usize
+            } else {
+                self.replay_bytes
+                    .fetch_sub(added.unsigned_abs(), Ordering::AcqRel)
+                    .saturating_sub(added.unsigned_abs())
+            };
+            let evicted = fan_out(&mut state.subscribers, &frame);
+            self.slow_disconnects
+                .fetch_add(evicted as u64, Ordering::Relaxed);
+            held > self.options.replay_budget_bytes
         };
-        state.replay.push_back(frame.clone());
-        while state.replay.len() > self.options.replay {
-            state.replay.pop_front();
+        if over_budget {
+            self.drop_quiet_channels();
         }
-        let evicted = fan_out(&mut state.subscribers, &frame);
-        self.slow_disconnects
-            .fetch_add(evicted as u64, Ordering::Relaxed);
     }
 
     /// Routes an accepted record to its gaveur's channel and to the dashboards.
@@ -413,7 +497,45 @@ mod tests {
             replay,
             client_queue: queue,
             seq_base: 1,
+            ..HubOptions::default()
         })
+    }
+
+    #[test]
+    fn channels_nobody_reads_stay_within_the_replay_budget_and_numbers_never_go_back() {
+        let hub = Hub::new(HubOptions {
+            replay: 100,
+            client_queue: 64,
+            seq_base: 1,
+            replay_budget_bytes: 50_000,
+            channel_idle: std::time::Duration::from_secs(3600),
+        });
+        let watched = hub.subscribe_gaveur(7, None);
+        for round in 0..20 {
+            for gaveur in 0..1_000 {
+                hub.publish_to_gaveur(gaveur, "gavage", &format!("meal {round}"));
+            }
+        }
+        // A producer inventing gaveur ids: one frame each.
+        for gaveur in 1_000..20_000 {
+            hub.publish_to_gaveur(gaveur, "gavage", &"meal");
+        }
+        assert!(
+            hub.replay_bytes() <= 50_000 + 1_000,
+            "{} bytes",
+            hub.replay_bytes()
+        );
+        assert!(hub.channels() < 2_000, "{} channels", hub.channels());
+        // A connected gaveur's channel is never dropped.
+        let resumed = hub.subscribe_gaveur(7, Some(0));
+        assert_eq!(resumed.backlog.len(), 20);
+        drop(watched);
+        // A dropped channel made again numbers above anything it gave before.
+        let mut again = hub.subscribe_gaveur(0, Some(5));
+        hub.publish_to_gaveur(0, "gavage", &"after");
+        let (mut frames, _) = again.take_stream();
+        let frame = frames.try_recv().unwrap();
+        assert!(frame.seq > 20, "seq {}", frame.seq);
     }
 
     #[test]

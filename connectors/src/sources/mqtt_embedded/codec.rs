@@ -446,6 +446,8 @@ impl ReasonCode {
             | RejectReason::InvalidToken
             | RejectReason::ExpiredToken
             | RejectReason::Forbidden => ReasonCode::NotAuthorized,
+            // Never an answer to a producer: only salvage writes it.
+            RejectReason::LogDamaged => ReasonCode::PayloadFormatInvalid,
         }
     }
 
