@@ -40,6 +40,42 @@ pub struct Config {
     pub alerts: gaveurs_operators::alerts::rules::AlertsConfig,
     #[serde(default)]
     pub sms: SmsConfig,
+    #[serde(default)]
+    pub query: QueryConfig,
+}
+
+/// `[query]`: what one analyst query (`gaveurs query`, `POST /api/v1/query`) may use. Queries
+/// run inside the pipeline's process, so these bound what an analyst can take from it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueryConfig {
+    /// Memory one query may hold for its hash tables, sorts and joins, MiB (default 256). A
+    /// query that needs more is cancelled (HTTP 413): queries never spill to disk, which
+    /// belongs to the durable log.
+    pub memory_limit_mb: u64,
+    /// Seconds one query may run, until its last row (default 30). A longer one is cancelled
+    /// (HTTP 503).
+    pub timeout_s: u64,
+}
+
+impl Default for QueryConfig {
+    /// The query engine's own defaults, so they are written once.
+    fn default() -> Self {
+        let limits = crate::query::QueryLimits::default();
+        Self {
+            memory_limit_mb: limits.memory_limit_mb,
+            timeout_s: limits.timeout_s,
+        }
+    }
+}
+
+impl QueryConfig {
+    pub fn limits(&self) -> crate::query::QueryLimits {
+        crate::query::QueryLimits {
+            memory_limit_mb: self.memory_limit_mb,
+            timeout_s: self.timeout_s,
+        }
+    }
 }
 
 /// `[sms]`: alert text messages through Twilio. Credentials come from the environment
@@ -707,6 +743,9 @@ impl Config {
                 self.mqtt.max_packet_bytes
             );
         }
+        if self.query.memory_limit_mb == 0 || self.query.timeout_s == 0 {
+            bail!("[query] memory_limit_mb and timeout_s must be at least 1");
+        }
         if self.websocket.client_queue == 0 || self.websocket.ping_interval_s == 0 {
             bail!("[websocket] client_queue and ping_interval_s must be at least 1");
         }
@@ -796,6 +835,8 @@ mod tests {
         );
         assert_eq!(config.storage.data_dir, PathBuf::from("data"));
         assert_eq!(config.storage.roll_interval_s, 30);
+        assert_eq!(config.query.memory_limit_mb, 256);
+        assert_eq!(config.query.timeout_s, 30);
     }
 
     #[test]
@@ -844,6 +885,14 @@ mod tests {
     fn semantic_rules() {
         assert!(parse("[instance]\nid = \"a/b\"\n").is_err());
         assert!(parse("[storage]\nroll_interval_s = 0\n").is_err());
+        assert!(parse("[query]\nmemory_limit_mb = 0\n").is_err());
+        assert!(parse("[query]\ntimeout_s = 0\n").is_err());
+        assert!(parse("[query]\ntimeout = 5\n").is_err());
+        let limits = parse("[query]\nmemory_limit_mb = 64\ntimeout_s = 5\n")
+            .unwrap()
+            .query
+            .limits();
+        assert_eq!((limits.memory_limit_mb, limits.timeout_s), (64, 5));
         assert!(parse("[sites]\ntimezone = \"Mars/Olympus\"\n").is_err());
     }
 }

@@ -419,6 +419,7 @@ pub async fn run(
         shutdown: shutdown.clone(),
         ingest_sockets: ingest_sockets.clone(),
         parquet_root: paths.parquet_root.clone(),
+        query_limits: config.query.limits(),
         data_dir: paths.data_dir.clone(),
     });
     let http_task = tokio::spawn({
