@@ -547,6 +547,21 @@ pub struct StorageConfig {
     /// Largest record accepted, bytes; larger ones are dead-lettered. Default 1 MiB.
     #[serde(default = "default_max_record_bytes")]
     pub max_record_bytes: usize,
+    /// A record whose event time is more than this many seconds after its receipt is
+    /// dead-lettered as `timestamp_in_future` (one before 2000-01-01 as
+    /// `timestamp_out_of_range`). Default 300.
+    #[serde(default = "default_max_future_skew_s")]
+    pub max_future_skew_s: u64,
+}
+
+impl StorageConfig {
+    /// A skew too large for a duration is no bound at all.
+    pub fn max_future_skew(&self) -> chrono::Duration {
+        i64::try_from(self.max_future_skew_s)
+            .ok()
+            .and_then(chrono::Duration::try_seconds)
+            .unwrap_or(chrono::Duration::MAX)
+    }
 }
 
 fn default_data_dir() -> PathBuf {
@@ -561,6 +576,9 @@ fn default_max_rows_per_roll() -> usize {
 fn default_max_record_bytes() -> usize {
     1024 * 1024
 }
+fn default_max_future_skew_s() -> u64 {
+    gaveurs_operators::validate::DEFAULT_MAX_FUTURE_SKEW.num_seconds() as u64
+}
 
 impl Default for StorageConfig {
     fn default() -> Self {
@@ -569,6 +587,7 @@ impl Default for StorageConfig {
             roll_interval_s: default_roll_interval_s(),
             max_rows_per_roll: default_max_rows_per_roll(),
             max_record_bytes: default_max_record_bytes(),
+            max_future_skew_s: default_max_future_skew_s(),
         }
     }
 }
@@ -835,6 +854,7 @@ mod tests {
         );
         assert_eq!(config.storage.data_dir, PathBuf::from("data"));
         assert_eq!(config.storage.roll_interval_s, 30);
+        assert_eq!(config.storage.max_future_skew_s, 300);
         assert_eq!(config.query.memory_limit_mb, 256);
         assert_eq!(config.query.timeout_s, 30);
     }
@@ -885,6 +905,10 @@ mod tests {
     fn semantic_rules() {
         assert!(parse("[instance]\nid = \"a/b\"\n").is_err());
         assert!(parse("[storage]\nroll_interval_s = 0\n").is_err());
+        let storage = parse("[storage]\nmax_future_skew_s = 18446744073709551615\n")
+            .unwrap()
+            .storage;
+        assert_eq!(storage.max_future_skew(), chrono::Duration::MAX);
         assert!(parse("[query]\nmemory_limit_mb = 0\n").is_err());
         assert!(parse("[query]\ntimeout_s = 0\n").is_err());
         assert!(parse("[query]\ntimeout = 5\n").is_err());

@@ -197,6 +197,7 @@ pub async fn run(
     let validator = Validator {
         max_record_bytes: config.storage.max_record_bytes,
         zones: config.sites.zones()?,
+        max_future_skew: config.storage.max_future_skew(),
     };
     let hub = Hub::new(HubOptions {
         replay: config.websocket.replay,
