@@ -43,6 +43,42 @@ pub struct Config {
     /// The SQAL stations' last status (`GET /api/v1/devices`).
     #[serde(default)]
     pub devices: DevicesConfig,
+    #[serde(default)]
+    pub query: QueryConfig,
+}
+
+/// `[query]`: what one analyst query (`gaveurs query`, `POST /api/v1/query`) may use. Queries
+/// run inside the pipeline's process, so these bound what an analyst can take from it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueryConfig {
+    /// Memory one query may hold for its hash tables, sorts and joins, MiB (default 256). A
+    /// query that needs more is cancelled (HTTP 413): queries never spill to disk, which
+    /// belongs to the durable log.
+    pub memory_limit_mb: u64,
+    /// Seconds one query may run, until its last row (default 30). A longer one is cancelled
+    /// (HTTP 503).
+    pub timeout_s: u64,
+}
+
+impl Default for QueryConfig {
+    /// The query engine's own defaults, so they are written once.
+    fn default() -> Self {
+        let limits = crate::query::QueryLimits::default();
+        Self {
+            memory_limit_mb: limits.memory_limit_mb,
+            timeout_s: limits.timeout_s,
+        }
+    }
+}
+
+impl QueryConfig {
+    pub fn limits(&self) -> crate::query::QueryLimits {
+        crate::query::QueryLimits {
+            memory_limit_mb: self.memory_limit_mb,
+            timeout_s: self.timeout_s,
+        }
+    }
 }
 
 /// `[devices]`: what is kept of each station's last heartbeat or status message.
@@ -585,6 +621,11 @@ pub struct StorageConfig {
     /// Largest record accepted, bytes; larger ones are dead-lettered. Default 1 MiB.
     #[serde(default = "default_max_record_bytes")]
     pub max_record_bytes: usize,
+    /// A record whose event time is more than this many seconds after its receipt is
+    /// dead-lettered as `timestamp_in_future` (one before 2000-01-01 as
+    /// `timestamp_out_of_range`). Default 300.
+    #[serde(default = "default_max_future_skew_s")]
+    pub max_future_skew_s: u64,
     /// Size of one durable-log segment file, MiB (fractions allowed). Default 64.
     #[serde(default = "default_log_segment_mb")]
     pub log_segment_mb: f64,
@@ -617,6 +658,14 @@ pub struct StorageConfig {
 }
 
 impl StorageConfig {
+    /// A skew too large for a duration is no bound at all.
+    pub fn max_future_skew(&self) -> chrono::Duration {
+        i64::try_from(self.max_future_skew_s)
+            .ok()
+            .and_then(chrono::Duration::try_seconds)
+            .unwrap_or(chrono::Duration::MAX)
+    }
+
     pub fn wal_options(&self, instance_dir: &Path) -> gaveurs_sinks::wal::WalOptions {
         let mib = |n: u64| n.saturating_mul(1024 * 1024);
         gaveurs_sinks::wal::WalOptions {
@@ -654,6 +703,9 @@ fn default_max_rows_per_roll() -> usize {
 fn default_max_record_bytes() -> usize {
     1024 * 1024
 }
+fn default_max_future_skew_s() -> u64 {
+    gaveurs_operators::validate::DEFAULT_MAX_FUTURE_SKEW.num_seconds() as u64
+}
 fn default_log_segment_mb() -> f64 {
     64.0
 }
@@ -683,6 +735,7 @@ impl Default for StorageConfig {
             roll_interval_s: default_roll_interval_s(),
             max_rows_per_roll: default_max_rows_per_roll(),
             max_record_bytes: default_max_record_bytes(),
+            max_future_skew_s: default_max_future_skew_s(),
             log_segment_mb: default_log_segment_mb(),
             log_tail_mb: default_log_tail_mb(),
             log_max_retained_mb: default_log_max_retained_mb(),
@@ -864,6 +917,9 @@ impl Config {
                 self.mqtt.max_packet_bytes
             );
         }
+        if self.query.memory_limit_mb == 0 || self.query.timeout_s == 0 {
+            bail!("[query] memory_limit_mb and timeout_s must be at least 1");
+        }
         if self.websocket.client_queue == 0 || self.websocket.ping_interval_s == 0 {
             bail!("[websocket] client_queue and ping_interval_s must be at least 1");
         }
@@ -953,6 +1009,9 @@ mod tests {
         );
         assert_eq!(config.storage.data_dir, PathBuf::from("data"));
         assert_eq!(config.storage.roll_interval_s, 30);
+        assert_eq!(config.storage.max_future_skew_s, 300);
+        assert_eq!(config.query.memory_limit_mb, 256);
+        assert_eq!(config.query.timeout_s, 30);
     }
 
     #[test]
@@ -1001,6 +1060,18 @@ mod tests {
     fn semantic_rules() {
         assert!(parse("[instance]\nid = \"a/b\"\n").is_err());
         assert!(parse("[storage]\nroll_interval_s = 0\n").is_err());
+        let storage = parse("[storage]\nmax_future_skew_s = 18446744073709551615\n")
+            .unwrap()
+            .storage;
+        assert_eq!(storage.max_future_skew(), chrono::Duration::MAX);
+        assert!(parse("[query]\nmemory_limit_mb = 0\n").is_err());
+        assert!(parse("[query]\ntimeout_s = 0\n").is_err());
+        assert!(parse("[query]\ntimeout = 5\n").is_err());
+        let limits = parse("[query]\nmemory_limit_mb = 64\ntimeout_s = 5\n")
+            .unwrap()
+            .query
+            .limits();
+        assert_eq!((limits.memory_limit_mb, limits.timeout_s), (64, 5));
         assert!(parse("[sites]\ntimezone = \"Mars/Olympus\"\n").is_err());
     }
 }

@@ -48,6 +48,11 @@ enum Command {
     /// GET /metrics (Prometheus), /health/live, /health/ready. SIGHUP reloads the alert
     /// thresholds and the log levels.
     ///
+    /// POST /api/v1/query answers read-only SQL over the Parquet datasets to superviseurs and
+    /// admins (as `gaveurs query` does), at most 100 000 rows, each query within `[query]`:
+    /// `memory_limit_mb` (default 256; more answers 413) and `timeout_s` (default 30; longer
+    /// answers 503). A refused query is cancelled; the pipeline goes on.
+    ///
     /// Every record and every channel needs a JWT. Without `[auth]` the pipeline runs in dev
     /// mode: it keeps a signing key in data/auth/, serves its JWKS at
     /// /realms/gaveurs-production/protocol/openid-connect/certs, and `gaveurs token` mints
@@ -193,6 +198,11 @@ enum Command {
     /// it in the pipeline's working directory with the same --config; the pipeline may be
     /// running. Only published files are read (not the rows of the current roll).
     /// `--help` lists the tables and their columns.
+    ///
+    /// Limits (`[query]` of --config): a query may hold at most `memory_limit_mb` of memory
+    /// (default 256 MiB; it never spills to disk) and run at most `timeout_s` seconds
+    /// (default 30). Past either it is cancelled and the command exits non-zero, naming the
+    /// limit.
     Query {
         /// The query, e.g. "SELECT code_lot, jour, moment FROM gavage_meals ORDER BY jour".
         /// SELECT, WITH, EXPLAIN, SHOW TABLES and SHOW COLUMNS; writes and DDL are refused.
@@ -246,7 +256,16 @@ fn main() -> ExitCode {
             let root = query::parquet_root(&loaded);
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
             let stdout = std::io::BufWriter::new(std::io::stdout().lock());
-            match runtime.block_on(query::run(&root, &sql, format, stdout)) {
+            let outcome = runtime.block_on(query::run(
+                &root,
+                &sql,
+                format,
+                stdout,
+                loaded.query.limits(),
+            ));
+            // A cancelled query's tasks stop at their next yield; the exit need not wait.
+            runtime.shutdown_background();
+            match outcome {
                 Ok(_) => ExitCode::SUCCESS,
                 // `gaveurs query … | head`: the reader had enough.
                 Err(query::QueryError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {

@@ -199,6 +199,7 @@ pub async fn run(
     let validator = Validator {
         max_record_bytes: config.storage.max_record_bytes,
         zones: config.sites.zones()?,
+        max_future_skew: config.storage.max_future_skew(),
     };
     let hub = Hub::new(HubOptions {
         replay: config.websocket.replay,
@@ -458,6 +459,7 @@ pub async fn run(
         shutdown: shutdown.clone(),
         ingest_sockets: ingest_sockets.clone(),
         parquet_root: paths.parquet_root.clone(),
+        query_limits: config.query.limits(),
         data_dir: paths.data_dir.clone(),
     });
     let http_task = tokio::spawn({

@@ -238,6 +238,93 @@ async fn every_bad_input_is_dead_lettered_with_its_reason_and_the_connection_sta
 }
 
 #[tokio::test]
+async fn event_times_in_the_future_or_before_2000_are_refused_and_old_ones_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let gaveurs = Gaveurs::start(dir.path(), "");
+    let dated = |code_lot: &str, timestamp: &str| {
+        let mut meal = records::meal(code_lot, 1, "LL", 3, "matin");
+        meal["timestamp"] = json!(timestamp);
+        meal
+    };
+    let codes = publish_each(
+        gaveurs.mqtt(),
+        MqttVersion::V5,
+        &gaveurs.admin,
+        &[
+            msg(
+                "gaveurs/LL/1/gavage",
+                &dated("LL9999001", "9999-01-01T00:00:00Z"),
+                1,
+            ),
+            msg(
+                "gaveurs/LL/1/gavage",
+                &dated("LL1999001", "1999-12-31T23:59:59Z"),
+                1,
+            ),
+            // A replay of 2023: any age in the past is accepted.
+            msg(
+                "gaveurs/LL/1/gavage",
+                &dated("LL2301001", "2023-03-14T07:00:00"),
+                1,
+            ),
+        ],
+    )
+    .await;
+    assert!(codes[0] >= 0x80 && codes[1] >= 0x80, "{codes:?}");
+    assert_eq!(codes, vec![0x99, 0x99, 0x00]);
+    // The V3 WebSocket ingest goes through the same validation.
+    let mut station = support::ws_connect(gaveurs.http, "/ws/gavage", &gaveurs.admin).await;
+    assert_eq!(
+        support::next_json(&mut station).await["type"],
+        "connection_established"
+    );
+    support::send_json(&mut station, &dated("LL9999002", "9999-01-01T00:00:00Z")).await;
+    let error = support::next_json(&mut station).await;
+    assert_eq!(error["type"], "error", "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("timestamp 9999-01-01T00:00:00Z is more than 300 s after"),
+        "{error}"
+    );
+    drop(station);
+
+    let root = gaveurs.parquet_root();
+    gaveurs.stop_cleanly();
+    let mut dlq = read_rows(&root, "dlq");
+    dlq.sort_by_key(|r| r["received_at"].as_str().unwrap().to_string());
+    let refused: Vec<(&str, &str, &str)> = dlq
+        .iter()
+        .map(|r| {
+            (
+                r["reason_code"].as_str().unwrap(),
+                r["stage"].as_str().unwrap(),
+                r["_transport"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        refused,
+        vec![
+            ("timestamp_in_future", "validate", "mqtt"),
+            ("timestamp_out_of_range", "validate", "mqtt"),
+            ("timestamp_in_future", "validate", "websocket"),
+        ]
+    );
+    let reason = dlq[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("9999-01-01T00:00:00Z") && reason.contains("300 s"),
+        "{reason}"
+    );
+    let stored: Vec<Value> = read_rows(&root, "gavage_meals")
+        .into_iter()
+        .map(|r| r["code_lot"].clone())
+        .collect();
+    assert_eq!(stored, [json!("LL2301001")]);
+}
+
+#[tokio::test]
 async fn a_duplicate_is_stored_once_even_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let meal = records::meal("LL9", 1, "LL", 3, "soir");

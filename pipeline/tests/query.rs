@@ -468,6 +468,11 @@ fn help_lists_the_tables_and_their_columns() {
     }
     assert!(help.contains("dose_reelle double"), "{help}");
     assert!(help.contains("_computed_at timestamp"), "{help}");
+    // The limits a query runs within are named with their configuration keys.
+    assert!(
+        help.contains("memory_limit_mb") && help.contains("timeout_s"),
+        "{help}"
+    );
 }
 
 async fn post_query(
@@ -620,4 +625,124 @@ async fn http_query_refuses_a_gaveur_with_403_and_no_token_with_401() {
             && l.contains("/api/v1/query")),
         "{audit}"
     );
+}
+
+/// Two million distinct keys: a hash table of tens of MiB, whatever the plan.
+const NEEDS_MEMORY: &str =
+    "SELECT count(*) AS keys FROM (SELECT DISTINCT value * 7 AS k FROM range(2000000))";
+
+/// A sum over a trillion numbers: hours of work.
+const RUNS_LONG: &str = "SELECT sum(value % 7) AS total FROM range(1000000000000)";
+
+/// A query that needs neither much memory nor much time.
+const SMALL: &str = "SELECT count(*) AS meals FROM gavage_meals";
+
+/// `gaveurs query ARGS…` in `dir` with extra environment variables; killed, and the test
+/// failed, if it has not exited within two minutes (a query the limits did not stop).
+fn gaveurs_query_bounded(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let child = Command::new(BIN)
+        .current_dir(dir)
+        .arg("query")
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run gaveurs query");
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let (done, outcome) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    match outcome.recv_timeout(Duration::from_secs(120)) {
+        Ok(output) => output.expect("gaveurs query ran"),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            panic!("gaveurs query {args:?} still running after 120 s");
+        }
+    }
+}
+
+/// POSTs `sql` as a superviseur; the test fails, rather than hangs, on a query nothing stops.
+async fn post_bounded(gaveurs: &Gaveurs, token: &str, sql: &str) -> (u16, Value) {
+    let response = tokio::time::timeout(
+        Duration::from_secs(120),
+        post_query(gaveurs.http, Some(token), None, json!({ "sql": sql })),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("no answer to {sql} within 120 s"));
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_query_over_its_memory_limit_is_refused_with_413_and_the_pipeline_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let gaveurs = Gaveurs::start(dir.path(), "[query]\nmemory_limit_mb = 4\n");
+    let superviseur = gaveurs.token("superviseur@euralis.fr");
+
+    let (status, body) = post_bounded(&gaveurs, &superviseur, NEEDS_MEMORY).await;
+    assert_eq!(status, 413, "{body}");
+    let reason = body["error"].as_str().unwrap();
+    assert!(
+        reason.contains("4 MiB") && reason.contains("[query] memory_limit_mb"),
+        "{reason}"
+    );
+    let (status, body) = post_bounded(&gaveurs, &superviseur, SMALL).await;
+    assert_eq!((status, &body["rows"]), (200, &json!([{"meals": 0}])));
+
+    // The CLI, with the same configuration, fails the same way, with nothing on stdout.
+    let config = dir.path().join("gaveurs.toml");
+    let config = config.to_str().unwrap();
+    let output = gaveurs_query_bounded(dir.path(), &["--config", config, NEEDS_MEMORY], &[]);
+    assert!(!output.status.success(), "{}", stdout(&output));
+    assert_eq!(stdout(&output), "");
+    let message = stderr(&output);
+    assert!(
+        message.starts_with("error: ") && message.contains("[query] memory_limit_mb"),
+        "{message}"
+    );
+    // With the default limit the same query answers: the refusals above are the limit's.
+    let output = gaveurs_query_bounded(
+        dir.path(),
+        &["--config", config, "--format", "csv", NEEDS_MEMORY],
+        &[("GAVEURS_QUERY__MEMORY_LIMIT_MB", "256")],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "keys\n2000000\n");
+    gaveurs.stop_cleanly();
+}
+
+#[tokio::test]
+async fn a_query_past_its_timeout_is_cancelled_with_503_and_the_pipeline_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let gaveurs = Gaveurs::start(dir.path(), "[query]\ntimeout_s = 1\n");
+    let superviseur = gaveurs.token("superviseur@euralis.fr");
+
+    // Twice: a cancelled query must not keep the query threads busy for the next one.
+    for _ in 0..2 {
+        let (status, body) = post_bounded(&gaveurs, &superviseur, RUNS_LONG).await;
+        assert_eq!(status, 503, "{body}");
+        let reason = body["error"].as_str().unwrap();
+        assert!(
+            reason.contains("longer than 1 s") && reason.contains("[query] timeout_s"),
+            "{reason}"
+        );
+        let (status, body) = post_bounded(&gaveurs, &superviseur, SMALL).await;
+        assert_eq!((status, &body["rows"]), (200, &json!([{"meals": 0}])));
+    }
+
+    let config = dir.path().join("gaveurs.toml");
+    let output = gaveurs_query_bounded(
+        dir.path(),
+        &["--config", config.to_str().unwrap(), RUNS_LONG],
+        &[],
+    );
+    assert!(!output.status.success(), "{}", stdout(&output));
+    let message = stderr(&output);
+    assert!(
+        message.starts_with("error: ") && message.contains("[query] timeout_s"),
+        "{message}"
+    );
+    gaveurs.stop_cleanly();
 }

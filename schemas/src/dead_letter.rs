@@ -58,6 +58,11 @@ pub enum RejectReason {
     UnknownTopic,
     /// The record contradicts its topic (another site, gaveur or device).
     TopicMismatch,
+    /// An event time further ahead of the record's receipt than the allowed clock skew
+    /// (`[storage] max_future_skew_s`, 5 min by default): the producer's clock is wrong.
+    TimestampInFuture,
+    /// An event time before 2000-01-01: an unset or reset clock, not farm data.
+    TimestampOutOfRange,
     MissingToken,
     InvalidToken,
     ExpiredToken,
@@ -74,6 +79,8 @@ impl RejectReason {
             RejectReason::SchemaInvalid => "schema_invalid",
             RejectReason::UnknownTopic => "unknown_topic",
             RejectReason::TopicMismatch => "topic_mismatch",
+            RejectReason::TimestampInFuture => "timestamp_in_future",
+            RejectReason::TimestampOutOfRange => "timestamp_out_of_range",
             RejectReason::MissingToken => "missing_token",
             RejectReason::InvalidToken => "invalid_token",
             RejectReason::ExpiredToken => "expired_token",
@@ -86,7 +93,9 @@ impl RejectReason {
         match self {
             RejectReason::Oversize => Stage::Intake,
             RejectReason::NotJson => Stage::Decode,
-            RejectReason::SchemaInvalid => Stage::Validate,
+            RejectReason::SchemaInvalid
+            | RejectReason::TimestampInFuture
+            | RejectReason::TimestampOutOfRange => Stage::Validate,
             RejectReason::UnknownTopic | RejectReason::TopicMismatch => Stage::Route,
             RejectReason::MissingToken
             | RejectReason::InvalidToken

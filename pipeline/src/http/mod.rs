@@ -53,6 +53,8 @@ pub struct AppState {
     pub ingest_sockets: TaskTracker,
     /// `<data_dir>/parquet`, which `POST /api/v1/query` reads.
     pub parquet_root: PathBuf,
+    /// What one `POST /api/v1/query` may use (`[query]`).
+    pub query_limits: crate::query::QueryLimits,
     /// Must stay writable for `/health/ready`.
     pub data_dir: PathBuf,
 }

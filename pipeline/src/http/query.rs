@@ -2,6 +2,9 @@
 //! read analytics (superviseur, admin). The body is `{"sql": "…"}` (or the SQL itself as
 //! `text/plain` or `application/sql`); the answer is JSON, or an Arrow IPC stream when the
 //! caller accepts `application/vnd.apache.arrow.stream`.
+//!
+//! A query is bounded by `[query]`: over its memory pool it answers 413, past its time 503;
+//! either way it is cancelled and the pipeline goes on.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -40,12 +43,13 @@ pub(super) async fn query(
         Format::Json
     };
     let root = state.parquet_root.clone();
+    let limits = state.query_limits;
     let started = Instant::now();
-    // On the query runtime; aborted if the caller goes away.
+    // On the query runtime; aborted if the caller goes away or the time is up.
     let task = query::runtime().spawn({
         let sql = sql.clone();
         async move {
-            let (schema, batches) = query::collect_capped(&root, &sql, MAX_ROWS).await?;
+            let (schema, batches) = query::collect_capped(&root, &sql, MAX_ROWS, limits).await?;
             let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
             let body = match format {
                 Format::Arrow => {
@@ -60,11 +64,17 @@ pub(super) async fn query(
             Ok::<_, QueryError>((rows, body))
         }
     });
-    let _abort = AbortOnDrop(task.abort_handle());
-    let outcome = match task.await {
-        Ok(outcome) => outcome,
-        Err(e) => Err(QueryError::Failed(format!("the query task failed: {e}"))),
-    };
+    let abort = AbortOnDrop(task.abort_handle());
+    // Timed here, on the server's runtime, so the answer goes out on time even when the query
+    // runtime is saturated.
+    let outcome = query::within_time(limits, async {
+        match task.await {
+            Ok(outcome) => outcome,
+            Err(e) => Err(QueryError::Failed(format!("the query task failed: {e}"))),
+        }
+    })
+    .await;
+    drop(abort);
     let user = access.principal.display_name();
     match outcome {
         Ok((rows, body)) => {
@@ -85,6 +95,8 @@ pub(super) async fn query(
         Err(e) => {
             let status = match e {
                 QueryError::Invalid(_) | QueryError::TooLarge(_) => StatusCode::BAD_REQUEST,
+                QueryError::MemoryExceeded { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                QueryError::TimedOut { .. } => StatusCode::SERVICE_UNAVAILABLE,
                 QueryError::Failed(_) | QueryError::Output(_) => StatusCode::INTERNAL_SERVER_ERROR,
             };
             tracing::info!(

@@ -13,12 +13,17 @@
 //! `lot_kpis_history`, the append-only listing of every row ever written.
 //!
 //! Queries are read-only: DDL, DML (`INSERT`, `COPY`) and other statements (`SET`) are refused.
+//!
+//! They run inside the pipeline's process, so each is bounded by [`QueryLimits`] (`[query]`):
+//! a memory pool of its own, which it may not exceed (it never spills to disk: the disk is the
+//! durable log's), and a run time, after which it is dropped, which cancels its work.
 
 mod format;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::TableProvider;
@@ -30,6 +35,9 @@ use datafusion::datasource::listing::{
 };
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::GreedyMemoryPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::{StreamExt, TryStreamExt};
 use gaveurs_schemas::datasets::Dataset;
@@ -152,6 +160,36 @@ pub fn help_text() -> String {
     text
 }
 
+/// What one analyst query may use: `[query]` of the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueryLimits {
+    /// Memory for the query's hash tables, sorts and joins, MiB.
+    pub memory_limit_mb: u64,
+    /// Seconds from the start of the query to its last row.
+    pub timeout_s: u64,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        Self {
+            memory_limit_mb: 256,
+            timeout_s: 30,
+        }
+    }
+}
+
+impl QueryLimits {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_s)
+    }
+
+    fn memory_bytes(&self) -> usize {
+        usize::try_from(self.memory_limit_mb)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(1024 * 1024)
+    }
+}
+
 /// Why a query gave no result.
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
@@ -168,6 +206,50 @@ pub enum QueryError {
     /// Writing the result failed (e.g. a closed pipe).
     #[error("writing the result: {0}")]
     Output(#[source] std::io::Error),
+    /// The query needed more memory than one query may hold; it was cancelled.
+    #[error(
+        "the query needs more than the {limit_mb} MiB of memory one query may use \
+         ([query] memory_limit_mb) and was cancelled; filter or aggregate earlier, add a LIMIT, \
+         or raise the limit ({detail})"
+    )]
+    MemoryExceeded { limit_mb: u64, detail: String },
+    /// The query ran longer than one query may; it was cancelled.
+    #[error(
+        "the query ran longer than {limit_s} s ([query] timeout_s) and was cancelled; filter or \
+         aggregate earlier, add a LIMIT, or raise the limit"
+    )]
+    TimedOut { limit_s: u64 },
+}
+
+impl gaveurs_schemas::error::Classified for QueryError {
+    fn domain(&self) -> gaveurs_schemas::ErrorDomain {
+        use gaveurs_schemas::ErrorDomain;
+        match self {
+            // The query is the caller's: a smaller or narrower one will do.
+            QueryError::Invalid(_)
+            | QueryError::TooLarge(_)
+            | QueryError::MemoryExceeded { .. }
+            | QueryError::TimedOut { .. } => ErrorDomain::User,
+            QueryError::Failed(_) => ErrorDomain::Internal,
+            // The reader of the result went away.
+            QueryError::Output(_) => ErrorDomain::External,
+        }
+    }
+}
+
+impl QueryError {
+    /// A failure while the query runs, which may be its memory pool saying no.
+    fn running(error: DataFusionError, limits: Option<QueryLimits>) -> QueryError {
+        match (error.find_root(), limits) {
+            (DataFusionError::ResourcesExhausted(detail), Some(limits)) => {
+                QueryError::MemoryExceeded {
+                    limit_mb: limits.memory_limit_mb,
+                    detail: detail.clone(),
+                }
+            }
+            _ => QueryError::from(error),
+        }
+    }
 }
 
 impl From<DataFusionError> for QueryError {
@@ -177,6 +259,7 @@ impl From<DataFusionError> for QueryError {
             | DataFusionError::ObjectStore(_)
             | DataFusionError::ParquetError(_)
             | DataFusionError::Internal(_)
+            | DataFusionError::ResourcesExhausted(_)
             | DataFusionError::ExecutionJoin(_) => QueryError::Failed(error.to_string()),
             DataFusionError::ArrowError(e, _)
                 if matches!(**e, arrow::error::ArrowError::IoError(..)) =>
@@ -200,12 +283,31 @@ impl From<arrow::error::ArrowError> for QueryError {
 /// The datasets of one Parquet root as SQL tables.
 pub struct Catalog {
     ctx: SessionContext,
+    limits: Option<QueryLimits>,
 }
 
 impl Catalog {
     /// Registers every dataset under `parquet_root` (which need not exist). Reads the footers
-    /// of the published files, to merge their schemas.
+    /// of the published files, to merge their schemas. Its queries may use any amount of
+    /// memory: this is for the pipeline's own reads.
     pub async fn open(parquet_root: &Path) -> Result<Catalog, QueryError> {
+        Self::open_with(parquet_root, None).await
+    }
+
+    /// [`Catalog::open`] for an analyst: each query may hold at most
+    /// `limits.memory_limit_mb` (the catalog serves one query; time is bounded by the caller,
+    /// see [`within_time`]).
+    pub async fn open_limited(
+        parquet_root: &Path,
+        limits: QueryLimits,
+    ) -> Result<Catalog, QueryError> {
+        Self::open_with(parquet_root, Some(limits)).await
+    }
+
+    async fn open_with(
+        parquet_root: &Path,
+        limits: Option<QueryLimits>,
+    ) -> Result<Catalog, QueryError> {
         let root = std::path::absolute(parquet_root).map_err(|e| {
             QueryError::Failed(format!("cannot resolve {}: {e}", parquet_root.display()))
         })?;
@@ -224,7 +326,20 @@ impl Catalog {
             .execution
             .parquet
             .schema_force_view_types = false;
-        let ctx = SessionContext::new_with_config(config);
+        let ctx = match limits {
+            None => SessionContext::new_with_config(config),
+            Some(limits) => {
+                // Spilling would let a query fill the disk the durable log needs; over its
+                // pool, a query fails instead.
+                let runtime = RuntimeEnvBuilder::new()
+                    .with_memory_pool(Arc::new(GreedyMemoryPool::new(limits.memory_bytes())))
+                    .with_disk_manager_builder(
+                        DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+                    )
+                    .build_arc()?;
+                SessionContext::new_with_config_rt(config, runtime)
+            }
+        };
 
         let mut datasets: Vec<(String, Option<SchemaRef>)> = known_datasets()
             .into_iter()
@@ -252,7 +367,7 @@ impl Catalog {
         }
         let latest = ctx.sql(&latest_row_per_lot(&ctx).await?).await?;
         ctx.register_table(LOT_KPIS, latest.into_view())?;
-        Ok(Catalog { ctx })
+        Ok(Catalog { ctx, limits })
     }
 
     /// Plans a read-only query: DDL, DML and statements are refused.
@@ -281,42 +396,71 @@ impl Catalog {
 
     /// Runs a read-only query and streams its result.
     pub async fn stream(&self, sql: &str) -> Result<SendableRecordBatchStream, QueryError> {
-        Ok(self.sql(sql).await?.execute_stream().await?)
+        self.execute(self.sql(sql).await?).await
+    }
+
+    async fn execute(&self, frame: DataFrame) -> Result<SendableRecordBatchStream, QueryError> {
+        frame.execute_stream().await.map_err(|e| self.running(e))
+    }
+
+    fn running(&self, error: DataFusionError) -> QueryError {
+        QueryError::running(error, self.limits)
     }
 }
 
-/// Runs `sql` over `parquet_root` and writes the result to `out` in `format`; returns the
-/// number of rows. Batches are written as they come (but `table` needs them all first).
+/// Awaits `query`, or drops it (which cancels its work) once it has run longer than
+/// `limits.timeout_s`.
+pub async fn within_time<T>(
+    limits: QueryLimits,
+    query: impl Future<Output = Result<T, QueryError>>,
+) -> Result<T, QueryError> {
+    tokio::time::timeout(limits.timeout(), query)
+        .await
+        .unwrap_or(Err(QueryError::TimedOut {
+            limit_s: limits.timeout_s,
+        }))
+}
+
+/// Runs `sql` over `parquet_root` within `limits` and writes the result to `out` in
+/// `format`; returns the number of rows. Batches are written as they come (but `table` needs
+/// them all first), so a query cancelled midway may have written some.
 pub async fn run<W: std::io::Write>(
     parquet_root: &Path,
     sql: &str,
     format: Format,
     out: W,
+    limits: QueryLimits,
 ) -> Result<usize, QueryError> {
-    let catalog = Catalog::open(parquet_root).await?;
-    let mut stream = catalog.stream(sql).await?;
-    let mut writer = BatchWriter::new(format, stream.schema(), out)?;
-    let mut rows = 0;
-    while let Some(batch) = stream.next().await {
-        let batch = batch?;
-        rows += batch.num_rows();
-        writer.write(&batch)?;
-    }
-    writer.finish()?;
-    Ok(rows)
+    within_time(limits, async {
+        let catalog = Catalog::open_limited(parquet_root, limits).await?;
+        let mut stream = catalog.stream(sql).await?;
+        let mut writer = BatchWriter::new(format, stream.schema(), out)?;
+        let mut rows = 0;
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(|e| catalog.running(e))?;
+            rows += batch.num_rows();
+            writer.write(&batch)?;
+        }
+        writer.finish()?;
+        Ok(rows)
+    })
+    .await
 }
 
-/// Runs `sql` and collects its result, refusing more than `max_rows` rows.
+/// Runs `sql` within the memory of `limits` and collects its result, refusing more than
+/// `max_rows` rows. Its time is the caller's to bound (with [`within_time`]), e.g. around the
+/// task it runs in.
 pub async fn collect_capped(
     parquet_root: &Path,
     sql: &str,
     max_rows: usize,
+    limits: QueryLimits,
 ) -> Result<(SchemaRef, Vec<arrow::array::RecordBatch>), QueryError> {
-    let catalog = Catalog::open(parquet_root).await?;
+    let catalog = Catalog::open_limited(parquet_root, limits).await?;
     let frame = catalog.sql(sql).await?;
-    let stream = frame.limit(0, Some(max_rows + 1))?.execute_stream().await?;
+    let stream = catalog.execute(frame.limit(0, Some(max_rows + 1))?).await?;
     let schema = stream.schema();
-    let batches: Vec<_> = stream.try_collect().await?;
+    let batches: Vec<_> = stream.try_collect().await.map_err(|e| catalog.running(e))?;
     if batches.iter().map(|b| b.num_rows()).sum::<usize>() > max_rows {
         return Err(QueryError::TooLarge(max_rows));
     }

@@ -1,4 +1,5 @@
 use super::*;
+use gaveurs_schemas::error::Classified;
 
 #[test]
 fn partition_columns_are_shadowed_by_file_columns() {
@@ -174,10 +175,69 @@ async fn a_broken_dataset_fails_only_the_queries_that_read_it() {
 async fn results_larger_than_the_cap_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let sql = "SELECT value FROM generate_series(1, 10)";
-    let (_, batches) = collect_capped(dir.path(), sql, 10).await.unwrap();
+    let limits = QueryLimits::default();
+    let (_, batches) = collect_capped(dir.path(), sql, 10, limits).await.unwrap();
     assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 10);
-    match collect_capped(dir.path(), sql, 9).await {
+    match collect_capped(dir.path(), sql, 9, limits).await {
         Err(QueryError::TooLarge(9)) => {}
         other => panic!("{:?}", other.map(|(_, b)| b.len())),
+    }
+}
+
+/// Two million distinct keys: a hash table of tens of MiB, whatever the plan.
+const NEEDS_MEMORY: &str =
+    "SELECT count(*) AS keys FROM (SELECT DISTINCT value * 7 AS k FROM range(2000000))";
+
+#[tokio::test]
+async fn a_query_over_its_memory_pool_is_refused_naming_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let tight = QueryLimits {
+        memory_limit_mb: 4,
+        ..QueryLimits::default()
+    };
+    match collect_capped(dir.path(), NEEDS_MEMORY, 10, tight).await {
+        Err(e @ QueryError::MemoryExceeded { limit_mb: 4, .. }) => {
+            let message = e.to_string();
+            assert!(
+                message.contains("4 MiB") && message.contains("[query] memory_limit_mb"),
+                "{message}"
+            );
+            assert_eq!(e.domain(), gaveurs_schemas::ErrorDomain::User);
+        }
+        other => panic!("{:?}", other.map(|(_, b)| b.len())),
+    }
+    // The same query fits the default pool: the refusal above is the pool's.
+    let (_, batches) = collect_capped(dir.path(), NEEDS_MEMORY, 10, QueryLimits::default())
+        .await
+        .unwrap();
+    let keys = batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<arrow::array::Int64Array>()
+        .unwrap()
+        .value(0);
+    assert_eq!(keys, 2_000_000);
+}
+
+#[tokio::test]
+async fn a_query_past_its_time_is_cancelled_naming_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = QueryLimits {
+        timeout_s: 1,
+        ..QueryLimits::default()
+    };
+    match run(
+        dir.path(),
+        "SELECT sum(value % 7) FROM range(1000000000000)",
+        Format::Csv,
+        std::io::sink(),
+        limits,
+    )
+    .await
+    {
+        Err(e @ QueryError::TimedOut { limit_s: 1 }) => {
+            assert!(e.to_string().contains("[query] timeout_s"), "{e}");
+        }
+        other => panic!("{other:?}"),
     }
 }

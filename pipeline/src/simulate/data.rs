@@ -41,6 +41,8 @@ struct Lot {
 /// Deterministic for a seed, so a demo or a test can be replayed.
 pub struct Farm {
     rng: StdRng,
+    /// Every lot's meals lie before this day: event times in the future are refused.
+    today: NaiveDate,
     lots: Vec<Lot>,
     gaveurs: i64,
     next_lot: u32,
@@ -57,9 +59,10 @@ pub fn site_of_gaveur(gaveur_id: i64) -> &'static str {
 }
 
 impl Farm {
-    pub fn new(seed: u64, lots: usize, gaveurs: usize, devices: usize, start: NaiveDate) -> Farm {
+    pub fn new(seed: u64, lots: usize, gaveurs: usize, devices: usize, today: NaiveDate) -> Farm {
         let mut farm = Farm {
             rng: StdRng::seed_from_u64(seed),
+            today,
             lots: Vec::new(),
             gaveurs: gaveurs.max(1) as i64,
             // Lot numbers and sample ids depend on the seed, so runs with different seeds
@@ -76,26 +79,29 @@ impl Farm {
         };
         for n in 0..lots.max(1) {
             // Stagger the lots so they are at different days of their feeding.
-            let start = start - Duration::days((n as i64 * 3) % 12);
             let gaveur_id = 1 + (n as i64 % farm.gaveurs);
-            let lot = farm.new_lot(gaveur_id, start);
+            let lot = farm.new_lot(gaveur_id, (n as i64 * 3) % 12);
             farm.lots.push(lot);
         }
         farm
     }
 
-    fn new_lot(&mut self, gaveur_id: i64, start: NaiveDate) -> Lot {
+    /// A lot whose feeding ended `ended_days_ago` days before today (all its meals are in
+    /// the past: the pipeline refuses event times in the future).
+    fn new_lot(&mut self, gaveur_id: i64, ended_days_ago: i64) -> Lot {
         let site = site_of_gaveur(gaveur_id);
         let number = self.next_lot;
         self.next_lot += 1;
         let placed = self.rng.random_range(800..=1200);
+        let days = self.rng.random_range(11..=14);
+        let start = self.today - Duration::days(days + ended_days_ago);
         Lot {
             code_lot: format!("{site}{}{number:05}", start.format("%y")),
             gaveur_id,
             site,
             genetique: STRAINS[self.rng.random_range(0..STRAINS.len())],
             start,
-            days: self.rng.random_range(11..=14),
+            days,
             meal: 0,
             placed,
             alive: placed,
@@ -179,8 +185,7 @@ impl Farm {
                 }),
             });
             let gaveur_id = lot.gaveur_id;
-            let next_start = lot.start + Duration::days(lot.days + 2);
-            self.lots[index] = self.new_lot(gaveur_id, next_start);
+            self.lots[index] = self.new_lot(gaveur_id, 0);
         }
         out
     }
@@ -323,6 +328,11 @@ mod tests {
             }
         }
         assert!(outcomes >= 3, "lots finish and are replaced");
+        let today = NaiveDate::from_ymd_opt(2026, 1, 5).unwrap();
+        assert!(
+            meals.iter().all(|m| m.timestamp.date_naive() < today),
+            "every meal is in the past"
+        );
         for meal in &meals {
             assert!((1..=14).contains(&meal.jour));
             let ratio = meal.dose_reelle / meal.dose_theorique;

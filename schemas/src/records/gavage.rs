@@ -80,7 +80,8 @@ pub struct GavageMealInput {
     #[serde(default)]
     #[schemars(range(min = 0.0, max = 100.0))]
     pub humidite_stabule: Option<f64>,
-    /// ISO-8601. Without an offset it is the site's local time (Europe/Paris by default).
+    /// ISO-8601. Without an offset it is the site's local time (Europe/Paris by default). Not
+    /// before 2000-01-01, nor more than 5 minutes (configurable) after the record is received.
     pub timestamp: String,
     /// True on the lot's last meal.
     #[serde(default)]

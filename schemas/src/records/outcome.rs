@@ -27,9 +27,11 @@ pub struct LotOutcomeInput {
     /// Mean liver weight, grams; when absent it is derived from the lot's SQAL samples.
     #[serde(default)]
     pub poids_foie_moyen_g: Option<f64>,
-    /// Last feeding day, `YYYY-MM-DD`.
+    /// Last feeding day, `YYYY-MM-DD`: not before 2000-01-01, nor after the day the record is
+    /// received (site time).
     pub date_fin: String,
-    /// When the outcome was recorded; defaults to the end of `date_fin`, site time.
+    /// When the outcome was recorded; defaults to the end of `date_fin`, site time. Not before
+    /// 2000-01-01, nor more than 5 minutes (configurable) after the record is received.
     #[serde(default)]
     pub timestamp: Option<String>,
 }

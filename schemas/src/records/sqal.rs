@@ -75,7 +75,8 @@ pub struct SqalMeasurementInput {
     #[serde(deserialize_with = "text_or_integer")]
     #[schemars(with = "String")]
     pub sample_id: String,
-    /// ISO-8601 UTC (`Z`).
+    /// ISO-8601 UTC (`Z`). Not before 2000-01-01, nor more than 5 minutes (configurable)
+    /// after the record is received.
     pub timestamp: String,
     #[serde(default)]
     pub location: Option<String>,

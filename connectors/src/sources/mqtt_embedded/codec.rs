@@ -438,9 +438,11 @@ impl ReasonCode {
     pub fn for_rejection(reason: RejectReason) -> Self {
         match reason {
             RejectReason::Oversize => ReasonCode::QuotaExceeded,
-            RejectReason::NotJson | RejectReason::SchemaInvalid | RejectReason::TopicMismatch => {
-                ReasonCode::PayloadFormatInvalid
-            }
+            RejectReason::NotJson
+            | RejectReason::SchemaInvalid
+            | RejectReason::TopicMismatch
+            | RejectReason::TimestampInFuture
+            | RejectReason::TimestampOutOfRange => ReasonCode::PayloadFormatInvalid,
             RejectReason::UnknownTopic => ReasonCode::TopicNameInvalid,
             RejectReason::MissingToken
             | RejectReason::InvalidToken
