@@ -855,6 +855,14 @@ impl StorageTask {
     }
 }
 
+impl Drop for StorageTask {
+    /// Dropped without `stop` (start-up failed later): the thread ends at its next check.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.wake.take();
+    }
+}
+
 /// Starts the thread: a pass every `interval`, the first one interval after start (start-up
 /// is busy with recovery and with the analytics operator reading every published file
 /// back). Nothing runs when compaction is off and no dataset has a retention.
