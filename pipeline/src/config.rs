@@ -511,6 +511,48 @@ pub struct StorageConfig {
     /// Largest record accepted, bytes; larger ones are dead-lettered. Default 1 MiB.
     #[serde(default = "default_max_record_bytes")]
     pub max_record_bytes: usize,
+    /// Merge each closed day's small files into one file per dataset, day and site (and
+    /// instance). Default true.
+    #[serde(default = "default_true")]
+    pub compact: bool,
+    /// A day is compacted once it ended (midnight UTC) this many hours ago; rows that arrive
+    /// later for it are merged in at a later pass. Default 2.
+    #[serde(default = "default_compact_after_hours")]
+    pub compact_after_hours: u64,
+    /// How often compaction and retention run, seconds (the first pass one interval after
+    /// start). Default 300.
+    #[serde(default = "default_compact_interval_s")]
+    pub compact_interval_s: u64,
+    /// A compacted file merges at most this many MiB of files; larger days get several.
+    /// Default 256.
+    #[serde(default = "default_compact_max_file_mb")]
+    pub compact_max_file_mb: u64,
+    /// Days each dataset keeps, e.g. `[storage.retention_days] dlq = 30, late = 90`
+    /// (`lot_kpis` is the history behind the view); older `date=` partitions are removed,
+    /// every instance's files. Default: every dataset keeps everything.
+    #[serde(default)]
+    pub retention_days: std::collections::BTreeMap<String, u32>,
+}
+
+impl StorageConfig {
+    /// What the compaction and retention thread needs.
+    pub fn compaction(
+        &self,
+        parquet_root: &Path,
+        state_dir: &Path,
+        instance_id: &str,
+    ) -> gaveurs_sinks::parquet::compact::CompactOptions {
+        gaveurs_sinks::parquet::compact::CompactOptions {
+            root: parquet_root.to_path_buf(),
+            state_dir: state_dir.to_path_buf(),
+            instance_id: instance_id.to_string(),
+            compact: self.compact,
+            compact_after: std::time::Duration::from_secs(self.compact_after_hours * 3600),
+            max_file_bytes: self.compact_max_file_mb * 1024 * 1024,
+            retention_days: self.retention_days.clone(),
+            interval: std::time::Duration::from_secs(self.compact_interval_s),
+        }
+    }
 }
 
 fn default_data_dir() -> PathBuf {
@@ -525,6 +567,15 @@ fn default_max_rows_per_roll() -> usize {
 fn default_max_record_bytes() -> usize {
     1024 * 1024
 }
+fn default_compact_after_hours() -> u64 {
+    2
+}
+fn default_compact_interval_s() -> u64 {
+    300
+}
+fn default_compact_max_file_mb() -> u64 {
+    256
+}
 
 impl Default for StorageConfig {
     fn default() -> Self {
@@ -533,6 +584,11 @@ impl Default for StorageConfig {
             roll_interval_s: default_roll_interval_s(),
             max_rows_per_roll: default_max_rows_per_roll(),
             max_record_bytes: default_max_record_bytes(),
+            compact: true,
+            compact_after_hours: default_compact_after_hours(),
+            compact_interval_s: default_compact_interval_s(),
+            compact_max_file_mb: default_compact_max_file_mb(),
+            retention_days: Default::default(),
         }
     }
 }
@@ -697,6 +753,24 @@ impl Config {
         if self.storage.roll_interval_s == 0 {
             bail!("[storage] roll_interval_s must be at least 1");
         }
+        if self.storage.compact_interval_s == 0 || self.storage.compact_max_file_mb == 0 {
+            bail!("[storage] compact_interval_s and compact_max_file_mb must be at least 1");
+        }
+        let datasets: Vec<&str> = crate::query::known_datasets()
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        for (dataset, days) in &self.storage.retention_days {
+            if !datasets.contains(&dataset.as_str()) {
+                bail!(
+                    "[storage.retention_days] {dataset:?} is not a dataset; known: {}",
+                    datasets.join(", ")
+                );
+            }
+            if *days == 0 {
+                bail!("[storage.retention_days] {dataset} must keep at least 1 day");
+            }
+        }
         if self.storage.max_record_bytes == 0 {
             bail!("[storage] max_record_bytes must be at least 1");
         }
@@ -796,6 +870,10 @@ mod tests {
         );
         assert_eq!(config.storage.data_dir, PathBuf::from("data"));
         assert_eq!(config.storage.roll_interval_s, 30);
+        assert!(config.storage.compact);
+        assert_eq!(config.storage.compact_after_hours, 2);
+        assert_eq!(config.storage.compact_interval_s, 300);
+        assert!(config.storage.retention_days.is_empty());
     }
 
     #[test]
@@ -844,6 +922,11 @@ mod tests {
     fn semantic_rules() {
         assert!(parse("[instance]\nid = \"a/b\"\n").is_err());
         assert!(parse("[storage]\nroll_interval_s = 0\n").is_err());
+        assert!(parse("[storage]\ncompact_interval_s = 0\n").is_err());
+        assert!(parse("[storage.retention_days]\ndql = 30\n").is_err());
+        assert!(parse("[storage.retention_days]\ndlq = 0\n").is_err());
+        let config = parse("[storage.retention_days]\ndlq = 30\nlate = 90\n").unwrap();
+        assert_eq!(config.storage.retention_days["late"], 90);
         assert!(parse("[sites]\ntimezone = \"Mars/Olympus\"\n").is_err());
     }
 }
