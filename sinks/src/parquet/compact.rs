@@ -374,7 +374,7 @@ pub fn run_with_crash(
             })
     };
     for folder in folders {
-        if !closes(folder.date).is_some_and(|closed| closed <= now) {
+        if closes(folder.date).is_none_or(|closed| closed > now) {
             continue;
         }
         if stop.load(Ordering::Relaxed) {
@@ -625,7 +625,7 @@ fn compact_folder(
         .iter()
         .filter(|f| !hidden.contains(f.file_name.as_str()))
         .collect();
-    remaining.sort_by(|a, b| (a.name.kind, a.name.lo).cmp(&(b.name.kind, b.name.lo)));
+    remaining.sort_by_key(|f| (f.name.kind, f.name.lo));
 
     for group in groups(&remaining, eligible, options.max_file_bytes, report) {
         if stop.load(Ordering::Relaxed) {

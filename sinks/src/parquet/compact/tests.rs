@@ -32,7 +32,7 @@ fn meal(n: u64, date: &str) -> WalEntry {
     let record = Record::Gavage(
         GavageMeal::decode(
             serde_json::json!({"code_lot": format!("LL{n:07}"), "gaveur_id": 1, "site": "LL",
-                "jour": 1 + (n % 12), "moment": if n % 2 == 0 { "matin" } else { "soir" },
+                "jour": 1 + (n % 12), "moment": if n.is_multiple_of(2) { "matin" } else { "soir" },
                 "dose_theorique": 200, "dose_reelle": 150 + n,
                 "timestamp": format!("{date}T08:00:00Z")})
             .to_string()
