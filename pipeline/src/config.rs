@@ -626,6 +626,27 @@ pub struct StorageConfig {
     /// `timestamp_out_of_range`). Default 300.
     #[serde(default = "default_max_future_skew_s")]
     pub max_future_skew_s: u64,
+    /// Merge each closed day's small files into one file per dataset, day and site (and
+    /// instance). Default true.
+    #[serde(default = "default_true")]
+    pub compact: bool,
+    /// A day is compacted once it ended (midnight UTC) this many hours ago; rows that arrive
+    /// later for it are merged in at a later pass. Default 2.
+    #[serde(default = "default_compact_after_hours")]
+    pub compact_after_hours: u64,
+    /// How often compaction and retention run, seconds (the first pass one interval after
+    /// start). Default 300.
+    #[serde(default = "default_compact_interval_s")]
+    pub compact_interval_s: u64,
+    /// A compacted file merges at most this many MiB of files; larger days get several.
+    /// Default 256.
+    #[serde(default = "default_compact_max_file_mb")]
+    pub compact_max_file_mb: u64,
+    /// Days each dataset keeps, e.g. `[storage.retention_days] dlq = 30, late = 90`
+    /// (`lot_kpis` is the history behind the view); older `date=` partitions are removed,
+    /// every instance's files. Default: every dataset keeps everything.
+    #[serde(default)]
+    pub retention_days: std::collections::BTreeMap<String, u32>,
     /// Size of one durable-log segment file, MiB (fractions allowed). Default 64.
     #[serde(default = "default_log_segment_mb")]
     pub log_segment_mb: f64,
@@ -658,6 +679,25 @@ pub struct StorageConfig {
 }
 
 impl StorageConfig {
+    /// What the compaction and retention thread needs.
+    pub fn compaction(
+        &self,
+        parquet_root: &Path,
+        state_dir: &Path,
+        instance_id: &str,
+    ) -> gaveurs_sinks::parquet::compact::CompactOptions {
+        gaveurs_sinks::parquet::compact::CompactOptions {
+            root: parquet_root.to_path_buf(),
+            state_dir: state_dir.to_path_buf(),
+            instance_id: instance_id.to_string(),
+            compact: self.compact,
+            compact_after: std::time::Duration::from_secs(self.compact_after_hours * 3600),
+            max_file_bytes: self.compact_max_file_mb * 1024 * 1024,
+            retention_days: self.retention_days.clone(),
+            interval: std::time::Duration::from_secs(self.compact_interval_s),
+        }
+    }
+
     /// A skew too large for a duration is no bound at all.
     pub fn max_future_skew(&self) -> chrono::Duration {
         i64::try_from(self.max_future_skew_s)
@@ -706,6 +746,15 @@ fn default_max_record_bytes() -> usize {
 fn default_max_future_skew_s() -> u64 {
     gaveurs_operators::validate::DEFAULT_MAX_FUTURE_SKEW.num_seconds() as u64
 }
+fn default_compact_after_hours() -> u64 {
+    2
+}
+fn default_compact_interval_s() -> u64 {
+    300
+}
+fn default_compact_max_file_mb() -> u64 {
+    256
+}
 fn default_log_segment_mb() -> f64 {
     64.0
 }
@@ -736,6 +785,11 @@ impl Default for StorageConfig {
             max_rows_per_roll: default_max_rows_per_roll(),
             max_record_bytes: default_max_record_bytes(),
             max_future_skew_s: default_max_future_skew_s(),
+            compact: true,
+            compact_after_hours: default_compact_after_hours(),
+            compact_interval_s: default_compact_interval_s(),
+            compact_max_file_mb: default_compact_max_file_mb(),
+            retention_days: Default::default(),
             log_segment_mb: default_log_segment_mb(),
             log_tail_mb: default_log_tail_mb(),
             log_max_retained_mb: default_log_max_retained_mb(),
@@ -907,6 +961,24 @@ impl Config {
         if self.storage.roll_interval_s == 0 {
             bail!("[storage] roll_interval_s must be at least 1");
         }
+        if self.storage.compact_interval_s == 0 || self.storage.compact_max_file_mb == 0 {
+            bail!("[storage] compact_interval_s and compact_max_file_mb must be at least 1");
+        }
+        let datasets: Vec<&str> = crate::query::known_datasets()
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        for (dataset, days) in &self.storage.retention_days {
+            if !datasets.contains(&dataset.as_str()) {
+                bail!(
+                    "[storage.retention_days] {dataset:?} is not a dataset; known: {}",
+                    datasets.join(", ")
+                );
+            }
+            if *days == 0 {
+                bail!("[storage.retention_days] {dataset} must keep at least 1 day");
+            }
+        }
         if self.storage.max_record_bytes == 0 {
             bail!("[storage] max_record_bytes must be at least 1");
         }
@@ -1009,6 +1081,10 @@ mod tests {
         );
         assert_eq!(config.storage.data_dir, PathBuf::from("data"));
         assert_eq!(config.storage.roll_interval_s, 30);
+        assert!(config.storage.compact);
+        assert_eq!(config.storage.compact_after_hours, 2);
+        assert_eq!(config.storage.compact_interval_s, 300);
+        assert!(config.storage.retention_days.is_empty());
         assert_eq!(config.storage.max_future_skew_s, 300);
         assert_eq!(config.query.memory_limit_mb, 256);
         assert_eq!(config.query.timeout_s, 30);
@@ -1060,6 +1136,11 @@ mod tests {
     fn semantic_rules() {
         assert!(parse("[instance]\nid = \"a/b\"\n").is_err());
         assert!(parse("[storage]\nroll_interval_s = 0\n").is_err());
+        assert!(parse("[storage]\ncompact_interval_s = 0\n").is_err());
+        assert!(parse("[storage.retention_days]\ndql = 30\n").is_err());
+        assert!(parse("[storage.retention_days]\ndlq = 0\n").is_err());
+        let config = parse("[storage.retention_days]\ndlq = 30\nlate = 90\n").unwrap();
+        assert_eq!(config.storage.retention_days["late"], 90);
         let storage = parse("[storage]\nmax_future_skew_s = 18446744073709551615\n")
             .unwrap()
             .storage;

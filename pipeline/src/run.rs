@@ -359,6 +359,12 @@ pub async fn run(
         );
     }
     let consumers = consumers.start(&wal)?;
+    // Compaction of closed days and retention (sinks/src/parquet/compact.rs).
+    let storage_task = parquet::compact::spawn(config.storage.compaction(
+        &paths.parquet_root,
+        &paths.instance_dir.join("parquet"),
+        &instance_id,
+    ))?;
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let reloads = tokio::spawn(reload_on_hangup(
         hangups,
@@ -519,6 +525,8 @@ pub async fn run(
     tracing::info!("gaveurs stopping: no more input");
     shutdown.cancel();
     hub.close_all();
+    // A pass in progress stops at its next file or batch.
+    let _ = tokio::task::spawn_blocking(move || storage_task.stop()).await;
     while sources.join_next().await.is_some() {}
     if let Some(kafka) = kafka_source {
         // It publishes and commits what it consumed before leaving the group.

@@ -9,6 +9,11 @@
 //! older version (without a newer column) reads that column as null. Every known dataset is a
 //! table even before its first file exists: an empty one, with its known columns.
 //!
+//! A folder may also hold, for a moment or after a crash, the small files a compaction has
+//! merged (`gaveurs_sinks::parquet::compact`): every listing leaves out a file whose range
+//! another file of the same instance and writer strictly contains, so their rows are read
+//! once, from the merged file.
+//!
 //! `lot_kpis` is a view: the latest row (greatest `_computed_at`) of each lot in
 //! `lot_kpis_history`, the append-only listing of every row ever written.
 //!
@@ -19,6 +24,7 @@
 //! durable log's), and a run time, after which it is dropped, which cancels its work.
 
 mod format;
+mod listing;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -37,6 +43,7 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::GreedyMemoryPool;
+use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::{StreamExt, TryStreamExt};
@@ -340,6 +347,14 @@ impl Catalog {
                 SessionContext::new_with_config_rt(config, runtime)
             }
         };
+        // Listings leave out the inputs of a compaction once its file is published, so a
+        // query never counts their rows twice (`listing.rs`).
+        ctx.register_object_store(
+            ObjectStoreUrl::local_filesystem().as_ref(),
+            Arc::new(listing::PublishedFiles::new(Arc::new(
+                datafusion::object_store::local::LocalFileSystem::new(),
+            ))),
+        );
 
         let mut datasets: Vec<(String, Option<SchemaRef>)> = known_datasets()
             .into_iter()
@@ -432,10 +447,18 @@ pub async fn run<W: std::io::Write>(
     limits: QueryLimits,
 ) -> Result<usize, QueryError> {
     within_time(limits, async {
-        let catalog = Catalog::open_limited(parquet_root, limits).await?;
-        let mut stream = catalog.stream(sql).await?;
+        // Until the first batch nothing is written, so a file a compaction deleted meanwhile
+        // can be answered by listing again (its rows are in the compacted file now).
+        let (catalog, mut stream, first) = match start(parquet_root, sql, limits).await {
+            Err(e) if vanished(&e) => start(parquet_root, sql, limits).await?,
+            started => started?,
+        };
         let mut writer = BatchWriter::new(format, stream.schema(), out)?;
         let mut rows = 0;
+        if let Some(batch) = first {
+            rows += batch.num_rows();
+            writer.write(&batch)?;
+        }
         while let Some(batch) = stream.next().await {
             let batch = batch.map_err(|e| catalog.running(e))?;
             rows += batch.num_rows();
@@ -447,10 +470,54 @@ pub async fn run<W: std::io::Write>(
     .await
 }
 
+/// Opens a catalog within `limits`, plans `sql` and reads the first batch.
+async fn start(
+    parquet_root: &Path,
+    sql: &str,
+    limits: QueryLimits,
+) -> Result<
+    (
+        Catalog,
+        SendableRecordBatchStream,
+        Option<arrow::array::RecordBatch>,
+    ),
+    QueryError,
+> {
+    let catalog = Catalog::open_limited(parquet_root, limits).await?;
+    let mut stream = catalog.stream(sql).await?;
+    let first = stream
+        .next()
+        .await
+        .transpose()
+        .map_err(|e| catalog.running(e))?;
+    Ok((catalog, stream, first))
+}
+
+/// A file listed for this query was gone when it was read: a compaction finished between
+/// the listing and the read (its inputs are deleted once the merged file is published).
+/// DataFusion reports it as the object store's "not found" or the OS's ENOENT, as text.
+fn vanished(error: &QueryError) -> bool {
+    matches!(error, QueryError::Failed(message)
+        if message.contains("not found") || message.contains("No such file or directory"))
+}
+
 /// Runs `sql` within the memory of `limits` and collects its result, refusing more than
 /// `max_rows` rows. Its time is the caller's to bound (with [`within_time`]), e.g. around the
 /// task it runs in.
 pub async fn collect_capped(
+    parquet_root: &Path,
+    sql: &str,
+    max_rows: usize,
+    limits: QueryLimits,
+) -> Result<(SchemaRef, Vec<arrow::array::RecordBatch>), QueryError> {
+    match collect_capped_once(parquet_root, sql, max_rows, limits).await {
+        // Nothing was returned yet: list again (see `vanished`).
+        Err(e) if vanished(&e) => collect_capped_once(parquet_root, sql, max_rows, limits).await,
+        result => result,
+    }
+}
+
+async fn collect_capped_once(
     parquet_root: &Path,
     sql: &str,
     max_rows: usize,

@@ -241,3 +241,139 @@ async fn a_query_past_its_time_is_cancelled_naming_the_limit() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Between a compaction's rename and the deletion of its inputs (here: a crash there), the
+/// folder holds every row twice; the catalog reads each once.
+#[tokio::test]
+async fn files_a_compaction_has_merged_are_not_read_again() {
+    use std::sync::atomic::AtomicBool;
+
+    use arrow::array::{Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+    use gaveurs_sinks::parquet::compact::{self, CompactOptions, Step};
+    use gaveurs_sinks::parquet::derived::DerivedWriter;
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("parquet");
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("code_lot", DataType::Utf8, false),
+        Field::new("itm", DataType::Float64, true),
+        Field::new(
+            "_computed_at",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
+    ]));
+    let mut writer = DerivedWriter::new(root.clone(), "i1".into());
+    let partition = gaveurs_schemas::datasets::Partition {
+        date: chrono::NaiveDate::from_ymd_opt(2026, 1, 20).unwrap(),
+        site: "LL".into(),
+    };
+    for (n, lot) in ["LL1", "LL2", "LL1"].into_iter().enumerate() {
+        writer.append(
+            LOT_KPIS,
+            partition.clone(),
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(StringArray::from(vec![lot])),
+                    Arc::new(Float64Array::from(vec![3.0 + n as f64])),
+                    Arc::new(
+                        TimestampMicrosecondArray::from(vec![n as i64 * 1_000_000])
+                            .with_timezone("UTC"),
+                    ),
+                ],
+            )
+            .unwrap(),
+        );
+        writer.flush().unwrap();
+    }
+    let options = CompactOptions {
+        root: root.clone(),
+        state_dir: dir.path().join("instances/i1/parquet"),
+        instance_id: "i1".into(),
+        compact: true,
+        compact_after: std::time::Duration::ZERO,
+        max_file_bytes: 1 << 30,
+        retention_days: Default::default(),
+        interval: std::time::Duration::from_secs(60),
+    };
+    let stop = AtomicBool::new(false);
+    compact::run_with_crash(&options, chrono::Utc::now(), &stop, &|step| {
+        step == Step::Renamed
+    })
+    .unwrap();
+    let folder = root.join("lot_kpis/date=2026-01-20/site=LL");
+    assert_eq!(std::fs::read_dir(&folder).unwrap().count(), 4);
+
+    let counts = |sql: &'static str| {
+        let root = root.clone();
+        async move {
+            let catalog = Catalog::open(&root).await.unwrap();
+            let batches = catalog.sql(sql).await.unwrap().collect().await.unwrap();
+            arrow::util::pretty::pretty_format_batches(&batches)
+                .unwrap()
+                .to_string()
+        }
+    };
+    let sql = "SELECT (SELECT count(*) FROM lot_kpis_history) AS history, \
+               (SELECT count(*) FROM lot_kpis) AS lots, \
+               (SELECT itm FROM lot_kpis WHERE code_lot = 'LL1') AS ll1";
+    let expected = "| 3       | 2    | 5.0 |";
+    let during = counts(sql).await;
+    assert!(during.contains(expected), "{during}");
+
+    // The next pass removes the leftovers; the answer stays the same.
+    let report = compact::run_once(&options, chrono::Utc::now(), &stop).unwrap();
+    assert_eq!(report.leftovers_removed, 3);
+    assert_eq!(std::fs::read_dir(&folder).unwrap().count(), 1);
+    let after = counts(sql).await;
+    assert!(after.contains(expected), "{after}");
+}
+
+/// The error of a query whose file a compaction deleted after the listing is recognised, so
+/// `run` and `collect_capped` list again instead of failing.
+#[tokio::test]
+async fn a_file_deleted_after_the_listing_is_recognised_as_vanished() {
+    use arrow::array::{Int64Array, RecordBatch};
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("parquet");
+    let folder = root.join("ledger/date=2026-01-20/site=LL");
+    std::fs::create_dir_all(&folder).unwrap();
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "entry",
+        DataType::Int64,
+        false,
+    )]));
+    // Large enough that reading the footer does not fetch the whole file (a small file's
+    // bytes come with its footer, which the catalog has already read).
+    for n in 1..=2 {
+        let values: Vec<i64> = (0..400_000).map(|k| n * 1_000_003 + k * 7_919).collect();
+        let batch =
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(values))]).unwrap();
+        let file = std::fs::File::create(folder.join(format!("x-{n}.parquet"))).unwrap();
+        let mut writer = parquet::arrow::ArrowWriter::try_new(file, schema.clone(), None).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+    }
+    // The listing is made (and kept) when the catalog opens and the query is planned.
+    let catalog = Catalog::open(&root).await.unwrap();
+    let frame = catalog.sql("SELECT entry FROM ledger").await.unwrap();
+    std::fs::remove_file(folder.join("x-2.parquet")).unwrap();
+    let error = QueryError::from(frame.collect().await.unwrap_err());
+    assert!(vanished(&error), "{error}");
+    // Listed again, the query answers.
+    let (_, batches) = collect_capped(
+        &root,
+        "SELECT count(*) AS n FROM ledger",
+        10,
+        QueryLimits::default(),
+    )
+    .await
+    .unwrap();
+    let text = arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string();
+    assert!(text.contains("| 400000 |"), "{text}");
+    assert!(!vanished(&QueryError::Failed("a corrupt footer".into())));
+}

@@ -5,12 +5,13 @@
 //! the published records, and at start the analytics operator recomputes what a crash may
 //! have lost (the `lot_kpis` rows of every lot it remembers). A flush writes one file per
 //! (dataset, partition) under a hidden name, fsyncs it, renames it to
-//! `<instance>-derived-<millis>-<n>.parquet` and fsyncs the folder. A hidden file left by a
-//! crash is removed at start with the instance's other hidden files.
+//! `<instance>-derived-<millis>-<n>.parquet` (millis above any this instance already used in
+//! that folder, so names only grow, which compaction relies on) and fsyncs the folder. A
+//! hidden file left by a crash is removed at start with the instance's other hidden files.
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use arrow::array::RecordBatch;
 use gaveurs_schemas::datasets::Partition;
@@ -60,25 +61,36 @@ impl DerivedWriter {
 
     /// Publishes every buffered row.
     pub fn flush(&mut self) -> Result<DerivedFlush, SinkError> {
-        let millis = chrono::Utc::now().timestamp_millis();
-        self.flush_files(|instance, n, _| format!("{instance}-derived-{millis}-{n}.parquet"))
+        let now = chrono::Utc::now().timestamp_millis().max(0) as u64;
+        self.flush_files(|dir, instance, n, _| {
+            // Above every millis this instance already used here: a compacted file covers a
+            // range of them and readers skip what it covers, so a clock that went back must
+            // not put a new file inside it (`compact.rs`).
+            let millis = match super::compact::last_derived_millis(dir, instance)? {
+                Some(last) if last >= now => last + 1,
+                _ => now,
+            };
+            Ok(format!("{instance}-derived-{millis}-{n}.parquet"))
+        })
     }
 
     /// Publishes every buffered row as `<instance>-<stem>.parquet` in each partition's
     /// folder, so publishing the same rows (or more) again after a crash replaces the files
     /// instead of adding a second copy.
     pub fn flush_named(&mut self, stem: &str) -> Result<DerivedFlush, SinkError> {
-        self.flush_files(|instance, _, chunk| match chunk {
-            0 => format!("{instance}-{stem}.parquet"),
-            k => format!("{instance}-{stem}-{k}.parquet"),
+        self.flush_files(|_, instance, _, chunk| {
+            Ok(match chunk {
+                0 => format!("{instance}-{stem}.parquet"),
+                k => format!("{instance}-{stem}-{k}.parquet"),
+            })
         })
     }
 
-    /// `name(instance, files written so far, chunk of this partition)`: a partition has
-    /// more than one chunk only when the rows' schema changed.
+    /// `name(folder, instance, files written so far, chunk of this partition)`: a partition
+    /// has more than one chunk only when the rows' schema changed.
     fn flush_files(
         &mut self,
-        name: impl Fn(&str, u64, usize) -> String,
+        name: impl Fn(&Path, &str, u64, usize) -> std::io::Result<String>,
     ) -> Result<DerivedFlush, SinkError> {
         let mut flushed = DerivedFlush::default();
         for ((dataset, partition), batches) in std::mem::take(&mut self.buffered) {
@@ -95,7 +107,7 @@ impl DerivedWriter {
                     .position(|b| b.schema() != schema)
                     .map_or(batches.len(), |n| start + n);
                 self.files_written += 1;
-                let name = name(&self.instance_id, self.files_written, chunk);
+                let name = name(&dir, &self.instance_id, self.files_written, chunk)?;
                 chunk += 1;
                 let hidden = dir.join(format!(".{name}.tmp"));
                 let file = File::create(&hidden)?;

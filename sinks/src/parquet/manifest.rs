@@ -18,8 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::publish_renames;
-use crate::fsutil::{create_dir_durable, write_atomic};
+use crate::fsutil::{create_dir_durable, sync_dir, write_atomic};
 use crate::wal::Lsn;
 
 pub const MANIFEST_DIR: &str = "_rolls";
@@ -60,15 +59,29 @@ pub fn read(path: &Path) -> io::Result<Option<Manifest>> {
     }
 }
 
-/// Finishes the renames a manifest names (those already done are skipped).
+/// Finishes the renames a manifest names. A rename whose hidden source is gone was done
+/// already — by the instance, or by another reader of the manifest meanwhile — and its
+/// target may be gone too: the owner's compaction may have merged it into a larger file
+/// since (`compact.rs`), so neither is an error.
 pub fn complete(root: &Path, manifest: &Manifest) -> io::Result<()> {
-    let renames: Vec<(PathBuf, PathBuf)> = manifest
-        .renames
-        .iter()
-        .map(|(from, to)| (root.join(from), root.join(to)))
-        .filter(|(from, _)| from.exists())
-        .collect();
-    publish_renames(&renames)
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for (from, to) in &manifest.renames {
+        let (from, to) = (root.join(from), root.join(to));
+        match std::fs::rename(&from, &to) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !from.exists() => continue,
+            Err(e) => return Err(e),
+        }
+        if let Some(dir) = to.parent()
+            && !dirs.iter().any(|d| d == dir)
+        {
+            dirs.push(dir.to_path_buf());
+        }
+    }
+    for dir in dirs {
+        sync_dir(&dir)?;
+    }
+    Ok(())
 }
 
 /// Every instance's manifest, each roll finished: the offsets published so far.

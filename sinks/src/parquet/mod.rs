@@ -22,6 +22,7 @@
 //! With Kafka input, a roll also writes the instance's shared [`manifest`] (before step 2),
 //! which tells every instance which Kafka offsets are published.
 
+pub mod compact;
 pub mod derived;
 pub mod manifest;
 mod state;

@@ -57,22 +57,32 @@ pub struct RecoveredState {
     pub kafka: super::manifest::KafkaOffsets,
 }
 
-/// Finishes a roll interrupted by a crash, removes this instance's stale hidden files, and
-/// looks for the digests file of an earlier version. Never touches another instance's files.
-pub fn recover(options: &ParquetOptions) -> io::Result<RecoveredState> {
-    create_dir_durable(&options.state_dir)?;
-    create_dir_durable(&options.root)?;
-    let path = options.state_dir.join(STATE_FILE);
-    let mut state: State = match std::fs::read(&path) {
+fn read(state_dir: &Path) -> io::Result<State> {
+    let path = state_dir.join(STATE_FILE);
+    match std::fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("{} is unreadable: {e}", path.display()),
             )
-        })?,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => State::default(),
-        Err(e) => return Err(e),
-    };
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(State::default()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The published LSN `state.json` records now. A roll's files have LSNs above it until the
+/// roll has ended (renames done, intent cleared), so compaction leaves them alone.
+pub(super) fn read_published(state_dir: &Path) -> io::Result<Lsn> {
+    Ok(read(state_dir)?.published_through)
+}
+
+/// Finishes a roll interrupted by a crash, removes this instance's stale hidden files, and
+/// looks for the digests file of an earlier version. Never touches another instance's files.
+pub fn recover(options: &ParquetOptions) -> io::Result<RecoveredState> {
+    create_dir_durable(&options.state_dir)?;
+    create_dir_durable(&options.root)?;
+    let mut state = read(&options.state_dir)?;
     if let Some(rolling) = state.rolling.take() {
         let renames: Vec<(PathBuf, PathBuf)> = rolling
             .renames
