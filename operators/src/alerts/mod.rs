@@ -171,7 +171,7 @@ impl AlertBook {
         let at = event.envelope.event_time;
         self.clock = self.clock.max(Some(at.min(Utc::now())));
         // Every so many evaluations (a count, so a replay forgets at the same points).
-        if self.counters.evaluated % FORGET_EVERY == 0 {
+        if self.counters.evaluated.is_multiple_of(FORGET_EVERY) {
             self.forget_quiet(rules);
         }
         let backfill = event.envelope.backfill;

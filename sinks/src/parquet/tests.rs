@@ -140,8 +140,7 @@ impl Running {
     fn finish(mut self) -> Vec<DedupKey> {
         self.writer.take().unwrap().close();
         self.sink.join().unwrap().unwrap();
-        let keys = self.keys.lock().clone();
-        keys
+        self.keys.lock().clone()
     }
 }
 
