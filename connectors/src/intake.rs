@@ -33,6 +33,10 @@ pub struct RawInput {
     /// Set by replays: such records never trigger an SMS. Producers ask for it with
     /// [`BACKFILL`] (an MQTT 5 user property or a Kafka header) set to `true`.
     pub backfill: bool,
+    /// Already published by the partition's previous owner and read again only for the
+    /// derived state that had not caught up with it (the alert state of a partition taken
+    /// over): never stored or pushed again.
+    pub reread: bool,
 }
 
 /// Name of the MQTT 5 user property (embedded listener, external broker) and of the Kafka

@@ -4,15 +4,22 @@
 //! `gaveurs.alerts.v1`, the `alerts` dataset, `GET /api/v1/alerts` — and asks the SMS sink
 //! for a text when an alert opens critical.
 //!
-//! Its state (`instances/<id>/alerts/state.json`) holds the book, the last log position it
-//! covers, and the transitions not yet in a published file. The log keeps every entry the
-//! saved state does not cover, so after a crash the entries since the last save are
-//! evaluated again: the same records in the same order give the same transitions and the
-//! same alert ids, so the SMS outbox (keyed by alert id) neither loses nor repeats a text,
-//! and the `alerts` files — written only after a save that lists their rows, under names
-//! fixed by that save — are replaced rather than duplicated.
+//! Its state is split by **shard**: the records of one Kafka partition belong to that
+//! partition (`data/shards/<topic>-<partition>/alerts/state.json`, continued by whichever
+//! instance owns the partition now), every other record to this instance
+//! (`instances/<id>/alerts/state.json`). A shard's state holds its book, how far it has
+//! evaluated (the log position for this instance's shard, the Kafka offset for a partition),
+//! and the transitions not yet in a published file. After a crash the records since the last
+//! save are evaluated again — from the log for this instance's shard, from Kafka for a
+//! partition (the Kafka source starts a partition at the first offset its alert state still
+//! needs, re-reading what is already published for the alerts alone) — and the same records
+//! in the same order give the same transitions and the same alert ids. A text is asked for
+//! only once the state that says so is saved, so an instance that takes a partition over
+//! never texts an opening its previous owner texted. The `alerts` files — written only after
+//! a save that lists their rows, under names fixed by that save — are replaced rather than
+//! duplicated.
 
-use std::collections::HashSet;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
@@ -20,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::Utc;
+use gaveurs_connectors::sources::kafka::PartitionState;
 use gaveurs_operators::alerts::rules::RuleSet;
 use gaveurs_operators::alerts::{AckError, AlertBook, Raised};
 use gaveurs_operators::auth::permissions::{self, Action, Resource, Scope};
@@ -33,14 +41,60 @@ use gaveurs_sinks::parquet::derived::DerivedWriter;
 use gaveurs_sinks::sms::{Directory, SmsMessage, SmsService, sms_body};
 use gaveurs_sinks::wal::{Checkpointer, Committed, LogCursor, LogEnded, WalEntry};
 use gaveurs_sinks::websocket::Hub;
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+const STATE_FILE: &str = "state.json";
+
+/// Whose alert state a record's alerts belong to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Shard {
+    /// Records that did not come from Kafka: this instance's own.
+    Local,
+    /// One partition of a Kafka input topic.
+    Kafka { topic: String, partition: i32 },
+}
+
+impl Shard {
+    /// The shard of a logged record, with its Kafka offset.
+    fn of(entry: &WalEntry) -> (Shard, Option<i64>) {
+        match entry.kafka_position() {
+            Some((topic, partition, offset)) => (
+                Shard::Kafka {
+                    topic: topic.to_string(),
+                    partition,
+                },
+                Some(offset),
+            ),
+            None => (Shard::Local, None),
+        }
+    }
+
+    /// Folder name of a partition's shared state: `<topic>-<partition>`.
+    fn folder(topic: &str, partition: i32) -> String {
+        format!("{topic}-{partition}")
+    }
+
+    /// What names its `alerts` files (one writer per shard, so a new owner replaces the
+    /// files its previous owner wrote for the same rows).
+    fn file_prefix(&self, instance_id: &str) -> String {
+        match self {
+            Shard::Local => instance_id.to_string(),
+            Shard::Kafka { topic, partition } => {
+                format!("kafka_{}_p{partition}", topic.replace(['.', '-'], "_"))
+            }
+        }
+    }
+}
+
 #[derive(Default, Serialize, Deserialize)]
 struct Snapshot {
-    /// Every log entry up to here is reflected in `book`.
+    /// This instance's shard: every log entry up to here is reflected in `book`.
     through_lsn: u64,
+    /// A partition's shard: every record up to this offset is reflected in `book`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kafka_offset: Option<i64>,
     /// Names the next `alerts` files.
     publish_seq: u64,
     /// Transitions not yet in a published file.
@@ -48,7 +102,24 @@ struct Snapshot {
     book: AlertBook,
 }
 
-/// The saved state, read before the log opens so the log can replay what it does not cover.
+impl Snapshot {
+    fn load(dir: &Path) -> anyhow::Result<Option<Snapshot>> {
+        let path = dir.join(STATE_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let mut snapshot: Snapshot = serde_json::from_slice(&bytes)
+                    .with_context(|| format!("reading alert state {}", path.display()))?;
+                snapshot.book.reindex();
+                Ok(Some(snapshot))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+}
+
+/// This instance's saved state, read before the log opens so the log can replay what it
+/// does not cover.
 pub struct SavedAlerts {
     dir: PathBuf,
     snapshot: Snapshot,
@@ -58,20 +129,10 @@ impl SavedAlerts {
     /// Reads `dir/state.json`. Without one (first start), alerting starts at the published
     /// position: records of earlier runs are not evaluated (and never texted) again.
     pub fn load(dir: &Path, published_through: u64) -> anyhow::Result<SavedAlerts> {
-        let path = dir.join("state.json");
-        let snapshot = match std::fs::read(&path) {
-            Ok(bytes) => {
-                let mut snapshot: Snapshot = serde_json::from_slice(&bytes)
-                    .with_context(|| format!("reading alert state {}", path.display()))?;
-                snapshot.book.reindex();
-                snapshot
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Snapshot {
-                through_lsn: published_through,
-                ..Snapshot::default()
-            },
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        };
+        let snapshot = Snapshot::load(dir)?.unwrap_or(Snapshot {
+            through_lsn: published_through,
+            ..Snapshot::default()
+        });
         Ok(SavedAlerts {
             dir: dir.to_path_buf(),
             snapshot,
@@ -90,27 +151,50 @@ pub struct AlertOutputs {
     pub kafka: Option<Arc<KafkaOutput>>,
     pub sms: Arc<SmsService>,
     pub directory: Directory,
-    pub writer: DerivedWriter,
+    /// `data_dir/parquet`, for the `alerts` dataset.
+    pub parquet_root: PathBuf,
+}
+
+/// Where shard states live.
+pub struct AlertPaths {
+    /// `data_dir/shards`: one folder per Kafka partition, shared by every instance.
+    pub shards: PathBuf,
+    /// `data_dir/instances`: every instance's own state, read (never written) for
+    /// `GET /api/v1/alerts`.
+    pub instances: PathBuf,
+    pub instance_id: String,
+}
+
+struct ShardState {
+    snapshot: Snapshot,
+    dir: PathBuf,
+    unsaved: bool,
 }
 
 struct DeskState {
-    snapshot: Snapshot,
+    shards: BTreeMap<Shard, ShardState>,
     rules: RuleSet,
     text_from: Severity,
-    /// Kafka records this state already reflects that Kafka will deliver again (they were
-    /// not yet in a published file when the last run stopped): skipped once each.
-    already_evaluated: HashSet<u128>,
-    unsaved: bool,
     last_saved: Instant,
 }
 
-/// The alert operator's state, shared by its thread and the HTTP and WebSocket handlers.
-/// The state lock is held for evaluation and bookkeeping only; files are written and
-/// messages routed outside it.
+impl DeskState {
+    fn local(&mut self) -> &mut ShardState {
+        self.shards
+            .get_mut(&Shard::Local)
+            .expect("this instance's shard is always here")
+    }
+}
+
+/// The alert operator's state, shared by its thread, the HTTP and WebSocket handlers, and
+/// the Kafka source (which says which partitions this instance owns). The state lock is
+/// held for evaluation and bookkeeping only; files are written and messages routed outside
+/// it.
 pub struct AlertDesk {
-    dir: PathBuf,
+    paths: AlertPaths,
     state: Mutex<DeskState>,
-    writer: Mutex<DerivedWriter>,
+    /// Wakes a partition's release waiting for the operator to reach a log position.
+    progressed: Condvar,
     /// One `state.json` writer at a time, in the order their snapshots were taken.
     saving: Mutex<()>,
     save_every: Duration,
@@ -118,8 +202,9 @@ pub struct AlertDesk {
     kafka: Option<Arc<KafkaOutput>>,
     sms: Arc<SmsService>,
     directory: Directory,
-    /// Moves the alerts cursor's checkpoint to what the saved state covers: the log keeps
-    /// every entry after it. Set when the operator's thread starts.
+    parquet_root: PathBuf,
+    /// Moves the alerts cursor's checkpoint to what this instance's saved state covers: the
+    /// log keeps every entry after it. Set when the operator's thread starts.
     checkpoint: OnceLock<Checkpointer>,
 }
 
@@ -132,6 +217,10 @@ pub enum AckFailure {
     Forbidden(String, String),
     #[error("the acknowledgement could not be saved: {0}")]
     Storage(String),
+    #[error(
+        "alert {0} belongs to Kafka partition {1}, which another instance owns now; acknowledge it there"
+    )]
+    Elsewhere(String, String),
 }
 
 impl AlertDesk {
@@ -140,26 +229,30 @@ impl AlertDesk {
         rules: RuleSet,
         text_from: Severity,
         outputs: AlertOutputs,
-        already_evaluated: HashSet<u128>,
+        paths: AlertPaths,
         save_every: Duration,
     ) -> Arc<AlertDesk> {
-        Arc::new(AlertDesk {
+        let local = ShardState {
+            snapshot: saved.snapshot,
             dir: saved.dir,
+            unsaved: false,
+        };
+        Arc::new(AlertDesk {
             state: Mutex::new(DeskState {
-                snapshot: saved.snapshot,
+                shards: [(Shard::Local, local)].into_iter().collect(),
                 rules,
                 text_from,
-                already_evaluated,
-                unsaved: false,
                 last_saved: Instant::now(),
             }),
-            writer: Mutex::new(outputs.writer),
+            paths,
+            progressed: Condvar::new(),
             saving: Mutex::new(()),
             save_every,
             hub: outputs.hub,
             kafka: outputs.kafka,
             sms: outputs.sms,
             directory: outputs.directory,
+            parquet_root: outputs.parquet_root,
             checkpoint: OnceLock::new(),
         })
     }
@@ -170,9 +263,13 @@ impl AlertDesk {
     pub fn reload(&self, rules: RuleSet, text_from: Severity) {
         let retired = {
             let mut state = self.state.lock();
-            let retired = state.snapshot.book.retire_rules(&rules, Utc::now());
-            state.snapshot.pending.extend(retired.iter().cloned());
-            state.unsaved |= !retired.is_empty();
+            let mut retired = Vec::new();
+            for shard in state.shards.values_mut() {
+                let changes = shard.snapshot.book.retire_rules(&rules, Utc::now());
+                shard.snapshot.pending.extend(changes.iter().cloned());
+                shard.unsaved |= !changes.is_empty();
+                retired.extend(changes);
+            }
             state.rules = rules;
             state.text_from = text_from;
             retired
@@ -182,24 +279,61 @@ impl AlertDesk {
         }
     }
 
-    /// The last log entry the state covers.
+    /// The last log entry this instance's state covers.
     pub fn saved_through(&self) -> u64 {
-        self.state.lock().snapshot.through_lsn
+        self.state.lock().local().snapshot.through_lsn
     }
 
     pub fn counters(&self) -> gaveurs_operators::alerts::AlertCounters {
-        self.state.lock().snapshot.book.counters()
+        let state = self.state.lock();
+        let mut total = gaveurs_operators::alerts::AlertCounters::default();
+        for shard in state.shards.values() {
+            let c = shard.snapshot.book.counters();
+            total.evaluated += c.evaluated;
+            total.opened += c.opened;
+            total.updated += c.updated;
+            total.cleared += c.cleared;
+            total.acknowledged += c.acknowledged;
+            total.suppressed += c.suppressed;
+        }
+        total
     }
 
-    /// Alerts the caller may see that `keep` accepts, newest opening first.
+    /// Alerts the caller may see that `keep` accepts, newest opening first: this
+    /// instance's shards from memory, every other shard and instance from its saved state
+    /// (at most one save interval old), so any instance answers for all of them.
     pub fn alerts(&self, principal: &Principal, keep: impl Fn(&Alert) -> bool) -> Vec<Alert> {
-        let state = self.state.lock();
-        let mut alerts: Vec<Alert> = state
-            .snapshot
-            .book
-            .alerts()
+        let mut alerts: BTreeMap<String, Alert> = BTreeMap::new();
+        let mine: Vec<PathBuf> = {
+            let state = self.state.lock();
+            for shard in state.shards.values() {
+                for alert in shard.snapshot.book.alerts() {
+                    alerts.insert(alert.alert_id.clone(), alert.clone());
+                }
+            }
+            state.shards.values().map(|s| s.dir.clone()).collect()
+        };
+        for dir in self.saved_elsewhere() {
+            if mine.contains(&dir) {
+                continue;
+            }
+            match Snapshot::load(&dir) {
+                Ok(Some(snapshot)) => {
+                    for alert in snapshot.book.alerts() {
+                        alerts
+                            .entry(alert.alert_id.clone())
+                            .or_insert_with(|| alert.clone());
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(target: "alerts", dir = %dir.display(), error = %format!("{e:#}"), "an alert state could not be read")
+                }
+            }
+        }
+        let mut alerts: Vec<Alert> = alerts
+            .into_values()
             .filter(|a| keep(a) && may_see(principal, a))
-            .cloned()
             .collect();
         alerts.sort_by(|a, b| {
             b.opened_at
@@ -207,6 +341,24 @@ impl AlertDesk {
                 .then(a.alert_id.cmp(&b.alert_id))
         });
         alerts
+    }
+
+    /// Every saved alert state folder: each partition's, each instance's.
+    fn saved_elsewhere(&self) -> Vec<PathBuf> {
+        let mut dirs = Vec::new();
+        for (root, inner) in [
+            (&self.paths.shards, "alerts"),
+            (&self.paths.instances, "alerts"),
+        ] {
+            let Ok(entries) = std::fs::read_dir(root) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                dirs.push(entry.path().join(inner));
+            }
+        }
+        dirs.sort();
+        dirs
     }
 
     /// Acknowledges an alert for `principal` (its gaveur, a superviseur or an admin). Blocks
@@ -218,9 +370,15 @@ impl AlertDesk {
     ) -> Result<Option<Alert>, AckFailure> {
         let change = {
             let mut state = self.state.lock();
-            let Some(alert) = state.snapshot.book.find(alert_id) else {
-                return Err(AckError::Unknown(alert_id.to_string()).into());
+            let Some(shard) = state
+                .shards
+                .values_mut()
+                .find(|s| s.snapshot.book.find(alert_id).is_some())
+            else {
+                drop(state);
+                return Err(self.not_here(alert_id));
             };
+            let alert = shard.snapshot.book.find(alert_id).expect("just found");
             if !may_acknowledge(principal, alert) {
                 return Err(AckFailure::Forbidden(
                     principal.display_name().to_string(),
@@ -228,15 +386,15 @@ impl AlertDesk {
                 ));
             }
             let Some(change) =
-                state
+                shard
                     .snapshot
                     .book
                     .acknowledge(alert_id, principal.display_name(), Utc::now())?
             else {
                 return Ok(None);
             };
-            state.snapshot.pending.push(change.clone());
-            state.unsaved = true;
+            shard.snapshot.pending.push(change.clone());
+            shard.unsaved = true;
             change
         };
         self.route(&change);
@@ -246,43 +404,78 @@ impl AlertDesk {
         Ok(Some(change.alert))
     }
 
+    /// Why an alert this instance does not hold cannot be acknowledged here.
+    fn not_here(&self, alert_id: &str) -> AckFailure {
+        let Ok(entries) = std::fs::read_dir(&self.paths.shards) else {
+            return AckError::Unknown(alert_id.to_string()).into();
+        };
+        for entry in entries.flatten() {
+            if let Ok(Some(snapshot)) = Snapshot::load(&entry.path().join("alerts"))
+                && snapshot.book.find(alert_id).is_some()
+            {
+                return AckFailure::Elsewhere(
+                    alert_id.to_string(),
+                    entry.file_name().to_string_lossy().into_owned(),
+                );
+            }
+        }
+        AckError::Unknown(alert_id.to_string()).into()
+    }
+
     /// Evaluates the events of one batch of committed entries, in log order, then routes
-    /// what they raised.
+    /// what they raised; texts are asked for once the state that records them is saved.
     fn process(&self, batch: &[Committed], read_through: u64) {
         let raised = {
             let mut state = self.state.lock();
             let state = &mut *state;
-            let through = state.snapshot.through_lsn;
             let now = Utc::now();
             let mut raised = Vec::new();
-            for committed in batch.iter().filter(|c| c.lsn > through) {
-                let WalEntry::Event(event) = committed.entry.as_ref() else {
+            for committed in batch {
+                let (WalEntry::Event(event) | WalEntry::Reread(event)) = committed.entry.as_ref()
+                else {
                     continue;
                 };
-                if !state.already_evaluated.is_empty()
-                    && state
-                        .already_evaluated
-                        .remove(&event.record.idempotency_hash())
-                {
+                let (shard_id, offset) = Shard::of(&committed.entry);
+                // A partition another instance owns now is that instance's to evaluate.
+                let Some(shard) = state.shards.get_mut(&shard_id) else {
                     continue;
+                };
+                match offset {
+                    None if committed.lsn <= shard.snapshot.through_lsn => continue,
+                    Some(offset) if shard.snapshot.kafka_offset.is_some_and(|o| offset <= o) => {
+                        continue;
+                    }
+                    _ => {}
                 }
-                raised.extend(state.snapshot.book.evaluate(
-                    &state.rules,
-                    event,
-                    state.text_from,
-                    now,
-                ));
+                let changes =
+                    shard
+                        .snapshot
+                        .book
+                        .evaluate(&state.rules, event, state.text_from, now);
+                shard
+                    .snapshot
+                    .pending
+                    .extend(changes.iter().map(|r| r.change.clone()));
+                if offset.is_some() {
+                    shard.snapshot.kafka_offset = offset;
+                }
+                shard.unsaved = true;
+                raised.extend(changes);
             }
-            state
-                .snapshot
-                .pending
-                .extend(raised.iter().map(|r| r.change.clone()));
-            if read_through > through {
-                state.snapshot.through_lsn = read_through;
-                state.unsaved = true;
+            let local = state.local();
+            if read_through > local.snapshot.through_lsn {
+                local.snapshot.through_lsn = read_through;
+                local.unsaved = true;
             }
             raised
         };
+        self.progressed.notify_all();
+        if raised.iter().any(|r| r.text)
+            && let Err(e) = self.save()
+        {
+            // Texting anyway: a crash before the next save could repeat it, never lose it.
+            tracing::error!(target: "alerts", error = %e, "alert state not saved before texting");
+        }
         for raised in &raised {
             self.deliver(raised);
         }
@@ -355,22 +548,36 @@ impl AlertDesk {
         }
     }
 
-    /// Writes `state.json`: the snapshot is taken under the state lock, written outside it.
+    /// Writes each unsaved shard's `state.json`: snapshots are taken under the state lock,
+    /// written outside it.
     fn save(&self) -> std::io::Result<()> {
         let _one_writer = self.saving.lock();
-        let (bytes, through) = {
+        let (files, through) = {
             let mut state = self.state.lock();
-            let bytes = serde_json::to_vec(&state.snapshot).map_err(std::io::Error::other)?;
-            state.unsaved = false;
+            let mut files = Vec::new();
+            for shard in state.shards.values_mut().filter(|s| s.unsaved) {
+                let bytes = serde_json::to_vec(&shard.snapshot).map_err(std::io::Error::other)?;
+                shard.unsaved = false;
+                files.push((shard.dir.clone(), bytes));
+            }
             state.last_saved = Instant::now();
-            (bytes, state.snapshot.through_lsn)
+            (files, state.local().snapshot.through_lsn)
         };
-        let written = create_dir_durable(&self.dir)
-            .and_then(|()| write_atomic(&self.dir.join("state.json"), &bytes));
-        if written.is_err() {
-            self.state.lock().unsaved = true;
+        let mut failed = None;
+        for (dir, bytes) in &files {
+            let written =
+                create_dir_durable(dir).and_then(|()| write_atomic(&dir.join(STATE_FILE), bytes));
+            if let Err(e) = written {
+                failed = Some(e);
+                let mut state = self.state.lock();
+                if let Some(shard) = state.shards.values_mut().find(|s| &s.dir == dir) {
+                    shard.unsaved = true;
+                }
+            }
         }
-        written?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
         if let Some(checkpoint) = self.checkpoint.get() {
             checkpoint.checkpoint(through);
         }
@@ -380,56 +587,138 @@ impl AlertDesk {
     fn save_if_due(&self, force: bool) {
         let due = {
             let state = self.state.lock();
-            state.unsaved && (force || state.last_saved.elapsed() >= self.save_every)
+            state.shards.values().any(|s| s.unsaved)
+                && (force || state.last_saved.elapsed() >= self.save_every)
         };
         if due && let Err(e) = self.save() {
-            tracing::error!(target: "alerts", error = %e, "alert state not saved; the log keeps the records it would need again");
+            tracing::error!(target: "alerts", error = %e, "alert state not saved; the log (or Kafka) keeps the records it would need again");
         }
     }
 
-    /// Publishes the transitions not yet in a file: saved first (they are listed in the
-    /// state with the sequence number that names their files), written under those names —
-    /// one file per partition, so writing them again after a crash replaces them — then
-    /// forgotten in a second save.
+    /// Publishes the transitions not yet in a file, shard by shard: saved first (they are
+    /// listed in the state with the sequence number that names their files), written under
+    /// those names — one file per partition, so writing them again after a crash replaces
+    /// them — then forgotten in a second save.
     fn publish(&self) {
-        let (changes, seq) = {
+        let work: Vec<(Shard, Vec<AlertChange>, u64)> = {
             let state = self.state.lock();
-            if state.snapshot.pending.is_empty() {
-                return;
-            }
-            (state.snapshot.pending.clone(), state.snapshot.publish_seq)
+            state
+                .shards
+                .iter()
+                .filter(|(_, s)| !s.snapshot.pending.is_empty())
+                .map(|(id, s)| {
+                    (
+                        id.clone(),
+                        s.snapshot.pending.clone(),
+                        s.snapshot.publish_seq,
+                    )
+                })
+                .collect()
         };
-        let result = (|| -> anyhow::Result<usize> {
-            self.save()?;
-            let mut by_partition: std::collections::BTreeMap<_, Vec<&AlertChange>> =
-                Default::default();
-            for change in &changes {
-                by_partition
-                    .entry(dataset::partition(change))
-                    .or_default()
-                    .push(change);
-            }
-            let mut writer = self.writer.lock();
-            for (partition, changes) in by_partition {
-                writer.append(dataset::NAME, partition, dataset::to_batch(&changes)?);
-            }
-            let flushed = writer.flush_named(&format!("alerts-{seq}"))?;
-            drop(writer);
-            {
+        if work.is_empty() {
+            return;
+        }
+        if let Err(e) = self.save() {
+            tracing::error!(target: "storage", error = %e, "alert transitions not published; they stay in the alert state and are published later");
+            return;
+        }
+        for (shard_id, changes, seq) in work {
+            let result = (|| -> anyhow::Result<usize> {
+                let mut by_partition: BTreeMap<_, Vec<&AlertChange>> = BTreeMap::new();
+                for change in &changes {
+                    by_partition
+                        .entry(dataset::partition(change))
+                        .or_default()
+                        .push(change);
+                }
+                let mut writer = DerivedWriter::new(
+                    self.parquet_root.clone(),
+                    shard_id.file_prefix(&self.paths.instance_id),
+                );
+                for (partition, changes) in by_partition {
+                    writer.append(dataset::NAME, partition, dataset::to_batch(&changes)?);
+                }
+                let flushed = writer.flush_named(&format!("alerts-{seq}"))?;
                 let mut state = self.state.lock();
-                // Only appended to meanwhile, so what was published is the front.
-                state.snapshot.pending.drain(..changes.len());
-                state.snapshot.publish_seq = seq + 1;
-                state.unsaved = true;
+                if let Some(shard) = state.shards.get_mut(&shard_id)
+                    && shard.snapshot.publish_seq == seq
+                {
+                    // Only appended to meanwhile, so what was published is the front.
+                    shard.snapshot.pending.drain(..changes.len());
+                    shard.snapshot.publish_seq = seq + 1;
+                    shard.unsaved = true;
+                }
+                Ok(flushed.rows)
+            })();
+            match result {
+                Ok(rows) => {
+                    tracing::debug!(target: "storage", rows, shard = ?shard_id, "alert transitions published")
+                }
+                Err(e) => {
+                    tracing::error!(target: "storage", error = %e, "alert transitions not published; they stay in the alert state and are published later")
+                }
             }
-            self.save()?;
-            Ok(flushed.rows)
-        })();
-        match result {
-            Ok(rows) => tracing::debug!(target: "storage", rows, "alert transitions published"),
+        }
+        if let Err(e) = self.save() {
+            tracing::error!(target: "alerts", error = %e, "alert state not saved after publishing; the same files are written again later");
+        }
+    }
+}
+
+/// The Kafka source tells the desk which partitions this instance owns.
+impl PartitionState for AlertDesk {
+    fn taken(&self, topic: &str, partition: i32) -> Option<i64> {
+        let dir = self
+            .paths
+            .shards
+            .join(Shard::folder(topic, partition))
+            .join("alerts");
+        let snapshot = match Snapshot::load(&dir) {
+            Ok(snapshot) => snapshot.unwrap_or_default(),
             Err(e) => {
-                tracing::error!(target: "storage", error = %e, "alert transitions not published; they stay in the alert state and are published later")
+                tracing::error!(target: "alerts", topic, partition, error = %format!("{e:#}"), "a partition's alert state could not be read; it starts empty");
+                Snapshot::default()
             }
+        };
+        let next = snapshot.kafka_offset.map(|o| o + 1);
+        let shard = Shard::Kafka {
+            topic: topic.to_string(),
+            partition,
+        };
+        tracing::info!(target: "alerts", topic, partition, alerts = snapshot.book.alerts().count(), evaluated_through = ?snapshot.kafka_offset, "partition's alert state taken");
+        self.state.lock().shards.insert(
+            shard,
+            ShardState {
+                snapshot,
+                dir,
+                unsaved: false,
+            },
+        );
+        next
+    }
+
+    fn released(&self, topic: &str, partition: i32, through: u64, wait: Duration) {
+        let shard = Shard::Kafka {
+            topic: topic.to_string(),
+            partition,
+        };
+        // What this instance consumed of the partition is evaluated first (within `wait`),
+        // so the next owner re-reads as little as possible.
+        let deadline = Instant::now() + wait;
+        {
+            let mut state = self.state.lock();
+            while state.local().snapshot.through_lsn < through {
+                if self.progressed.wait_until(&mut state, deadline).timed_out() {
+                    break;
+                }
+            }
+        }
+        self.publish();
+        if let Err(e) = self.save() {
+            tracing::error!(target: "alerts", topic, partition, error = %e, "a partition's alert state was not saved at hand-over; the next owner re-reads more");
+        }
+        if let Some(released) = self.state.lock().shards.remove(&shard) {
+            tracing::info!(target: "alerts", topic, partition, evaluated_through = ?released.snapshot.kafka_offset, "partition's alert state handed over");
         }
     }
 }
@@ -508,15 +797,13 @@ pub fn may_see(principal: &Principal, alert: &Alert) -> bool {
     gavage || sqal
 }
 
-/// Runs the operator on its own thread, reading the log through `cursor` from what the
-/// saved state covers, until the log ends; then the state is saved and the last transitions
-/// published. Kafka records an earlier run logged are evaluated only if they were published
-/// (Kafka resumes after the published offsets, so it will not deliver them again); the others
-/// are re-read from Kafka.
+/// Runs the operator on its own thread, reading the log through `cursor` from what this
+/// instance's saved state covers, until the log ends; then the state is saved and the last
+/// transitions published. Kafka records an earlier run logged are skipped: the owner of
+/// their partition re-reads them from Kafka, from what that partition's state covers.
 pub fn spawn(
     desk: Arc<AlertDesk>,
     mut cursor: LogCursor,
-    published_at_start: u64,
     publish_every: Duration,
 ) -> std::io::Result<JoinHandle<anyhow::Result<()>>> {
     std::thread::Builder::new()
@@ -533,9 +820,7 @@ pub fn spawn(
                     Ok(entries) => {
                         let evaluated: Vec<Committed> = entries
                             .into_iter()
-                            .filter(|c| {
-                                !c.is_earlier_kafka(opened_at) || c.lsn <= published_at_start
-                            })
+                            .filter(|c| !c.is_earlier_kafka(opened_at))
                             .collect();
                         desk.process(&evaluated, cursor.read_through());
                         None

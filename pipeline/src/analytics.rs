@@ -385,7 +385,7 @@ async fn step(engine: &mut Engine, batch: &[Arc<WalEntry>], outputs: &mut Output
         .iter()
         .filter_map(|entry| match entry.as_ref() {
             WalEntry::Event(event) => Some(event),
-            WalEntry::DeadLetter(_) => None,
+            WalEntry::DeadLetter(_) | WalEntry::Reread(_) => None,
         })
         .collect();
     let records: Vec<&Record> = events.iter().map(|e| &e.record).collect();

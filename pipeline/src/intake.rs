@@ -133,6 +133,9 @@ impl Inner {
         let validated = self
             .validator
             .validate(&input.route, &input.payload, input.received_at);
+        if input.reread {
+            return self.reread(validated, principal, input).await;
+        }
         match validated {
             Ok(Validated::Record(record)) => {
                 if let Err(e) = authorize_write(&principal, &record) {
@@ -171,6 +174,41 @@ impl Inner {
                 self.dead_letter(rejection, Some(&principal), input).await
             }
         }
+    }
+
+    /// A record the partition's previous owner already published, read again for the
+    /// partition's alert state: logged for the derived operators only — no dedup (its key is
+    /// known), no live push, no second row, and no second dead letter if it is refused.
+    async fn reread(
+        &self,
+        validated: Result<Validated, Rejection>,
+        principal: Arc<Principal>,
+        input: RawInput,
+    ) -> Submitted {
+        let Ok(Validated::Record(record)) = validated else {
+            return self.after_everything_so_far(Verdict::Control);
+        };
+        if authorize_write(&principal, &record).is_err() {
+            return self.after_everything_so_far(Verdict::Control);
+        }
+        let verdict = Verdict::Accepted {
+            saved: saved(&record),
+            duplicate: true,
+        };
+        let event = Event {
+            envelope: Envelope {
+                event_id: uuid::Uuid::now_v7(),
+                stream: record.stream(),
+                key: record.partition_key().to_string(),
+                event_time: record.event_time(),
+                ingest_time: input.received_at,
+                provenance: input.provenance,
+                principal: Some(Principal::clone(&principal)),
+                backfill: input.backfill,
+            },
+            record,
+        };
+        self.log(WalEntry::Reread(event), verdict).await
     }
 
     /// A refused token or permission: audit line, dead-letter row, refusal verdict.

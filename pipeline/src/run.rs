@@ -8,7 +8,6 @@
 //! Shutdown (SIGINT/SIGTERM): stop reading input, send the acknowledgements owed, close the
 //! log (everything accepted is fsynced), publish every buffered row to Parquet, exit 0.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -114,10 +113,8 @@ pub async fn run(
     .context("opening the durable log")?;
     // What the log holds beyond the published position: its records are known (a second
     // copy is a duplicate) — except Kafka records, never taken from this log again: whoever
-    // owns their partition now re-reads them from the offsets the published files cover.
-    // Those the alert state already reflects must not be evaluated twice when they come.
+    // owns their partition now re-reads them from Kafka.
     let mut unpublished_keys = Vec::new();
-    let mut alerts_already_evaluated: HashSet<u128> = HashSet::new();
     let mut unpublished_kafka = 0usize;
     wal.scan_after(published_through, |committed| {
         let WalEntry::Event(event) = committed.entry.as_ref() else {
@@ -127,9 +124,6 @@ pub async fn run(
             unpublished_keys.push(event.record.dedup_key());
         } else {
             unpublished_kafka += 1;
-            if committed.lsn <= saved_alerts.through() {
-                alerts_already_evaluated.insert(event.record.idempotency_hash());
-            }
         }
     })
     .context("reading the durable log")?;
@@ -324,9 +318,13 @@ pub async fn run(
             kafka: kafka_output.clone(),
             sms: sms.clone(),
             directory,
-            writer: DerivedWriter::new(paths.parquet_root.clone(), instance_id.clone()),
+            parquet_root: paths.parquet_root.clone(),
         },
-        alerts_already_evaluated,
+        alerts::AlertPaths {
+            shards: paths.data_dir.join("shards"),
+            instances: paths.data_dir.join("instances"),
+            instance_id: instance_id.clone(),
+        },
         Duration::from_millis(config.alerts.state_save_interval_ms.max(1)),
     );
     consumers.register(
@@ -337,8 +335,14 @@ pub async fn run(
         },
         {
             let desk = alert_desk.clone();
-            let publish_every = Duration::from_secs(config.storage.roll_interval_s);
-            move |cursor| alerts::spawn(desk, cursor, published_through, publish_every)
+            let publish_every = Duration::from_secs(
+                config
+                    .alerts
+                    .publish_interval_s
+                    .unwrap_or(config.storage.roll_interval_s)
+                    .max(1),
+            );
+            move |cursor| alerts::spawn(desk, cursor, publish_every)
         },
     );
     if let Some(kafka) = &kafka_output
@@ -438,8 +442,14 @@ pub async fn run(
             });
             tracing::info!(target: "connectors", brokers = %kafka.brokers, group = %kafka.group, "consuming {} and {}", kafka.gavage_topic, kafka.sqal_topic);
             Some(
-                kafka_source::spawn(settings, intake.clone(), publication, shutdown.clone())
-                    .context("starting the Kafka consumer")?,
+                kafka_source::spawn(
+                    settings,
+                    intake.clone(),
+                    publication,
+                    alert_desk.clone(),
+                    shutdown.clone(),
+                )
+                .context("starting the Kafka consumer")?,
             )
         }
         None => None,

@@ -211,8 +211,9 @@ fn the_compose_file_runs_two_replicas_beside_kafka_mosquitto_and_keycloak() {
 }
 
 #[test]
-fn the_kubernetes_manifests_run_replicas_on_one_shared_volume_and_the_same_config() {
-    let mut documents = yaml_documents("kubernetes/deployment.yaml");
+fn the_kubernetes_manifests_run_replicas_with_stable_ids_on_one_shared_volume_and_the_same_config()
+{
+    let mut documents = yaml_documents("kubernetes/statefulset.yaml");
     documents.extend(yaml_documents("kubernetes/volume.yaml"));
     documents.extend(yaml_documents("kubernetes/configmap.yaml"));
     let kind = |k: &str| {
@@ -221,14 +222,28 @@ fn the_kubernetes_manifests_run_replicas_on_one_shared_volume_and_the_same_confi
             .find(|d| d["kind"] == k)
             .unwrap_or_else(|| panic!("no {k}"))
     };
-    let deployment = kind("Deployment");
-    assert!(deployment["spec"]["replicas"].as_u64().unwrap() >= 2);
-    let pod = &deployment["spec"]["template"]["spec"];
+    // A StatefulSet: a replica comes back under the same name, so with the same instance
+    // id it finds its own durable log and state (a Deployment would give it a new name).
+    let set = kind("StatefulSet");
+    assert!(set["spec"]["replicas"].as_u64().unwrap() >= 2);
+    let headless = documents
+        .iter()
+        .find(|d| d["kind"] == "Service" && d["metadata"]["name"] == set["spec"]["serviceName"])
+        .expect("the StatefulSet's headless service");
+    assert_eq!(headless["spec"]["clusterIP"], "None");
+    let pod = &set["spec"]["template"]["spec"];
     let container = &pod["containers"][0];
     assert_eq!(
-        container["env"][0]["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name",
-        "the pod name is the instance id"
+        container["env"][0]["name"], "GAVEURS_INSTANCE__ID",
+        "the instance id comes from the environment"
     );
+    assert_eq!(
+        container["env"][0]["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name",
+        "the pod name (stable in a StatefulSet) is the instance id"
+    );
+    // Room for the pipeline's bounded state (≤ 256 MB measured) and one analyst query's
+    // memory pool ([query] memory_limit_mb = 256).
+    assert_eq!(container["resources"]["limits"]["memory"], "768Mi");
     assert_eq!(
         container["readinessProbe"]["httpGet"]["path"],
         "/health/ready"
@@ -248,11 +263,9 @@ fn the_kubernetes_manifests_run_replicas_on_one_shared_volume_and_the_same_confi
         std::fs::read_to_string(deploy("gaveurs.cluster.toml")).unwrap(),
         "the ConfigMap carries deploy/gaveurs.cluster.toml"
     );
-    assert!(
-        kind("Service")["spec"]["ports"]
-            .as_sequence()
-            .unwrap()
-            .len()
-            >= 2
-    );
+    let service = documents
+        .iter()
+        .find(|d| d["kind"] == "Service" && d["metadata"]["name"] == "gaveurs")
+        .unwrap();
+    assert!(service["spec"]["ports"].as_sequence().unwrap().len() >= 2);
 }

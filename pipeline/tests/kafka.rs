@@ -434,3 +434,228 @@ async fn topics_created_after_start_are_picked_up() {
     });
     gaveurs.stop_cleanly();
 }
+
+/// A lot's meal as Kafka would carry it, with a chosen dose (theory 200 g).
+fn dosed_meal(lot: &str, jour: i64, dose_reelle: f64) -> Vec<u8> {
+    let mut meal = records::meal(lot, 1, "LL", jour, "matin");
+    meal["dose_theorique"] = serde_json::json!(200.0);
+    meal["dose_reelle"] = serde_json::json!(dose_reelle);
+    meal.to_string().into_bytes()
+}
+
+/// The alerts of `lot` as instance `gaveurs` answers (any instance answers for all).
+async fn lot_alerts(gaveurs: &Gaveurs, lot: &str, state: &str) -> Vec<serde_json::Value> {
+    let (status, body) = support::http_get_as(
+        gaveurs.http,
+        &format!("/api/v1/alerts?state={state}&code_lot={lot}"),
+        &gaveurs.admin,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    answer["alerts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| answer.as_array().cloned().unwrap_or_default())
+}
+
+/// Polls `probe` until it answers, at most `limit`.
+async fn until<T, F: std::future::Future<Output = Option<T>>>(
+    limit: Duration,
+    what: &str,
+    mut probe: impl FnMut() -> F,
+) -> T {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(found) = probe().await {
+            return found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_instance_that_takes_a_partition_over_continues_its_alert_and_texts_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let tansu = Tansu::start(dir.path());
+    topics(&tansu, 2).await;
+    let twilio = support::twilio::FakeTwilio::start().await;
+    let data = dir.path().join("shared-data");
+    let phones = dir.path().join("phones.csv");
+    std::fs::write(&phones, "gaveur_id,phone\n1,+33612345678\n").unwrap();
+    // The alert state is saved when a text is asked for, then not again for a minute (nor
+    // are its rows published): the instance that takes over finds the opening saved but not
+    // the updates after it, and reads those again from Kafka (they are in Parquet already)
+    // for its alert state alone.
+    let config = format!(
+        "{}\n[analytics]\nenabled = false\n\n[alerts]\nstate_save_interval_ms = 60000\npublish_interval_s = 3600\n\n[sms]\ntwilio_base_url = \"{}\"\ndirectory = \"{}\"\nretry_initial_ms = 50\nretry_max_s = 1\n",
+        kafka_config(&tansu, "alerts-pair", &data),
+        twilio.base_url,
+        phones.display()
+    );
+    let env = [
+        (
+            "TWILIO_ACCOUNT_SID",
+            Some("AC0123456789abcdef0123456789abcdef"),
+        ),
+        ("TWILIO_AUTH_TOKEN", Some("secret-token")),
+        ("TWILIO_PHONE_NUMBER", Some("+33700000000")),
+    ];
+    let a = Gaveurs::start_with_env(&instance_dir(dir.path(), "a"), &config, &env);
+    let b = Gaveurs::start_with_env(&instance_dir(dir.path(), "b"), &config, &env);
+    let admin = a.admin.clone();
+    let producer = tansu.producer();
+    let lot = "LL26TAKE01";
+    // Five refusals: one critical alert, count 5, texted once.
+    for jour in 1..=5 {
+        produce(
+            &producer,
+            GAVAGE,
+            lot,
+            &dosed_meal(lot, jour, 50.0),
+            Some(&admin),
+        )
+        .await;
+    }
+    let sms = twilio.wait_for_requests(1, Duration::from_secs(60)).await;
+    assert!(sms[0].body.contains(lot), "{}", sms[0].body);
+    // The owner counts 5 (in memory); the other instance answers from the saved state.
+    let opened = until(Duration::from_secs(30), "the alert counted 5", || async {
+        for gaveurs in [&a, &b] {
+            if let Some(alert) = lot_alerts(gaveurs, lot, "active")
+                .await
+                .into_iter()
+                .find(|a| a["rule"] == "refus_alimentaire" && a["count"] == 5)
+            {
+                return Some(alert);
+            }
+        }
+        None
+    })
+    .await;
+    let alert_id = opened["alert_id"].as_str().unwrap().to_string();
+    for gaveurs in [&a, &b] {
+        let seen = lot_alerts(gaveurs, lot, "active").await;
+        assert!(seen.iter().any(|x| x["alert_id"] == alert_id.as_str()));
+    }
+    let root = data.join("parquet");
+    eventually(Duration::from_secs(30), "the five meals published", || {
+        (stored_meals(&root).len() == 5).then_some(())
+    });
+
+    // The owner is the instance that took the partition's alert state.
+    let took = |gaveurs: &Gaveurs| {
+        std::fs::read_to_string(gaveurs.dir.join("logs/alerts.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("partition's alert state taken"))
+            .count()
+    };
+    let partition_of_lot = {
+        let state: Vec<_> = std::fs::read_dir(data.join("shards"))
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                std::fs::read_to_string(e.path().join("alerts/state.json"))
+                    .unwrap_or_default()
+                    .contains(&alert_id)
+            })
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(state.len(), 1, "one partition holds the alert: {state:?}");
+        state[0].rsplit('-').next().unwrap().to_string()
+    };
+    let owns = |gaveurs: &Gaveurs| {
+        std::fs::read_to_string(gaveurs.dir.join("logs/alerts.log"))
+            .unwrap_or_default()
+            .lines()
+            .rev()
+            .find(|l| {
+                l.contains(&format!("partition={partition_of_lot}"))
+                    && (l.contains("taken") || l.contains("handed over"))
+            })
+            .is_some_and(|l| l.contains("taken"))
+    };
+    assert!(took(&a) + took(&b) >= 2);
+    let (owner, survivor) = if owns(&a) { (a, b) } else { (b, a) };
+    assert!(!owns(&survivor), "one owner");
+    owner.kill9();
+
+    // Three more refusals reach the survivor once the group has moved the partition: the
+    // same alert goes on (no second opening, no second text)…
+    for jour in 6..=8 {
+        produce(
+            &producer,
+            GAVAGE,
+            lot,
+            &dosed_meal(lot, jour, 50.0),
+            Some(&admin),
+        )
+        .await;
+    }
+    let updated = until(
+        Duration::from_secs(90),
+        "the survivor counts on",
+        || async {
+            lot_alerts(&survivor, lot, "active")
+                .await
+                .into_iter()
+                .find(|a| a["count"] == 8)
+        },
+    )
+    .await;
+    assert_eq!(updated["alert_id"], alert_id.as_str());
+    // …and three normal meals clear it.
+    for jour in 9..=11 {
+        produce(
+            &producer,
+            GAVAGE,
+            lot,
+            &dosed_meal(lot, jour, 200.0),
+            Some(&admin),
+        )
+        .await;
+    }
+    let cleared = until(Duration::from_secs(60), "the alert cleared", || async {
+        lot_alerts(&survivor, lot, "cleared")
+            .await
+            .into_iter()
+            .find(|a| a["alert_id"] == alert_id.as_str())
+    })
+    .await;
+    assert_eq!(cleared["count"], 8);
+    let active = lot_alerts(&survivor, lot, "active").await;
+    assert!(active.is_empty(), "no twin: {active:?}");
+    // The survivor really read the published updates again for the alert state.
+    let connectors = std::fs::read_to_string(survivor.dir.join("logs/connectors.log")).unwrap();
+    let field = |line: &str, name: &str| -> Option<i64> {
+        let rest = line.split(&format!("{name}=Some(")).nth(1)?;
+        rest.split(')').next()?.parse().ok()
+    };
+    assert!(
+        connectors.lines().any(|l| {
+            l.contains("resuming the partition")
+                && matches!(
+                    (field(l, "state_needs"), field(l, "published_next")),
+                    (Some(needs), Some(published)) if needs < published
+                )
+        }),
+        "{connectors}"
+    );
+    survivor.stop_cleanly();
+    assert_eq!(
+        twilio.requests().len(),
+        1,
+        "exactly one text for one opening"
+    );
+    // The alerts dataset holds one opening of that alert.
+    let openings = read_rows(&root, "alerts")
+        .into_iter()
+        .filter(|r| r["alert_id"] == alert_id.as_str() && r["transition"] == "opened")
+        .count();
+    assert_eq!(openings, 1);
+}

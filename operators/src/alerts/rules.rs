@@ -59,6 +59,9 @@ pub struct AlertsConfig {
     /// crash, records since the last save are evaluated again (harmlessly, see
     /// ARCHITECTURE.md), so this trades disk writes for replay work.
     pub state_save_interval_ms: u64,
+    /// How often transitions are written to the `alerts` dataset, seconds (default: the
+    /// Parquet roll interval, `[storage] roll_interval_s`).
+    pub publish_interval_s: Option<u64>,
     /// A lot without a meal for this many days of event time is forgotten by the rules (its
     /// last weight, owner); its active alerts stay. Default 30.
     pub lot_idle_days: u64,
@@ -71,6 +74,7 @@ impl Default for AlertsConfig {
             cooldown_min: 30.0,
             rules: BTreeMap::new(),
             state_save_interval_ms: 1000,
+            publish_interval_s: None,
             lot_idle_days: 30,
         }
     }

@@ -98,6 +98,7 @@ fn ack_failure(failure: &AckFailure, access: &access::Access) -> Response {
             StatusCode::FORBIDDEN
         }
         AckFailure::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
+        AckFailure::Elsewhere(..) => StatusCode::CONFLICT,
     };
     (status, axum::Json(json!({"error": failure.to_string()}))).into_response()
 }

@@ -188,7 +188,7 @@ pub fn spawn_live_reader(
         "live",
         move |payload| match serde_json::from_slice::<WalEntry>(payload) {
             Ok(WalEntry::Event(event)) => hub.publish_event(&event),
-            Ok(WalEntry::DeadLetter(_)) => {}
+            Ok(WalEntry::DeadLetter(_) | WalEntry::Reread(_)) => {}
             Err(e) => {
                 tracing::warn!(target: "websocket", error = %e, "unreadable message on the live topic")
             }

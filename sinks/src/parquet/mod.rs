@@ -162,7 +162,7 @@ impl OpenFile {
                 .iter()
                 .filter_map(|e| match e.as_ref() {
                     WalEntry::DeadLetter(d) => Some(d),
-                    WalEntry::Event(_) => None,
+                    WalEntry::Event(_) | WalEntry::Reread(_) => None,
                 })
                 .collect();
             datasets::dead_letters_to_batch(&rows)?
@@ -172,7 +172,7 @@ impl OpenFile {
                 .iter()
                 .filter_map(|e| match e.as_ref() {
                     WalEntry::Event(event) => Some(event),
-                    WalEntry::DeadLetter(_) => None,
+                    WalEntry::DeadLetter(_) | WalEntry::Reread(_) => None,
                 })
                 .collect();
             datasets::events_to_batch(self.dataset, &rows)?
@@ -306,6 +306,11 @@ impl Sink {
         if committed.lsn <= self.last_seen {
             return Ok(());
         }
+        if matches!(committed.entry.as_ref(), WalEntry::Reread(_)) {
+            // Published by the partition's previous owner.
+            self.pass(committed.lsn);
+            return Ok(());
+        }
         if let Some((topic, partition, offset)) = committed.entry.kafka_position() {
             let slot = self
                 .kafka_open
@@ -321,6 +326,7 @@ impl Sink {
                 (Dataset::of(&event.record), Partition::of_event(event))
             }
             WalEntry::DeadLetter(dead) => (Dataset::Dlq, Partition::of_dead_letter(dead)),
+            WalEntry::Reread(_) => unreachable!("passed above"),
         };
         let key = (dataset, partition);
         if !self.open.contains_key(&key) {

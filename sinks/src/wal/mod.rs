@@ -53,12 +53,16 @@ pub type Lsn = u64;
 pub enum WalEntry {
     Event(Event),
     DeadLetter(DeadLetter),
+    /// A Kafka record the partition's previous owner already published, read again for the
+    /// partition's derived state only (its alert state had not taken it in): never stored
+    /// or pushed again.
+    Reread(Event),
 }
 
 impl WalEntry {
     pub fn provenance(&self) -> &gaveurs_schemas::envelope::Provenance {
         match self {
-            WalEntry::Event(event) => &event.envelope.provenance,
+            WalEntry::Event(event) | WalEntry::Reread(event) => &event.envelope.provenance,
             WalEntry::DeadLetter(dead) => &dead.provenance,
         }
     }
@@ -79,7 +83,7 @@ impl WalEntry {
     /// When the pipeline received the input.
     pub fn received_at(&self) -> chrono::DateTime<chrono::Utc> {
         match self {
-            WalEntry::Event(event) => event.envelope.ingest_time,
+            WalEntry::Event(event) | WalEntry::Reread(event) => event.envelope.ingest_time,
             WalEntry::DeadLetter(dead) => dead.received_at,
         }
     }

@@ -21,7 +21,7 @@ fn dead(n: usize) -> WalEntry {
 fn reason(entry: &WalEntry) -> String {
     match entry {
         WalEntry::DeadLetter(d) => d.reason.clone(),
-        WalEntry::Event(_) => unreachable!(),
+        WalEntry::Event(_) | WalEntry::Reread(_) => unreachable!(),
     }
 }
 

@@ -68,6 +68,19 @@ pub trait Publication: Send + Sync + 'static {
     fn published_offsets(&self) -> std::io::Result<BTreeMap<String, BTreeMap<i32, i64>>>;
 }
 
+/// State that belongs to a partition rather than to an instance (the alert state): loaded by
+/// whichever instance takes the partition, saved when it hands it over.
+pub trait PartitionState: Send + Sync + 'static {
+    /// This instance owns the partition from now on. Returns the first offset that state
+    /// still needs: the partition is read from there, and what is already published is read
+    /// again for that state only ([`RawInput::reread`]).
+    fn taken(&self, topic: &str, partition: i32) -> Option<i64>;
+    /// The partition goes to another instance (or this one stops): what was submitted up
+    /// to log position `through` is taken into that state (waiting at most `wait`), which
+    /// is saved and let go.
+    fn released(&self, topic: &str, partition: i32, through: u64, wait: std::time::Duration);
+}
+
 /// Per partition, the log position each consumed record reached, oldest first.
 #[derive(Default)]
 struct Tracker {
@@ -116,6 +129,10 @@ impl Tracker {
 
 struct SourceContext<P: Publication> {
     publication: Arc<P>,
+    owners: Arc<dyn PartitionState>,
+    /// Per partition, the last offset already published when it was taken: records up to
+    /// it are read again for the partition's state only.
+    reread_through: Mutex<HashMap<(String, i32), i64>>,
     tracker: Arc<Mutex<Tracker>>,
     /// Partitions this instance owns right now; a batch drops the messages of partitions
     /// revoked while it was being gathered (the next owner reads them).
@@ -163,7 +180,22 @@ impl<P: Publication> SourceContext<P> {
         }
     }
 
-    /// Starts each partition after what is already published, by any instance.
+    /// Hands the partitions' state over, after what this instance consumed of them.
+    fn release(&self, partitions: &[(String, i32)]) {
+        let through = self.publication.appended();
+        let deadline = std::time::Instant::now() + PUBLISH_WAIT;
+        for (topic, partition) in partitions {
+            let wait = deadline.saturating_duration_since(std::time::Instant::now());
+            self.owners.released(topic, *partition, through, wait);
+            self.reread_through
+                .lock()
+                .remove(&(topic.clone(), *partition));
+        }
+    }
+
+    /// Starts each partition after what is already published, by any instance — or earlier,
+    /// where the partition's state needs records it has not taken in yet (they are marked
+    /// to be read again for that state only).
     fn resume_positions(&self, consumer: &BaseConsumer<Self>, assigned: &mut TopicPartitionList) {
         let published = match self.publication.published_offsets() {
             Ok(published) => published,
@@ -181,9 +213,7 @@ impl<P: Publication> SourceContext<P> {
             .map(|e| (e.topic().to_string(), e.partition()))
             .collect();
         for (topic, partition) in elements {
-            let Some(last) = published.get(&topic).and_then(|p| p.get(&partition)) else {
-                continue;
-            };
+            let needed = self.owners.taken(&topic, partition);
             let committed_next = committed
                 .as_ref()
                 .and_then(|c| c.find_partition(&topic, partition))
@@ -191,9 +221,23 @@ impl<P: Publication> SourceContext<P> {
                     Offset::Offset(o) => Some(o),
                     _ => None,
                 });
-            let next = committed_next.unwrap_or(0).max(last + 1);
-            tracing::info!(target: "connectors", topic, partition, next, committed = ?committed_next, "resuming after the published offset");
-            let _ = assigned.set_partition_offset(&topic, partition, Offset::Offset(next));
+            let published_next = published
+                .get(&topic)
+                .and_then(|p| p.get(&partition))
+                .map(|last| committed_next.unwrap_or(0).max(last + 1));
+            let next = published_next.or(committed_next);
+            let start = match (needed, next) {
+                (Some(needed), Some(next)) if needed < next => {
+                    self.reread_through
+                        .lock()
+                        .insert((topic.clone(), partition), next - 1);
+                    needed
+                }
+                (_, Some(next)) => next,
+                (_, None) => continue,
+            };
+            tracing::info!(target: "connectors", topic, partition, start, published_next = ?published_next, committed = ?committed_next, state_needs = ?needed, "resuming the partition");
+            let _ = assigned.set_partition_offset(&topic, partition, Offset::Offset(start));
         }
     }
 }
@@ -221,6 +265,13 @@ impl<P: Publication> ConsumerContext for SourceContext<P> {
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 self.publish_and_commit(consumer, "partitions revoked");
+                self.release(
+                    &partitions
+                        .elements()
+                        .iter()
+                        .map(|e| (e.topic().to_string(), e.partition()))
+                        .collect::<Vec<_>>(),
+                );
                 self.tracker.lock().forget(partitions);
                 let mut assigned = self.assigned.lock();
                 for e in partitions.elements() {
@@ -253,6 +304,7 @@ pub fn spawn<I: Intake, P: Publication>(
     settings: KafkaSettings,
     intake: I,
     publication: Arc<P>,
+    owners: Arc<dyn PartitionState>,
     stop: CancellationToken,
 ) -> Result<std::thread::JoinHandle<()>, KafkaError> {
     let tracker = Arc::new(Mutex::new(Tracker::default()));
@@ -283,6 +335,8 @@ pub fn spawn<I: Intake, P: Publication>(
     }
     let consumer: BaseConsumer<SourceContext<P>> = config.create_with_context(SourceContext {
         publication: publication.clone(),
+        owners,
+        reread_through: Mutex::new(HashMap::new()),
         tracker: tracker.clone(),
         assigned: Mutex::new(HashSet::new()),
     })?;
@@ -309,7 +363,16 @@ pub fn spawn<I: Intake, P: Publication>(
                             tracing::warn!(target: "connectors", error = %e, "Kafka consumer error");
                             break;
                         }
-                        Some(Ok(message)) => batch.push(raw_input(&settings, &message)),
+                        Some(Ok(message)) => {
+                            let mut input = raw_input(&settings, &message);
+                            input.reread = consumer
+                                .context()
+                                .reread_through
+                                .lock()
+                                .get(&(message.topic().to_string(), message.partition()))
+                                .is_some_and(|last| message.offset() <= *last);
+                            batch.push(input);
+                        }
                     }
                     wait = Duration::ZERO;
                 }
@@ -356,6 +419,8 @@ pub fn spawn<I: Intake, P: Publication>(
             consumer
                 .context()
                 .publish_and_commit(&consumer, "shutting down");
+            let mine: Vec<(String, i32)> = consumer.context().assigned.lock().iter().cloned().collect();
+            consumer.context().release(&mine);
             consumer.unsubscribe();
             // Leaving the group now hands the partitions over at once, with nothing unpublished.
             let _ = consumer.poll(Duration::from_millis(100));
@@ -403,6 +468,7 @@ fn raw_input(settings: &KafkaSettings, message: &BorrowedMessage<'_>) -> RawInpu
             .to_millis()
             .and_then(DateTime::from_timestamp_millis),
         backfill,
+        reread: false,
     }
 }
 

@@ -236,6 +236,7 @@ fn raw_input(publish: &Publish, source: &str) -> RawInput {
         received_at: chrono::Utc::now(),
         produced_at: None,
         backfill,
+        reread: false,
     }
 }
 

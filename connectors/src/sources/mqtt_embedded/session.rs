@@ -296,6 +296,7 @@ impl<I: Intake> Reading<I> {
             received_at: chrono::Utc::now(),
             produced_at: None,
             backfill: publish.backfill,
+            reread: false,
         };
         let submitted = self.intake.submit(input).await;
         match publish.qos {

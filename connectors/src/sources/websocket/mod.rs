@@ -225,6 +225,7 @@ async fn handle<I: Intake>(
             received_at: chrono::Utc::now(),
             produced_at: None,
             backfill: false,
+            reread: false,
         })
         .await;
     let text = match submitted.verdict {
