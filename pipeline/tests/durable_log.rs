@@ -360,3 +360,104 @@ fn a_data_dir_written_before_log_cursors_starts_and_loses_nothing() {
     keys.dedup();
     assert_eq!(keys.len(), 183, "no record twice");
 }
+
+fn history_rows(root: &Path) -> Vec<String> {
+    let mut rows: Vec<String> = read_rows(root, "lot_kpis")
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap())
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_every_lot_answers_at_once_and_the_kpi_history_does_not_grow() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = Gaveurs::start(dir.path(), "[analytics]\nbatch_interval_ms = 50\n");
+    let meals = lots("LL26995", 3, 3);
+    publish_timed(pipeline.mqtt(), &pipeline.admin, &meals, Duration::ZERO).await;
+    let root = pipeline.parquet_root();
+    pipeline.stop_cleanly();
+    let before = history_rows(&root);
+    assert!(!before.is_empty());
+
+    let pipeline = Gaveurs::start(dir.path(), "[analytics]\nbatch_interval_ms = 50\n");
+    // Right away, before any record: the lots answer from the lot_kpis dataset.
+    for lot in ["LL26995000", "LL26995001", "LL26995002"] {
+        let (status, body) =
+            support::http_get_as(pipeline.http, &format!("/api/v1/lots/{lot}"), &pipeline.admin)
+                .await;
+        assert_eq!(status, 200, "{lot}: {body}");
+        let view: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(view["kpis"]["lot"]["repas"], 6, "{view}");
+        assert_eq!(view["gaveur_id"], 1);
+    }
+    // A meal seen before (a producer retrying after the restart) changes nothing either.
+    publish_timed(
+        pipeline.mqtt(),
+        &pipeline.admin,
+        &meals[..3],
+        Duration::ZERO,
+    )
+    .await;
+    pipeline.stop_cleanly();
+    assert_eq!(history_rows(&root), before, "the restart wrote no lot_kpis row");
+
+    // A new meal of a lot that left memory (a restart) continues its totals.
+    let pipeline = Gaveurs::start(dir.path(), "[analytics]\nbatch_interval_ms = 50\n");
+    publish_timed(
+        pipeline.mqtt(),
+        &pipeline.admin,
+        &[meal("LL26995000", 1, "LL", 3, "matin")],
+        Duration::ZERO,
+    )
+    .await;
+    let view = support::eventually(Duration::from_secs(30), "the lot's new totals", || {
+        let (status, body) = futures::executor::block_on(support::http_get_as(
+            pipeline.http,
+            "/api/v1/lots/LL26995000",
+            &pipeline.admin,
+        ));
+        let view: Value = serde_json::from_str(&body).ok()?;
+        (status == 200 && view["kpis"]["lot"]["repas"] == 7).then_some(view)
+    });
+    assert_eq!(view["kpis"]["lot"]["jours"], 4);
+    pipeline.stop_cleanly();
+    let latest: Vec<_> = read_rows(&root, "lot_kpis")
+        .into_iter()
+        .filter(|r| r["code_lot"] == "LL26995000" && r["repas"] == 7)
+        .collect();
+    assert_eq!(latest.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_dated_9999_is_refused_and_ages_no_lot() {
+    let dir = tempfile::tempdir().unwrap();
+    // A lateness of one hour, counted on each lot's own meals: a clock moved to 9999 would
+    // have made every later meal late and forgotten every lot.
+    let pipeline = Gaveurs::start(dir.path(), "[analytics]\nbatch_interval_ms = 50\n");
+    let first = lots("LL26996", 2, 2);
+    publish_timed(pipeline.mqtt(), &pipeline.admin, &first, Duration::ZERO).await;
+    let mut future = meal("LL26996099", 1, "LL", 1, "matin");
+    future["timestamp"] = serde_json::json!("9999-01-01T00:00:00Z");
+    let acks = publish_timed(pipeline.mqtt(), &pipeline.admin, &[future], Duration::ZERO).await;
+    assert!(acks[0].1 >= 0x80, "refused: reason code {:#x}", acks[0].1);
+    let rest: Vec<Value> = lots("LL26996", 2, 4).into_iter().skip(first.len()).collect();
+    publish_timed(pipeline.mqtt(), &pipeline.admin, &rest, Duration::ZERO).await;
+    let root = pipeline.parquet_root();
+    pipeline.stop_cleanly();
+    let dlq = read_rows(&root, "dlq");
+    assert!(
+        dlq.iter().any(|r| r["reason_code"] == "timestamp_in_future"),
+        "{dlq:?}"
+    );
+    assert!(read_rows(&root, "late").is_empty(), "no meal counted as late");
+    for lot in ["LL26996000", "LL26996001"] {
+        let rows: Vec<_> = read_rows(&root, "lot_kpis")
+            .into_iter()
+            .filter(|r| r["code_lot"] == lot)
+            .map(|r| r["repas"].as_i64().unwrap())
+            .collect();
+        assert_eq!(rows.iter().max(), Some(&8), "{lot}: {rows:?}");
+    }
+}
