@@ -652,7 +652,7 @@ pub struct StorageConfig {
     pub log_segment_mb: f64,
     /// Newest log entries kept in memory for the log's consumers (Parquet, analytics,
     /// alerts, live topic), MiB of their encoded size; a consumer further behind reads the
-    /// segment files. Default 64.
+    /// segment files. Default 16.
     #[serde(default = "default_log_tail_mb")]
     pub log_tail_mb: u64,
     /// Most log disk a lagging derived consumer (analytics, alerts, live topic) may hold,
@@ -759,7 +759,7 @@ fn default_log_segment_mb() -> f64 {
     64.0
 }
 fn default_log_tail_mb() -> u64 {
-    64
+    16
 }
 fn default_log_max_retained_mb() -> u64 {
     4096

@@ -27,8 +27,12 @@ enum Command {
     ///
     /// Records are acknowledged once fsynced to the durable log, pushed live right after
     /// validation, and published to Parquet under data/parquet/<dataset>/date=…/site=…/ at
-    /// least every 30 s. SIGINT or SIGTERM stops intake, publishes everything accepted and
-    /// exits 0.
+    /// least every 30 s. Parquet, analytics, alerts and the Kafka live topic each read the
+    /// log through their own cursor at their own pace (lag: gaveurs_cursor_lag_* in
+    /// /metrics), so a slow one never delays an acknowledgement. SIGINT or SIGTERM stops
+    /// intake, lets them catch up, and exits 0 within 5 s. Memory is bounded (every limit is
+    /// in deploy/gaveurs.example.toml). A damaged log stops start-up naming the file and
+    /// offset: see `gaveurs log salvage`.
     ///
     /// Every accepted record also feeds the analytics operator (`[analytics]`): KPIs in
     /// event time, as SQL queries run by DataFusion over micro-batches — per meal, lot-day and

@@ -384,9 +384,12 @@ async fn after_a_restart_every_lot_answers_at_once_and_the_kpi_history_does_not_
     let pipeline = Gaveurs::start(dir.path(), "[analytics]\nbatch_interval_ms = 50\n");
     // Right away, before any record: the lots answer from the lot_kpis dataset.
     for lot in ["LL26995000", "LL26995001", "LL26995002"] {
-        let (status, body) =
-            support::http_get_as(pipeline.http, &format!("/api/v1/lots/{lot}"), &pipeline.admin)
-                .await;
+        let (status, body) = support::http_get_as(
+            pipeline.http,
+            &format!("/api/v1/lots/{lot}"),
+            &pipeline.admin,
+        )
+        .await;
         assert_eq!(status, 200, "{lot}: {body}");
         let view: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(view["kpis"]["lot"]["repas"], 6, "{view}");
@@ -401,7 +404,11 @@ async fn after_a_restart_every_lot_answers_at_once_and_the_kpi_history_does_not_
     )
     .await;
     pipeline.stop_cleanly();
-    assert_eq!(history_rows(&root), before, "the restart wrote no lot_kpis row");
+    assert_eq!(
+        history_rows(&root),
+        before,
+        "the restart wrote no lot_kpis row"
+    );
 
     // A new meal of a lot that left memory (a restart) continues its totals.
     let pipeline = Gaveurs::start(dir.path(), "[analytics]\nbatch_interval_ms = 50\n");
@@ -442,16 +449,23 @@ async fn a_record_dated_9999_is_refused_and_ages_no_lot() {
     future["timestamp"] = serde_json::json!("9999-01-01T00:00:00Z");
     let acks = publish_timed(pipeline.mqtt(), &pipeline.admin, &[future], Duration::ZERO).await;
     assert!(acks[0].1 >= 0x80, "refused: reason code {:#x}", acks[0].1);
-    let rest: Vec<Value> = lots("LL26996", 2, 4).into_iter().skip(first.len()).collect();
+    let rest: Vec<Value> = lots("LL26996", 2, 4)
+        .into_iter()
+        .skip(first.len())
+        .collect();
     publish_timed(pipeline.mqtt(), &pipeline.admin, &rest, Duration::ZERO).await;
     let root = pipeline.parquet_root();
     pipeline.stop_cleanly();
     let dlq = read_rows(&root, "dlq");
     assert!(
-        dlq.iter().any(|r| r["reason_code"] == "timestamp_in_future"),
+        dlq.iter()
+            .any(|r| r["reason_code"] == "timestamp_in_future"),
         "{dlq:?}"
     );
-    assert!(read_rows(&root, "late").is_empty(), "no meal counted as late");
+    assert!(
+        read_rows(&root, "late").is_empty(),
+        "no meal counted as late"
+    );
     for lot in ["LL26996000", "LL26996001"] {
         let rows: Vec<_> = read_rows(&root, "lot_kpis")
             .into_iter()

@@ -49,7 +49,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use gaveurs_schemas::records::{GavageMeal, LotOutcome, Record, Site};
 use serde::Deserialize;
 
-use state::{LotState, SampleRow, Samples};
+use state::{LotState, Meal, SampleRow, Samples};
 use tables::{FinishedRef, MealRef, SampleRef, WindowRef};
 
 /// One KPI: a named SQL query over the tables of this module.
@@ -261,7 +261,7 @@ impl Engine {
                 Record::Gavage(meal) => {
                     let lot = self.lot_entry(&meal.code_lot, meal.gaveur_id, meal.site);
                     lot.max_event_time = lot.max_event_time.max(Some(meal.timestamp));
-                    lot.meals.insert((meal.jour, meal.moment), meal.clone());
+                    lot.meals.insert((meal.jour, meal.moment), Meal::of(meal));
                     touched.insert(meal.code_lot.clone());
                 }
                 Record::LotOutcome(outcome) => {
@@ -349,7 +349,7 @@ impl Engine {
                         lot.closed_days.insert(day);
                     }
                     lot.max_event_time = lot.max_event_time.max(Some(meal.timestamp));
-                    lot.meals.insert((meal.jour, meal.moment), meal.clone());
+                    lot.meals.insert((meal.jour, meal.moment), Meal::of(meal));
                     touched.lots.insert(meal.code_lot.clone());
                     touched.days.insert((meal.code_lot.clone(), meal.jour));
                     touched.batch_meals.push(meal);
@@ -529,20 +529,37 @@ impl Engine {
             .iter()
             .filter_map(|code| self.lots.get(code))
             .collect();
+        let compact: Vec<Meal> = touched.batch_meals.iter().map(|m| Meal::of(m)).collect();
         let batch_meals: Vec<MealRef> = touched
             .batch_meals
             .iter()
-            .map(|meal| MealRef { scope: None, meal })
+            .zip(&compact)
+            .map(|(full, meal)| MealRef {
+                scope: None,
+                code_lot: &full.code_lot,
+                gaveur_id: full.gaveur_id,
+                site: full.site,
+                meal,
+            })
             .collect();
         self.register(
             "batch_meals",
             tables::meal_schema(false),
             tables::meals(&batch_meals, false)?,
         )?;
-        let meals: Vec<MealRef> = lots
+        let meals: Vec<MealRef> = touched
+            .lots
             .iter()
-            .flat_map(|lot| lot.meals.values())
-            .map(|meal| MealRef { scope: None, meal })
+            .filter_map(|code| Some((code, self.lots.get(code)?)))
+            .flat_map(|(code, lot)| {
+                lot.meals.values().map(move |meal| MealRef {
+                    scope: None,
+                    code_lot: code,
+                    gaveur_id: lot.gaveur_id,
+                    site: lot.site,
+                    meal,
+                })
+            })
             .collect();
         self.register(
             "meals",
@@ -618,6 +635,9 @@ impl Engine {
                     if covered.contains(&day) && lot.closed_days.contains(&day) {
                         meals.push(MealRef {
                             scope: Some((scope, key.clone(), day)),
+                            code_lot: code,
+                            gaveur_id: lot.gaveur_id,
+                            site: lot.site,
                             meal,
                         });
                     }

@@ -7,12 +7,45 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use gaveurs_schemas::records::{GavageMeal, Grade, LotOutcome, Moment, Site, SqalSample};
 
+/// What the KPIs need of one meal, and no more: a lot keeps up to ~30 of them for weeks,
+/// and tens of thousands of lots may be in memory. Its code, gaveur and site are its lot's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Meal {
+    pub jour: i64,
+    pub moment: Moment,
+    pub dose_theorique: f64,
+    pub dose_reelle: f64,
+    pub poids_moyen: Option<f64>,
+    pub nb_canards_vivants: Option<i64>,
+    pub taux_mortalite: Option<f64>,
+    pub temperature_stabule: Option<f64>,
+    pub humidite_stabule: Option<f64>,
+    pub timestamp: DateTime<Utc>,
+}
+
+impl Meal {
+    pub fn of(meal: &GavageMeal) -> Meal {
+        Meal {
+            jour: meal.jour,
+            moment: meal.moment,
+            dose_theorique: meal.dose_theorique,
+            dose_reelle: meal.dose_reelle,
+            poids_moyen: meal.poids_moyen,
+            nb_canards_vivants: meal.nb_canards_vivants,
+            taux_mortalite: meal.taux_mortalite,
+            temperature_stabule: meal.temperature_stabule,
+            humidite_stabule: meal.humidite_stabule,
+            timestamp: meal.timestamp,
+        }
+    }
+}
+
 /// One lot: its meals by idempotency key (a record seen twice replaces itself).
 #[derive(Debug)]
 pub(super) struct LotState {
     pub gaveur_id: i64,
     pub site: Site,
-    pub meals: BTreeMap<(i64, Moment), GavageMeal>,
+    pub meals: BTreeMap<(i64, Moment), Meal>,
     pub outcome: Option<LotOutcome>,
     /// The newest event time of the lot; its watermark trails it by the allowed lateness.
     pub max_event_time: Option<DateTime<Utc>>,

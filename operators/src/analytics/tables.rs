@@ -10,9 +10,9 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 use chrono::{DateTime, NaiveDate, Utc};
-use gaveurs_schemas::records::{GavageMeal, LotOutcome};
+use gaveurs_schemas::records::{LotOutcome, Site};
 
-use super::state::SampleRow;
+use super::state::{Meal, SampleRow};
 
 fn utc() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
@@ -53,10 +53,13 @@ pub(super) fn meal_schema(scoped: bool) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-/// A meal, optionally under a window scope (`gaveur`/`site`, its key, and its day).
+/// A meal of a lot, optionally under a window scope (`gaveur`/`site`, its key, and its day).
 pub(super) struct MealRef<'a> {
     pub scope: Option<(&'static str, String, NaiveDate)>,
-    pub meal: &'a GavageMeal,
+    pub code_lot: &'a str,
+    pub gaveur_id: i64,
+    pub site: Site,
+    pub meal: &'a Meal,
 }
 
 pub(super) fn meals(rows: &[MealRef], scoped: bool) -> Result<RecordBatch, ArrowError> {
@@ -85,9 +88,9 @@ pub(super) fn meals(rows: &[MealRef], scoped: bool) -> Result<RecordBatch, Arrow
             key.append_value(k);
             day.append_value(days_since_epoch(*d));
         }
-        code_lot.append_value(&meal.code_lot);
-        gaveur_id.append_value(meal.gaveur_id);
-        site.append_value(meal.site.as_str());
+        code_lot.append_value(row.code_lot);
+        gaveur_id.append_value(row.gaveur_id);
+        site.append_value(row.site.as_str());
         jour.append_value(meal.jour);
         moment.append_value(meal.moment.as_str());
         dose_theorique.append_value(meal.dose_theorique);

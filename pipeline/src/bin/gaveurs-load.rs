@@ -44,6 +44,17 @@ struct Args {
     /// Print one JSON line instead of text.
     #[arg(long)]
     json: bool,
+    /// Feed this many lots at once, each through its whole life: 28 meals (jour 1–14, matin
+    /// and soir, one event-time day apart), then its outcome, then a new lot takes its slot
+    /// 16 days of event time later. Event times start a year in the past, so finished lots
+    /// age out of the pipeline's memory as they would over months. 0 (the default): every
+    /// record is a meal of a new lot.
+    #[arg(long, default_value_t = 0)]
+    lots: usize,
+    /// With `--pid`: print the process's RSS every this many seconds (one line on stderr
+    /// each), for memory over a long run.
+    #[arg(long)]
+    rss_every: Option<u64>,
     /// Also measure live pushes: open WebSocket clients on this HTTP address's
     /// `/ws/gaveur/{id}` and report publish → receive latency (receive time − the record's
     /// timestamp, which is set to the publish time).
@@ -72,6 +83,62 @@ struct Totals {
     latency_us: Histogram<u64>,
     acked: u64,
     refused: u64,
+}
+
+/// The `--lots` mode: each connection feeds its own share of the lot slots in turn.
+struct Lifecycle {
+    /// Per slot: (generation, meals served in this generation).
+    slots: Vec<(u64, u64)>,
+    next: usize,
+    base: chrono::DateTime<chrono::Utc>,
+    first_slot: usize,
+}
+
+impl Lifecycle {
+    fn new(args: &Args, conn: usize) -> Option<Lifecycle> {
+        if args.lots == 0 {
+            return None;
+        }
+        let per = args.lots.div_ceil(args.connections);
+        Some(Lifecycle {
+            slots: vec![(0, 0); per],
+            next: 0,
+            base: chrono::Utc::now() - chrono::Duration::days(400),
+            first_slot: conn * per,
+        })
+    }
+
+    fn next(&mut self, tag: &str) -> (String, Bytes) {
+        let index = self.next;
+        self.next = (self.next + 1) % self.slots.len();
+        let (generation, served) = self.slots[index];
+        let slot = self.first_slot + index;
+        let lot = format!("LL{tag}{slot:06}G{generation:03}");
+        let start = self.base + chrono::Duration::days(16 * generation as i64);
+        if served == 28 {
+            self.slots[index] = (generation + 1, 0);
+            let date_fin = (start + chrono::Duration::days(13)).date_naive();
+            let body = format!(
+                r#"{{"record_type":"lot_outcome","code_lot":"{lot}","gaveur_id":1,"site":"LL","nb_canards_mis_en_gavage":1000,"nb_canards_accroches":985,"poids_foie_moyen_g":562.5,"date_fin":"{date_fin}"}}"#
+            );
+            return ("gaveurs/LL/1/outcome".into(), Bytes::from(body));
+        }
+        self.slots[index].1 += 1;
+        let jour = served / 2 + 1;
+        let matin = served % 2 == 0;
+        let timestamp = start
+            + chrono::Duration::days(jour as i64 - 1)
+            + chrono::Duration::hours(if matin { 6 } else { 17 });
+        let body = format!(
+            r#"{{"code_lot":"{lot}","gaveur_id":1,"gaveur_nom":"Jean Martin","site":"LL","genetique":"Mulard","jour":{jour},"moment":"{moment}","dose_theorique":{theo:.1},"dose_reelle":{reelle:.1},"poids_moyen":5820.0,"nb_canards_vivants":996,"taux_mortalite":0.4,"temperature_stabule":21.3,"humidite_stabule":63.0,"timestamp":"{timestamp}","pret_abattage":{last}}}"#,
+            moment = if matin { "matin" } else { "soir" },
+            theo = 200.0 + 20.0 * jour as f64,
+            reelle = 198.0 + 20.0 * jour as f64,
+            timestamp = timestamp.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            last = served == 27,
+        );
+        ("gaveurs/LL/1/gavage".into(), Bytes::from(body))
+    }
 }
 
 fn payload(args: &Args, conn: usize, n: u64) -> (String, Bytes) {
@@ -137,6 +204,7 @@ async fn producer(args: Arc<Args>, conn: usize, totals: Arc<Mutex<Totals>>, stop
     let mut inflight = 0usize;
     let mut n: u64 = 0;
     let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    let mut lifecycle = Lifecycle::new(&args, conn);
     let (mut acked, mut refused) = (0u64, 0u64);
     loop {
         let publishing = Instant::now() < stop_at;
@@ -151,7 +219,10 @@ async fn producer(args: Arc<Args>, conn: usize, totals: Arc<Mutex<Totals>>, stop
                 }
             }
             let pkid = (n % 65_535) as u16 + 1;
-            let (topic, body) = payload(&args, conn, n);
+            let (topic, body) = match lifecycle.as_mut() {
+                Some(lifecycle) => lifecycle.next(&args.tag),
+                None => payload(&args, conn, n),
+            };
             writer
                 .publish(&topic, body, 1, pkid, args.token.as_deref())
                 .unwrap();
@@ -219,6 +290,20 @@ async fn main() {
     };
     let started = Instant::now();
     let stop_at = started + Duration::from_secs(args.duration);
+    if let (Some(pid), Some(every)) = (args.pid, args.rss_every) {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(every.max(1)));
+            loop {
+                tick.tick().await;
+                if let Some(mb) = gaveurs_pipeline::telemetry::rss_mb(pid) {
+                    eprintln!(
+                        "rss t={:.0}s rss_mb={mb:.1}",
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+            }
+        });
+    }
     let tasks: Vec<_> = (0..args.connections)
         .map(|c| tokio::spawn(producer(args.clone(), c, totals.clone(), stop_at)))
         .collect();

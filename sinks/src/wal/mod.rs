@@ -131,7 +131,7 @@ impl WalOptions {
             dir,
             segment_bytes: 64 * 1024 * 1024,
             max_pending_bytes: 32 * 1024 * 1024,
-            tail_bytes: 64 * 1024 * 1024,
+            tail_bytes: 16 * 1024 * 1024,
             max_retained_bytes: 4 * 1024 * 1024 * 1024,
         }
     }
