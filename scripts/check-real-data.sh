@@ -17,7 +17,9 @@ for f in "$MEALS" "$LOTS"; do
 done
 
 if [ -z "${GAVEURS_BIN:-}" ]; then
-  cargo build --locked --quiet --bin gaveurs
+  # The binary of the test build (`scripts/test.sh` ran it just before in .ci/run): the same
+  # dependencies' features, so nothing is compiled twice.
+  cargo test --workspace --locked --no-run --quiet
   GAVEURS_BIN="$CARGO_TARGET_DIR/debug/gaveurs"
 fi
 
