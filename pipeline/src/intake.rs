@@ -128,6 +128,8 @@ impl Inner {
         };
         let principal = match principal {
             Ok(principal) => principal,
+            // Its dead letter was written when the record was first read.
+            Err(_) if input.reread => return self.after_everything_so_far(Verdict::Control),
             Err(e) => return self.refuse_auth(e, None, input).await,
         };
         let validated = self

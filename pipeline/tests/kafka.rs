@@ -207,7 +207,8 @@ async fn produced_records_are_stored_once_and_offsets_follow_publication() {
     );
     gaveurs.stop_cleanly();
     assert_eq!(stored_meals(&root).len(), 251);
-    assert_eq!(read_rows(&root, "dlq").len(), 3);
+    let dlq = read_rows(&root, "dlq");
+    assert_eq!(dlq.len(), 3, "{dlq:#?}");
     assert_eq!(tansu.committed_total("g1", GAVAGE, 3), 254);
 
     // Another instance on the same data, in a group that never committed anything, starts
@@ -538,13 +539,37 @@ async fn the_instance_that_takes_a_partition_over_continues_its_alert_and_texts_
     })
     .await;
     let alert_id = opened["alert_id"].as_str().unwrap().to_string();
+    // Two more refusals after the text: the owner counts them, the saved state does not.
+    for jour in 6..=7 {
+        produce(
+            &producer,
+            GAVAGE,
+            lot,
+            &dosed_meal(lot, jour, 50.0),
+            Some(&admin),
+        )
+        .await;
+    }
+    until(Duration::from_secs(30), "the alert counted 7", || async {
+        for gaveurs in [&a, &b] {
+            if lot_alerts(gaveurs, lot, "active")
+                .await
+                .iter()
+                .any(|a| a["alert_id"] == alert_id.as_str() && a["count"] == 7)
+            {
+                return Some(());
+            }
+        }
+        None
+    })
+    .await;
     for gaveurs in [&a, &b] {
         let seen = lot_alerts(gaveurs, lot, "active").await;
         assert!(seen.iter().any(|x| x["alert_id"] == alert_id.as_str()));
     }
     let root = data.join("parquet");
-    eventually(Duration::from_secs(30), "the five meals published", || {
-        (stored_meals(&root).len() == 5).then_some(())
+    eventually(Duration::from_secs(30), "the seven meals published", || {
+        (stored_meals(&root).len() == 7).then_some(())
     });
 
     // The owner is the instance that took the partition's alert state.
@@ -587,7 +612,7 @@ async fn the_instance_that_takes_a_partition_over_continues_its_alert_and_texts_
 
     // Three more refusals reach the survivor once the group has moved the partition: the
     // same alert goes on (no second opening, no second text)…
-    for jour in 6..=8 {
+    for jour in 8..=10 {
         produce(
             &producer,
             GAVAGE,
@@ -604,13 +629,13 @@ async fn the_instance_that_takes_a_partition_over_continues_its_alert_and_texts_
             lot_alerts(&survivor, lot, "active")
                 .await
                 .into_iter()
-                .find(|a| a["count"] == 8)
+                .find(|a| a["count"] == 10)
         },
     )
     .await;
     assert_eq!(updated["alert_id"], alert_id.as_str());
     // …and three normal meals clear it.
-    for jour in 9..=11 {
+    for jour in 11..=13 {
         produce(
             &producer,
             GAVAGE,
@@ -627,7 +652,7 @@ async fn the_instance_that_takes_a_partition_over_continues_its_alert_and_texts_
             .find(|a| a["alert_id"] == alert_id.as_str())
     })
     .await;
-    assert_eq!(cleared["count"], 8);
+    assert_eq!(cleared["count"], 10);
     let active = lot_alerts(&survivor, lot, "active").await;
     assert!(active.is_empty(), "no twin: {active:?}");
     // The survivor really read the published updates again for the alert state.
