@@ -21,7 +21,7 @@ stop_pipeline() {
 import duckdb, glob, sys
 run, acked = sys.argv[1], int(sys.argv[2])
 count = lambda d: duckdb.sql(f"SELECT count(*) FROM read_parquet('{run}/data/parquet/{d}/**/*.parquet', hive_partitioning=false)").fetchall()[0][0]
-stored = sum(count(d) for d in ("gavage_meals", "sqal_samples") if glob.glob(f"{run}/data/parquet/{d}/**/*.parquet", recursive=True))
+stored = sum(count(d) for d in ("gavage_meals", "sqal_samples", "lot_outcomes") if glob.glob(f"{run}/data/parquet/{d}/**/*.parquet", recursive=True))
 assert stored == acked, f"{run}: parquet has {stored} rows, {acked} were acknowledged"
 PY
   rm -rf "$run/data"
