@@ -16,7 +16,6 @@ use gaveurs_operators::auth::{AuthError, Verifier};
 use gaveurs_operators::dedup::DedupIndex;
 use gaveurs_operators::validate::{Validated, Validator};
 use gaveurs_schemas::dead_letter::Rejection;
-use gaveurs_schemas::envelope::Envelope;
 use gaveurs_schemas::records::{Record, SqalSample};
 use gaveurs_schemas::{DeadLetter, Event, Principal};
 use gaveurs_sinks::kafka::KafkaOutput;
@@ -197,19 +196,13 @@ impl Inner {
             saved: saved(&record),
             duplicate: true,
         };
-        let event = Event {
-            envelope: Envelope {
-                event_id: uuid::Uuid::now_v7(),
-                stream: record.stream(),
-                key: record.partition_key().to_string(),
-                event_time: record.event_time(),
-                ingest_time: input.received_at,
-                provenance: input.provenance,
-                principal: Some(Principal::clone(&principal)),
-                backfill: input.backfill,
-            },
+        let event = Event::accepted(
             record,
-        };
+            input.received_at,
+            input.provenance,
+            Some(Principal::clone(&principal)),
+            input.backfill,
+        );
         self.log(WalEntry::Reread(event), verdict).await
     }
 
@@ -310,19 +303,13 @@ impl Inner {
                 };
             }
         }
-        let event = Event {
-            envelope: Envelope {
-                event_id: uuid::Uuid::now_v7(),
-                stream: record.stream(),
-                key: record.partition_key().to_string(),
-                event_time: record.event_time(),
-                ingest_time: input.received_at,
-                provenance: input.provenance,
-                principal: Some(Principal::clone(&principal)),
-                backfill: input.backfill,
-            },
+        let event = Event::accepted(
             record,
-        };
+            input.received_at,
+            input.provenance,
+            Some(Principal::clone(&principal)),
+            input.backfill,
+        );
         crate::metrics::record_accepted(event.envelope.stream, event.envelope.provenance.transport);
         // Live views get the record now; they must not wait for the disk (SPEC §3).
         self.hub.publish_event(&event);

@@ -437,11 +437,27 @@ async fn topics_created_after_start_are_picked_up() {
 }
 
 /// A lot's meal as Kafka would carry it, with a chosen dose (theory 200 g).
-fn dosed_meal(lot: &str, jour: i64, dose_reelle: f64) -> Vec<u8> {
-    let mut meal = records::meal(lot, 1, "LL", jour, "matin");
-    meal["dose_theorique"] = serde_json::json!(200.0);
-    meal["dose_reelle"] = serde_json::json!(dose_reelle);
-    meal.to_string().into_bytes()
+/// Meals of `lot` on each of `jours`, 200 g planned and `dose_reelle` given, produced as admin.
+async fn feed(
+    producer: &rdkafka::producer::FutureProducer,
+    admin: &str,
+    lot: &str,
+    jours: std::ops::RangeInclusive<i64>,
+    dose_reelle: f64,
+) {
+    for jour in jours {
+        let mut meal = records::meal(lot, 1, "LL", jour, "matin");
+        meal["dose_theorique"] = serde_json::json!(200.0);
+        meal["dose_reelle"] = serde_json::json!(dose_reelle);
+        produce(
+            producer,
+            GAVAGE,
+            lot,
+            meal.to_string().as_bytes(),
+            Some(admin),
+        )
+        .await;
+    }
 }
 
 /// The alerts of `lot` as instance `gaveurs` answers (any instance answers for all).
@@ -512,16 +528,7 @@ async fn the_instance_that_takes_a_partition_over_continues_its_alert_and_texts_
     let producer = tansu.producer();
     let lot = "LL26TAKE01";
     // Five refusals: one critical alert, count 5, texted once.
-    for jour in 1..=5 {
-        produce(
-            &producer,
-            GAVAGE,
-            lot,
-            &dosed_meal(lot, jour, 50.0),
-            Some(&admin),
-        )
-        .await;
-    }
+    feed(&producer, &admin, lot, 1..=5, 50.0).await;
     let sms = twilio.wait_for_requests(1, Duration::from_secs(60)).await;
     assert!(sms[0].body.contains(lot), "{}", sms[0].body);
     // The owner counts 5 (in memory); the other instance answers from the saved state.
@@ -540,16 +547,7 @@ async fn the_instance_that_takes_a_partition_over_continues_its_alert_and_texts_
     .await;
     let alert_id = opened["alert_id"].as_str().unwrap().to_string();
     // Two more refusals after the text: the owner counts them, the saved state does not.
-    for jour in 6..=7 {
-        produce(
-            &producer,
-            GAVAGE,
-            lot,
-            &dosed_meal(lot, jour, 50.0),
-            Some(&admin),
-        )
-        .await;
-    }
+    feed(&producer, &admin, lot, 6..=7, 50.0).await;
     until(Duration::from_secs(30), "the alert counted 7", || async {
         for gaveurs in [&a, &b] {
             if lot_alerts(gaveurs, lot, "active")
@@ -612,16 +610,7 @@ async fn the_instance_that_takes_a_partition_over_continues_its_alert_and_texts_
 
     // Three more refusals reach the survivor once the group has moved the partition: the
     // same alert goes on (no second opening, no second text)…
-    for jour in 8..=10 {
-        produce(
-            &producer,
-            GAVAGE,
-            lot,
-            &dosed_meal(lot, jour, 50.0),
-            Some(&admin),
-        )
-        .await;
-    }
+    feed(&producer, &admin, lot, 8..=10, 50.0).await;
     let updated = until(
         Duration::from_secs(90),
         "the survivor counts on",
@@ -635,16 +624,7 @@ async fn the_instance_that_takes_a_partition_over_continues_its_alert_and_texts_
     .await;
     assert_eq!(updated["alert_id"], alert_id.as_str());
     // …and three normal meals clear it.
-    for jour in 11..=13 {
-        produce(
-            &producer,
-            GAVAGE,
-            lot,
-            &dosed_meal(lot, jour, 200.0),
-            Some(&admin),
-        )
-        .await;
-    }
+    feed(&producer, &admin, lot, 11..=13, 200.0).await;
     let cleared = until(Duration::from_secs(60), "the alert cleared", || async {
         lot_alerts(&survivor, lot, "cleared")
             .await

@@ -3,7 +3,7 @@ use std::thread::JoinHandle;
 use crate::wal::{CursorOptions, Wal, WalOptions, WalWriter};
 
 use chrono::Utc;
-use gaveurs_schemas::envelope::{Envelope, Provenance, Transport};
+use gaveurs_schemas::envelope::{Provenance, Transport};
 use gaveurs_schemas::records::{GavageMeal, Record};
 use gaveurs_schemas::time::SiteTimeZones;
 use gaveurs_schemas::{DeadLetter, Event, RejectReason};
@@ -23,19 +23,13 @@ fn meal(jour: i64) -> WalEntry {
         )
         .unwrap(),
     );
-    WalEntry::Event(Event {
-        envelope: Envelope {
-            event_id: uuid::Uuid::now_v7(),
-            stream: record.stream(),
-            key: record.partition_key().into(),
-            event_time: record.event_time(),
-            ingest_time: Utc::now(),
-            provenance: Provenance::new(Transport::Mqtt),
-            principal: None,
-            backfill: false,
-        },
+    WalEntry::Event(Event::accepted(
         record,
-    })
+        Utc::now(),
+        Provenance::new(Transport::Mqtt),
+        None,
+        false,
+    ))
 }
 
 fn dead() -> WalEntry {

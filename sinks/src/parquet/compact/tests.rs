@@ -9,7 +9,7 @@ use arrow::datatypes::{DataType, Field, Schema};
 use chrono::NaiveDate;
 use gaveurs_schemas::Event;
 use gaveurs_schemas::datasets::Partition;
-use gaveurs_schemas::envelope::{Envelope, Provenance, Transport};
+use gaveurs_schemas::envelope::{Provenance, Transport};
 use gaveurs_schemas::records::{GavageMeal, Record};
 use gaveurs_schemas::time::SiteTimeZones;
 
@@ -40,19 +40,13 @@ fn meal(n: u64, date: &str) -> WalEntry {
         )
         .unwrap(),
     );
-    WalEntry::Event(Event {
-        envelope: Envelope {
-            event_id: uuid::Uuid::now_v7(),
-            stream: record.stream(),
-            key: record.partition_key().into(),
-            event_time: record.event_time(),
-            ingest_time: Utc::now(),
-            provenance: Provenance::new(Transport::Mqtt),
-            principal: None,
-            backfill: false,
-        },
+    WalEntry::Event(Event::accepted(
         record,
-    })
+        Utc::now(),
+        Provenance::new(Transport::Mqtt),
+        None,
+        false,
+    ))
 }
 
 /// One instance's log sink in a test data dir.
