@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/gaveurs/target}"
 REPEAT="${REPEAT:-3}"
 DURATION="${DURATION:-10}"
-cargo build --release --locked -p gaveurs-pipeline --bins >&2
+cargo build --release --locked --workspace --bins >&2
 BIN="$CARGO_TARGET_DIR/release"
 work=$(mktemp -d)
 pid=""
