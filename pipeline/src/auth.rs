@@ -13,11 +13,6 @@ use crate::config::{AuthMode, Config};
 /// How often an unknown `kid` may trigger a JWKS refresh (SPEC §6).
 const JWKS_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
 
-/// The Keycloak-shaped path of the JWKS.
-pub fn jwks_path() -> String {
-    format!("/realms/{}/protocol/openid-connect/certs", dev::REALM)
-}
-
 pub fn issuer(config: &Config) -> String {
     config
         .auth

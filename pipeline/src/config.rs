@@ -9,6 +9,8 @@ use anyhow::{Context, bail};
 use gaveurs_connectors::sources::mqtt_broker::BrokerUrl;
 use serde::Deserialize;
 
+pub use crate::logs::{LogFormat, LogsConfig};
+
 const ENV_PREFIX: &str = "GAVEURS_";
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -64,7 +66,7 @@ pub struct QueryConfig {
 impl Default for QueryConfig {
     /// The query engine's own defaults, so they are written once.
     fn default() -> Self {
-        let limits = crate::query::QueryLimits::default();
+        let limits = gaveurs_query::QueryLimits::default();
         Self {
             memory_limit_mb: limits.memory_limit_mb,
             timeout_s: limits.timeout_s,
@@ -73,8 +75,8 @@ impl Default for QueryConfig {
 }
 
 impl QueryConfig {
-    pub fn limits(&self) -> crate::query::QueryLimits {
-        crate::query::QueryLimits {
+    pub fn limits(&self) -> gaveurs_query::QueryLimits {
+        gaveurs_query::QueryLimits {
             memory_limit_mb: self.memory_limit_mb,
             timeout_s: self.timeout_s,
         }
@@ -96,7 +98,7 @@ pub struct DevicesConfig {
 
 impl Default for DevicesConfig {
     fn default() -> Self {
-        let limits = crate::devices::DeviceLimits::default();
+        let limits = gaveurs_operators::devices::DeviceLimits::default();
         Self {
             max: limits.max_devices,
             idle_hours: limits.idle.as_secs() / 3600,
@@ -106,8 +108,8 @@ impl Default for DevicesConfig {
 }
 
 impl DevicesConfig {
-    pub fn limits(&self) -> crate::devices::DeviceLimits {
-        crate::devices::DeviceLimits {
+    pub fn limits(&self) -> gaveurs_operators::devices::DeviceLimits {
+        gaveurs_operators::devices::DeviceLimits {
             max_devices: self.max.max(1),
             idle: std::time::Duration::from_secs(self.idle_hours * 3600),
             max_status_bytes: self.max_status_bytes,
@@ -801,67 +803,6 @@ impl Default for StorageConfig {
     }
 }
 
-/// `[logs]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LogsConfig {
-    /// Log folder. Default `./logs`. One file per module (`main`, `auth`, `audit`, `api`,
-    /// `websocket`, `connectors`, `storage`, `alerts`, `ml`, `ledger`) plus `errors`; see
-    /// `logs/README.md`.
-    #[serde(default = "default_logs_dir")]
-    pub dir: PathBuf,
-    /// Also log to standard error. Default true.
-    #[serde(default = "default_true")]
-    pub console: bool,
-    /// The level of every module without its own: `trace`, `debug`, `info` (default), `warn`,
-    /// `error` or `off`. Reloaded on SIGHUP.
-    #[serde(default = "default_level")]
-    pub level: String,
-    /// Levels of single modules, e.g. `[logs.modules] auth = "debug"`. Reloaded on SIGHUP.
-    #[serde(default)]
-    pub modules: std::collections::BTreeMap<String, String>,
-    /// `text` (default): `2026-01-20 10:00:00 | INFO     | auth      … | message | key=value`;
-    /// `json`: one JSON object per line.
-    #[serde(default)]
-    pub format: LogFormat,
-    /// Days a rotated file (`<module>.log.YYYY-MM-DD`) is kept. Default 30.
-    #[serde(default = "default_retention_days")]
-    pub retention_days: u64,
-    /// The same for `errors.log`. Default 90.
-    #[serde(default = "default_errors_retention_days")]
-    pub errors_retention_days: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
-
-impl Default for LogsConfig {
-    fn default() -> Self {
-        toml::from_str("").expect("defaults parse")
-    }
-}
-
-fn default_retention_days() -> u64 {
-    30
-}
-fn default_errors_retention_days() -> u64 {
-    90
-}
-fn default_logs_dir() -> PathBuf {
-    PathBuf::from("logs")
-}
-fn default_true() -> bool {
-    true
-}
-fn default_level() -> String {
-    "info".into()
-}
-
 /// `[sites]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -906,6 +847,11 @@ impl SitesConfig {
 }
 
 impl Config {
+    /// Where the datasets are: `<data_dir>/parquet`.
+    pub fn parquet_root(&self) -> PathBuf {
+        self.storage.data_dir.join("parquet")
+    }
+
     /// Reads `path` (or the defaults when `None`), applies `GAVEURS_…` environment overrides
     /// and checks the result.
     pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
@@ -964,7 +910,7 @@ impl Config {
         if self.storage.compact_interval_s == 0 || self.storage.compact_max_file_mb == 0 {
             bail!("[storage] compact_interval_s and compact_max_file_mb must be at least 1");
         }
-        let datasets: Vec<&str> = crate::query::known_datasets()
+        let datasets: Vec<&str> = gaveurs_query::known_datasets()
             .into_iter()
             .map(|(name, _)| name)
             .collect();
@@ -1155,4 +1101,8 @@ mod tests {
         assert_eq!((limits.memory_limit_mb, limits.timeout_s), (64, 5));
         assert!(parse("[sites]\ntimezone = \"Mars/Olympus\"\n").is_err());
     }
+}
+
+fn default_true() -> bool {
+    true
 }

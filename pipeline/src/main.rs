@@ -5,9 +5,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use gaveurs_loadgen::replay;
+use gaveurs_loadgen::simulate::{self, Destination, SimulateOptions};
 use gaveurs_pipeline::config::Config;
-use gaveurs_pipeline::simulate::{self, Destination, SimulateOptions};
-use gaveurs_pipeline::{query, run, telemetry};
+use gaveurs_pipeline::{run, telemetry};
+use gaveurs_query as query;
 
 /// Realtime pipeline for foie-gras production: MQTT and WebSocket in, durable log, live
 /// WebSocket channels and Parquet out, and SQL over that Parquet (`gaveurs query`).
@@ -257,7 +259,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let root = query::parquet_root(&loaded);
+            let root = loaded.parquet_root();
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
             let stdout = std::io::BufWriter::new(std::io::stdout().lock());
             let outcome = runtime.block_on(query::run(
@@ -467,7 +469,6 @@ fn replay(
     user: String,
     config: Option<PathBuf>,
 ) -> ExitCode {
-    use gaveurs_pipeline::replay;
     telemetry::init_console_only();
     let loaded = || Config::load(config.as_deref());
     let mqtt = match (mqtt, &config) {

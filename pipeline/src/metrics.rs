@@ -1,57 +1,13 @@
 //! What the pipeline counts, by name (`GET /metrics`, Prometheus text). Counters that live on
-//! a hot path are registered where they are counted (`gaveurs_schemas::metrics::registry()`);
-//! the rest are read from their components when scraped ([`register_components`]).
+//! a hot path are registered where they are counted (`gaveurs_telemetry::registry()`, e.g.
+//! the intake's in `gaveurs_operators::intake::metrics`); the rest are read from their
+//! components when scraped ([`register_components`]).
 
 use std::sync::Arc;
 
-use gaveurs_schemas::metrics::registry;
-use gaveurs_schemas::{StreamKind, Transport};
 use gaveurs_sinks::sms::SmsService;
 use gaveurs_sinks::websocket::Hub;
-
-/// An accepted record (not a duplicate), by stream and transport.
-pub fn record_accepted(stream: StreamKind, transport: Transport) {
-    registry()
-        .counter(
-            "gaveurs_records_in_total",
-            "Records accepted, by stream and transport (duplicates not counted).",
-            &[
-                ("stream", stream.as_str()),
-                ("transport", transport.as_str()),
-            ],
-        )
-        .inc();
-}
-
-/// A record seen before (its idempotency key), acknowledged and not stored again.
-pub fn record_duplicate(stream: StreamKind) {
-    registry()
-        .counter(
-            "gaveurs_records_duplicate_total",
-            "Records already stored, acknowledged without a second row.",
-            &[("stream", stream.as_str())],
-        )
-        .inc();
-}
-
-/// A refused input: its reason, and its dead-letter row.
-pub fn record_rejected(reason: &str, stage: &str) {
-    let metrics = registry();
-    metrics
-        .counter(
-            "gaveurs_records_rejected_total",
-            "Inputs refused, by reason.",
-            &[("reason", reason)],
-        )
-        .inc();
-    metrics
-        .counter(
-            "gaveurs_dlq_rows_total",
-            "Dead-letter rows written, by stage.",
-            &[("stage", stage)],
-        )
-        .inc();
-}
+use gaveurs_telemetry::registry;
 
 /// Gauges and counters read from their components at scrape time.
 pub fn register_components(hub: &Arc<Hub>, sms: &Arc<SmsService>) {
@@ -98,8 +54,4 @@ pub fn register_components(hub: &Arc<Hub>, sms: &Arc<SmsService>) {
         &[],
         move || sms.pending_len() as f64,
     );
-}
-
-pub fn render() -> String {
-    registry().render()
 }

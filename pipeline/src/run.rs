@@ -30,14 +30,14 @@ use gaveurs_sinks::websocket::{Hub, HubOptions};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::alerts::{self, AlertDesk};
-use crate::analytics::{self, LotBoard};
 use crate::config::Config;
-use crate::devices::DeviceRegistry;
-use crate::http;
 use crate::instance;
-use crate::intake::{IntakeParts, PipelineIntake};
 use crate::topology::{LogConsumers, spawn_named};
+use gaveurs_api as http;
+use gaveurs_operators::alerts::desk::{self as alerts, AlertDesk};
+use gaveurs_operators::analytics::consumer::{self as analytics, LotBoard};
+use gaveurs_operators::devices::DeviceRegistry;
+use gaveurs_operators::intake::{IntakeParts, PipelineIntake};
 
 /// Where an instance keeps its files.
 pub struct Paths {
@@ -59,9 +59,9 @@ impl Paths {
 
 /// The simulator `gaveurs run --demo` feeds the pipeline with.
 pub fn demo_simulation(
-    destination: crate::simulate::Destination,
-) -> crate::simulate::SimulateOptions {
-    crate::simulate::SimulateOptions {
+    destination: gaveurs_loadgen::simulate::Destination,
+) -> gaveurs_loadgen::simulate::SimulateOptions {
+    gaveurs_loadgen::simulate::SimulateOptions {
         destination,
         lots: 6,
         gaveurs: 3,
@@ -144,9 +144,10 @@ pub async fn run(
     // files say every key.
     let lost = published_through > 0 && dedup.is_empty().context("reading the dedup index")?;
     if recovered_state.legacy_digests.is_some() || lost {
-        let keys = crate::recovery::rebuild_dedup_keys(&dedup, &paths.parquet_root)
-            .await
-            .context("building the dedup index from the published files")?;
+        let keys =
+            gaveurs_operators::dedup::recovery::rebuild_dedup_keys(&dedup, &paths.parquet_root)
+                .await
+                .context("building the dedup index from the published files")?;
         if let Some(legacy) = &recovered_state.legacy_digests {
             parquet::retire_legacy_digests(legacy)
                 .with_context(|| format!("retiring {}", legacy.display()))?;
@@ -505,8 +506,8 @@ pub async fn run(
     let simulator_stop = CancellationToken::new();
     let simulator = demo.then(|| {
         let destination = match mqtt_addr {
-            Some(addr) => crate::simulate::Destination::Mqtt(addr),
-            None => crate::simulate::Destination::WebSocket(http_addr),
+            Some(addr) => gaveurs_loadgen::simulate::Destination::Mqtt(addr),
+            None => gaveurs_loadgen::simulate::Destination::WebSocket(http_addr),
         };
         tracing::info!(
             ?destination,
@@ -519,7 +520,10 @@ pub async fn run(
                 "demo: no token for the simulator ({e:#}); its records will be refused"
             ),
         }
-        tokio::spawn(crate::simulate::run(options, simulator_stop.clone()))
+        tokio::spawn(gaveurs_loadgen::simulate::run(
+            options,
+            simulator_stop.clone(),
+        ))
     });
 
     let failure = stop_signals.wait(&wal).await;

@@ -112,7 +112,7 @@ impl RunningConsumers {
 /// `gaveurs_cursor_lag_entries{cursor}` and `gaveurs_cursor_lag_seconds{cursor}`, read when
 /// `/metrics` is scraped.
 fn register_lag_metrics(wal: &Wal, name: &str) {
-    let metrics = gaveurs_schemas::metrics::registry();
+    let metrics = gaveurs_telemetry::registry();
     let status = |wal: &Wal, name: &str| wal.cursors().into_iter().find(|c| c.name == name);
     {
         let (wal, cursor) = (wal.clone(), name.to_string());

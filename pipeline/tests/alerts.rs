@@ -8,7 +8,7 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use gaveurs_pipeline::producer::MqttVersion;
+use gaveurs_loadgen::producer::MqttVersion;
 use serde_json::{Value, json};
 use support::records::meal;
 use support::twilio::FakeTwilio;

@@ -6,7 +6,7 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use gaveurs_pipeline::producer::MqttVersion;
+use gaveurs_loadgen::producer::MqttVersion;
 use serde_json::{Map, Value, json};
 use support::records::{meal, outcome};
 use support::*;

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use gaveurs_loadgen::producer::{MqttVersion, ProducerError, ServerPacket, connect};
 use gaveurs_operators::auth::dev::DevKeys;
-use gaveurs_pipeline::producer::{MqttVersion, ProducerError, ServerPacket, connect};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 use support::{

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use chrono::{NaiveDate, Utc};
-use gaveurs_pipeline::producer::MqttVersion;
+use gaveurs_loadgen::producer::MqttVersion;
 use serde_json::json;
 use support::{BIN, Gaveurs, duckdb, eventually, http_get, parquet_files, publish_each};
 

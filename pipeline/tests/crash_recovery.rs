@@ -6,7 +6,7 @@ mod support;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
-use gaveurs_pipeline::producer::{MqttVersion, ServerPacket, connect};
+use gaveurs_loadgen::producer::{MqttVersion, ServerPacket, connect};
 use support::{Gaveurs, read_rows, records};
 use tokio::sync::watch;
 

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gaveurs_pipeline::producer::{MqttVersion, ServerPacket, connect};
+use gaveurs_loadgen::producer::{MqttVersion, ServerPacket, connect};
 use serde_json::Value;
 use support::records::meal;
 use support::{BIN, Gaveurs, http_get, parquet_files, rand_id, read_rows};

@@ -5,7 +5,7 @@ mod support;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use gaveurs_pipeline::producer::MqttVersion;
+use gaveurs_loadgen::producer::MqttVersion;
 use support::{Gaveurs, Mosquitto, publish_each, read_rows, records, wait_ready};
 
 fn broker_config(mosquitto: &Mosquitto) -> String {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use std::path::Path;
 
-use gaveurs_pipeline::producer::MqttVersion;
+use gaveurs_loadgen::producer::MqttVersion;
 use support::kafka::{Tansu, produce, read_topic, read_topic_until};
 use support::{Gaveurs, eventually, next_json, publish_each, read_rows, records, ws_connect};
 

@@ -2,7 +2,7 @@
 
 mod support;
 
-use gaveurs_pipeline::producer::MqttVersion;
+use gaveurs_loadgen::producer::MqttVersion;
 use serde_json::{Value, json};
 use support::{Gaveurs, duckdb, publish_each, read_rows, records};
 
@@ -368,7 +368,7 @@ async fn a_duplicate_is_stored_once_even_across_restarts() {
 
 #[tokio::test]
 async fn subscriptions_are_refused_and_pings_answered() {
-    use gaveurs_pipeline::producer::{ServerPacket, connect};
+    use gaveurs_loadgen::producer::{ServerPacket, connect};
     let dir = tempfile::tempdir().unwrap();
     let gaveurs = Gaveurs::start(dir.path(), "");
     let (mut writer, mut reader) = connect(
@@ -404,7 +404,7 @@ async fn subscriptions_are_refused_and_pings_answered() {
     gaveurs.stop_cleanly();
 }
 
-async fn writer_raw(writer: &mut gaveurs_pipeline::producer::ProducerWriter, bytes: &[u8]) {
+async fn writer_raw(writer: &mut gaveurs_loadgen::producer::ProducerWriter, bytes: &[u8]) {
     writer.raw(bytes);
     writer.flush().await.unwrap();
 }

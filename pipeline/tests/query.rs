@@ -13,7 +13,7 @@ use arrow::array::{
     Array, ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-use gaveurs_pipeline::producer::MqttVersion;
+use gaveurs_loadgen::producer::MqttVersion;
 use serde_json::{Value, json};
 use support::{BIN, Gaveurs, eventually, publish_each, read_rows, records};
 

@@ -5,7 +5,7 @@ mod support;
 
 use std::collections::HashSet;
 
-use gaveurs_pipeline::producer::{MqttVersion, ServerPacket, connect};
+use gaveurs_loadgen::producer::{MqttVersion, ServerPacket, connect};
 use support::{Gaveurs, read_rows, records};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

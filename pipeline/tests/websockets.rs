@@ -5,7 +5,7 @@ mod support;
 use std::time::Duration;
 
 use futures::StreamExt;
-use gaveurs_pipeline::producer::{MqttVersion, ServerPacket, connect};
+use gaveurs_loadgen::producer::{MqttVersion, ServerPacket, connect};
 use serde_json::{Value, json};
 use support::{Gaveurs, Ws, next_json, publish_each, read_rows, records, send_json, ws_connect};
 use tokio_tungstenite::tungstenite::Message;

@@ -16,7 +16,6 @@ pub mod envelope;
 pub mod error;
 pub mod event;
 pub mod json_schema;
-pub mod metrics;
 pub mod records;
 pub mod route;
 pub mod time;

@@ -19,6 +19,7 @@
 //! An alert's id is derived from its key and opening event time, so evaluating the same
 //! records again after a crash reopens the same alert under the same id.
 
+pub mod desk;
 pub mod rules;
 
 use std::collections::HashMap;

@@ -35,6 +35,7 @@
 //! *late*: it still counts, is reported (the `late` dataset and a counter), and recomputes
 //! the windows it falls in.
 
+pub mod consumer;
 mod state;
 mod tables;
 

@@ -18,6 +18,11 @@ pub const KEY_FILE: &str = "dev-signing-key.pem";
 /// The realm every dev token names, as Keycloak would.
 pub const REALM: &str = "gaveurs-production";
 
+/// The Keycloak-shaped path of the dev realm's JWKS, served by the pipeline in dev mode.
+pub fn jwks_path() -> String {
+    format!("/realms/{REALM}/protocol/openid-connect/certs")
+}
+
 pub struct DevKeys {
     encoding: EncodingKey,
     kid: String,

@@ -22,6 +22,8 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+pub mod recovery;
+
 pub use gaveurs_schemas::records::{DedupKey, lot_digest};
 use parking_lot::Mutex;
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};

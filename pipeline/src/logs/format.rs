@@ -6,7 +6,7 @@ use chrono::{DateTime, Local};
 use tracing::Level;
 use tracing::field::{Field, Visit};
 
-use crate::config::LogFormat;
+use super::LogFormat;
 
 /// An event's message and fields, then the fields of the spans it is in.
 #[derive(Default)]

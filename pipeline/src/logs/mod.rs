@@ -13,6 +13,7 @@
 
 pub mod file;
 mod format;
+mod settings;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -29,9 +30,9 @@ use tracing_subscriber::layer::{Context as LayerContext, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::config::{LogFormat, LogsConfig};
 use file::{Clock, RotatingFile, SystemClock};
 use format::{Fields, SpanFields};
+pub use settings::{LogFormat, LogsConfig};
 
 /// The modules, each with its own file `logs/<module>.log`.
 pub const MODULES: [&str; 10] = [
@@ -59,22 +60,20 @@ pub fn module_of(target: &str) -> &'static str {
     const BY_PATH: &[(&str, &str)] = &[
         ("gaveurs_operators::auth", "auth"),
         ("gaveurs_pipeline::auth", "auth"),
-        ("gaveurs_pipeline::http", "api"),
-        ("gaveurs_pipeline::query", "api"),
+        ("gaveurs_api", "api"),
+        ("gaveurs_query", "api"),
         ("gaveurs_sinks::websocket", "websocket"),
         ("gaveurs_connectors::sources::websocket", "websocket"),
         ("gaveurs_connectors", "connectors"),
         ("gaveurs_sinks::kafka", "connectors"),
-        ("gaveurs_pipeline::intake", "connectors"),
-        ("gaveurs_pipeline::producer", "connectors"),
+        ("gaveurs_operators::intake", "connectors"),
+        ("gaveurs_loadgen", "connectors"),
         ("rdkafka", "connectors"),
         ("gaveurs_sinks::parquet", "storage"),
         ("gaveurs_sinks::wal", "storage"),
         ("gaveurs_sinks::fsutil", "storage"),
-        ("gaveurs_pipeline::alerts", "alerts"),
         ("gaveurs_operators::alerts", "alerts"),
         ("gaveurs_sinks::sms", "alerts"),
-        ("gaveurs_pipeline::analytics", "ml"),
         ("gaveurs_operators::analytics", "ml"),
         ("datafusion", "ml"),
     ];

@@ -267,7 +267,7 @@ fn events_find_their_module_by_target_or_code_path() {
         module_of("gaveurs_connectors::sources::mqtt_embedded"),
         "connectors"
     );
-    assert_eq!(module_of("gaveurs_pipeline::http::query"), "api");
+    assert_eq!(module_of("gaveurs_api::query"), "api");
     assert_eq!(module_of("gaveurs_pipeline::run"), "main");
     assert_eq!(module_of("gaveurs_sinks::parquetish"), "main");
 }

@@ -386,7 +386,7 @@ pub fn free_port() -> u16 {
 /// reason code of each (0 = success). QoS 2 messages are released after their PUBREC.
 pub async fn publish_each(
     addr: SocketAddr,
-    version: gaveurs_pipeline::producer::MqttVersion,
+    version: gaveurs_loadgen::producer::MqttVersion,
     token: &str,
     messages: &[(String, Vec<u8>, u8)],
 ) -> Vec<u8> {
@@ -396,12 +396,12 @@ pub async fn publish_each(
 /// [`publish_each`] with MQTT 5 user properties on every PUBLISH (e.g. `backfill: true`).
 pub async fn publish_each_with(
     addr: SocketAddr,
-    version: gaveurs_pipeline::producer::MqttVersion,
+    version: gaveurs_loadgen::producer::MqttVersion,
     token: &str,
     messages: &[(String, Vec<u8>, u8)],
     properties: &[(&str, &str)],
 ) -> Vec<u8> {
-    use gaveurs_pipeline::producer::{MqttVersion, ServerPacket, connect};
+    use gaveurs_loadgen::producer::{MqttVersion, ServerPacket, connect};
     // MQTT 5 carries the token on every PUBLISH (it survives a broker); 3.1.1 can only give
     // it as the CONNECT password, which only the embedded listener reads.
     let (password, per_message) = match version {

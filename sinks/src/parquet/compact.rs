@@ -913,16 +913,16 @@ pub fn spawn(options: CompactOptions) -> io::Result<StorageTask> {
 }
 
 struct Metrics {
-    compacted_files: Arc<gaveurs_schemas::metrics::Counter>,
-    written_files: Arc<gaveurs_schemas::metrics::Counter>,
-    retention_partitions: Arc<gaveurs_schemas::metrics::Counter>,
-    retention_files: Arc<gaveurs_schemas::metrics::Counter>,
+    compacted_files: Arc<gaveurs_telemetry::Counter>,
+    written_files: Arc<gaveurs_telemetry::Counter>,
+    retention_partitions: Arc<gaveurs_telemetry::Counter>,
+    retention_files: Arc<gaveurs_telemetry::Counter>,
 }
 
 fn metrics() -> &'static Metrics {
     static METRICS: std::sync::OnceLock<Metrics> = std::sync::OnceLock::new();
     METRICS.get_or_init(|| {
-        let registry = gaveurs_schemas::metrics::registry();
+        let registry = gaveurs_telemetry::registry();
         Metrics {
             compacted_files: registry.counter(
                 "gaveurs_parquet_compacted_files_total",

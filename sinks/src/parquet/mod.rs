@@ -488,7 +488,7 @@ pub fn writer_properties(
 /// Parquet files, rows and bytes published (`/metrics`), by the log's sink and the derived
 /// writers alike.
 pub(crate) fn count_published(files: usize, rows: u64, bytes: u64) {
-    let metrics = gaveurs_schemas::metrics::registry();
+    let metrics = gaveurs_telemetry::registry();
     metrics
         .counter(
             "gaveurs_parquet_files_total",

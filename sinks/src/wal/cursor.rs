@@ -290,7 +290,7 @@ impl LogCursor {
         self.state.skipped.fetch_add(count, Ordering::AcqRel);
         self.state.read_through.fetch_max(through, Ordering::AcqRel);
         self.state.checkpoint.fetch_max(through, Ordering::AcqRel);
-        gaveurs_schemas::metrics::registry()
+        gaveurs_telemetry::registry()
             .counter(
                 "gaveurs_cursor_skipped_entries_total",
                 "Log entries a cursor never read because the log released them (retention cap) or could not read them.",
@@ -370,7 +370,7 @@ fn release(shared: &Shared) {
     };
     if point > wanted {
         for cursor in cursors.iter().filter(|c| checkpoint(c) < point) {
-            gaveurs_schemas::metrics::registry()
+            gaveurs_telemetry::registry()
                 .counter(
                     "gaveurs_log_retention_capped_total",
                     "Times the log released segments a lagging cursor had not read, to stay within [storage] log_max_retained_mb.",

@@ -10,7 +10,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::realtime::{RealtimeFilters, RealtimeKind, RealtimeMeta, RealtimeScope};
+use super::filters::{RealtimeFilters, RealtimeKind, RealtimeMeta, RealtimeScope};
 
 /// One serialised message, shared by all its receivers.
 #[derive(Debug, Clone)]

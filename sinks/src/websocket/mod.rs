@@ -8,15 +8,17 @@
 //! bounded queue; a client that cannot keep up is closed with 1013 instead of slowing the
 //! publisher or anyone else.
 
+mod filters;
 mod gaveur_socket;
 mod hub;
 mod pump;
 mod realtime;
 
+pub use filters::{RealtimeFilters, RealtimeScope};
 pub use gaveur_socket::serve_gaveur_channel;
 pub use hub::{Frame, GaveurSubscription, Hub, HubOptions};
 pub use pump::{CLOSE_FORBIDDEN, CLOSE_UNAUTHORIZED, ClientReply, OnText};
-pub use realtime::{RealtimeFilters, RealtimeScope, serve_realtime};
+pub use realtime::serve_realtime;
 
 /// Close code for a client dropped because it reads too slowly ("try again later").
 pub const CLOSE_TOO_SLOW: u16 = 1013;

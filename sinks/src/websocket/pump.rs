@@ -171,12 +171,12 @@ impl Pump {
 }
 
 /// Event ingest → the record's frame written to a WebSocket (SPEC §9 "end-to-end latency").
-fn live_latency() -> std::sync::Arc<gaveurs_schemas::metrics::Histogram> {
-    gaveurs_schemas::metrics::registry().histogram(
+fn live_latency() -> std::sync::Arc<gaveurs_telemetry::Histogram> {
+    gaveurs_telemetry::registry().histogram(
         "gaveurs_live_latency_seconds",
         "From a record's receipt to its frame written to a WebSocket client (gaveur channels and dashboards).",
         &[],
-        gaveurs_schemas::metrics::LATENCY_BUCKETS,
+        gaveurs_telemetry::LATENCY_BUCKETS,
     )
 }
 

@@ -143,7 +143,7 @@ impl<P: Publication> ClientContext for SourceContext<P> {
     /// librdkafka's statistics (every `statistics.interval.ms`): the consumer lag of the
     /// partitions this instance owns, summed per topic, for `/metrics`.
     fn stats(&self, statistics: rdkafka::Statistics) {
-        let metrics = gaveurs_schemas::metrics::registry();
+        let metrics = gaveurs_telemetry::registry();
         for (topic, stats) in &statistics.topics {
             let lag: i64 = stats
                 .partitions

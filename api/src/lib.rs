@@ -1,5 +1,7 @@
-//! The HTTP server: health, the dev-mode JWKS, the API (devices, lots, alerts, SQL queries), the WebSocket
-//! ingest and live channels. Every response carries the security headers and an `X-Request-ID`.
+//! The HTTP server of the pipeline: health, metrics, the dev-mode JWKS, the API (devices,
+//! lots, alerts, SQL queries), the WebSocket ingest and the live channels. Every response
+//! carries the security headers and an `X-Request-ID`; every request is checked against the
+//! caller's token and permissions (`access`).
 
 mod access;
 mod alerts;
@@ -16,9 +18,13 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use gaveurs_operators::alerts::desk::AlertDesk;
+use gaveurs_operators::analytics::consumer::LotBoard;
 use gaveurs_operators::auth::Verifier;
 use gaveurs_operators::auth::dev::DevKeys;
 use gaveurs_operators::auth::permissions::{Action, Resource, Scope};
+use gaveurs_operators::devices::DeviceRegistry;
+use gaveurs_operators::intake::PipelineIntake;
 use gaveurs_sinks::wal::Wal;
 use gaveurs_sinks::websocket::Hub;
 use tokio::sync::watch;
@@ -26,9 +32,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use access::RequestId;
-
-use crate::devices::DeviceRegistry;
-use crate::intake::PipelineIntake;
 
 /// Everything the handlers need.
 #[derive(Clone)]
@@ -40,9 +43,9 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     pub devices: Arc<DeviceRegistry>,
     /// The latest KPIs of every lot.
-    pub lots: Arc<crate::analytics::LotBoard>,
+    pub lots: Arc<LotBoard>,
     /// Alerts: listed, acknowledged, and joined to a lot's KPIs.
-    pub alerts: Arc<crate::alerts::AlertDesk>,
+    pub alerts: Arc<AlertDesk>,
     pub verifier: Arc<Verifier>,
     /// Dev mode: the keys whose JWKS is served at the Keycloak-shaped path.
     pub dev_keys: Option<Arc<DevKeys>>,
@@ -54,7 +57,7 @@ pub struct AppState {
     /// `<data_dir>/parquet`, which `POST /api/v1/query` reads.
     pub parquet_root: PathBuf,
     /// What one `POST /api/v1/query` may use (`[query]`).
-    pub query_limits: crate::query::QueryLimits,
+    pub query_limits: gaveurs_query::QueryLimits,
     /// Must stay writable for `/health/ready`.
     pub data_dir: PathBuf,
 }
@@ -64,7 +67,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
-        .route(&crate::auth::jwks_path(), get(jwks))
+        .route(&gaveurs_operators::auth::dev::jwks_path(), get(jwks))
         .route("/api/v1/devices", get(devices))
         .route("/api/v1/lots/{code_lot}", get(lot))
         .route("/api/v1/alerts", get(alerts::list))
@@ -188,7 +191,7 @@ async fn metrics() -> impl IntoResponse {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        crate::metrics::render(),
+        gaveurs_telemetry::registry().render(),
     )
 }
 
@@ -232,8 +235,8 @@ async fn lot(
         None => {
             let root = state.parquet_root.clone();
             let code = code_lot.clone();
-            crate::query::runtime()
-                .spawn(async move { crate::analytics::lot_view_from_parquet(&root, &code).await })
+            gaveurs_query::runtime()
+                .spawn(async move { gaveurs_operators::analytics::consumer::lot_view_from_parquet(&root, &code).await })
                 .await
                 .ok()
                 .and_then(|read| {
@@ -245,12 +248,14 @@ async fn lot(
     };
     // A lot with alerts but no KPIs yet (or analytics off) is still a lot.
     let view = view.or_else(|| {
-        alerts.first().map(|alert| crate::analytics::LotView {
-            code_lot: code_lot.clone(),
-            gaveur_id: alert.gaveur_id,
-            site: alert.site.clone(),
-            kpis: Default::default(),
-        })
+        alerts
+            .first()
+            .map(|alert| gaveurs_operators::analytics::consumer::LotView {
+                code_lot: code_lot.clone(),
+                gaveur_id: alert.gaveur_id,
+                site: alert.site.clone(),
+                kpis: Default::default(),
+            })
     });
     let Some(view) = view else {
         // Only someone who may read some gavage data learns that a lot is unknown.

@@ -27,7 +27,7 @@ mod format;
 mod listing;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -702,11 +702,6 @@ async fn latest_row_per_lot(ctx: &SessionContext) -> Result<String, QueryError> 
         columns = columns.join(", "),
         order = order.join(", "),
     ))
-}
-
-/// Where `gaveurs query` finds the datasets: `<data_dir>/parquet`.
-pub fn parquet_root(config: &crate::config::Config) -> PathBuf {
-    config.storage.data_dir.join("parquet")
 }
 
 #[cfg(test)]

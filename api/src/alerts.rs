@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{AppState, access};
-use crate::alerts::AckFailure;
+use gaveurs_operators::alerts::desk::AckFailure;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -178,7 +178,7 @@ async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
 fn renewals(
     caller: Caller,
     principal: Arc<Principal>,
-    alerts: Option<Arc<crate::alerts::AlertDesk>>,
+    alerts: Option<Arc<gaveurs_operators::alerts::desk::AlertDesk>>,
     may_see: impl Fn(&Principal) -> bool + Send + Sync + 'static,
 ) -> OnText {
     let may_see = Arc::new(may_see);
@@ -241,7 +241,7 @@ fn renewals(
                             ClientReply::text(serde_json::json!({"type": "ack_alert_ok", "alert_id": alert_id}).to_string())
                         }
                         Ok(Err(e)) => {
-                            if let crate::alerts::AckFailure::Forbidden(..) = e {
+                            if let gaveurs_operators::alerts::desk::AckFailure::Forbidden(..) = e {
                                 audit::unauthorized(&AuthError::forbidden(e.to_string()), caller.context(Some(principal.lock().display_name())));
                             }
                             ClientReply::text(serde_json::json!({"type": "error", "alert_id": alert_id, "message": e.to_string()}).to_string())

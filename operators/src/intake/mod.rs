@@ -5,16 +5,16 @@
 
 use std::sync::Arc;
 
+use crate::auth::audit::{self, AccessContext};
+use crate::auth::permissions::{self, Action, Resource, Scope};
+use crate::auth::{AuthError, Verifier};
+use crate::dedup::DedupIndex;
+use crate::validate::{Validated, Validator};
 use futures::FutureExt;
 use gaveurs_connectors::intake::{
     BadCredentials, ConnectionContext, DurableTicket, Intake, RawInput, Saved, Submitted,
     Unavailable, Verdict,
 };
-use gaveurs_operators::auth::audit::{self, AccessContext};
-use gaveurs_operators::auth::permissions::{self, Action, Resource, Scope};
-use gaveurs_operators::auth::{AuthError, Verifier};
-use gaveurs_operators::dedup::DedupIndex;
-use gaveurs_operators::validate::{Validated, Validator};
 use gaveurs_schemas::dead_letter::Rejection;
 use gaveurs_schemas::records::{Record, SqalSample};
 use gaveurs_schemas::{DeadLetter, Event, Principal};
@@ -23,6 +23,8 @@ use gaveurs_sinks::wal::{self, Lsn, Wal, WalEntry};
 use gaveurs_sinks::websocket::Hub;
 
 use crate::devices::DeviceRegistry;
+
+mod metrics;
 
 #[derive(Clone)]
 pub struct PipelineIntake {
@@ -247,7 +249,7 @@ impl Inner {
         if let Some(kafka) = &self.kafka {
             kafka.dead_letter(&dead, &input.payload);
         }
-        crate::metrics::record_rejected(dead.reason_code.as_str(), dead.stage.as_str());
+        metrics::record_rejected(dead.reason_code.as_str(), dead.stage.as_str());
         let verdict = Verdict::Rejected {
             reason: rejection.reason,
             message: rejection.message,
@@ -284,7 +286,7 @@ impl Inner {
         match self.dedup.first_sighting(record.dedup_key()) {
             Ok(true) => {}
             Ok(false) => {
-                crate::metrics::record_duplicate(record.stream());
+                metrics::record_duplicate(record.stream());
                 return self.after_everything_so_far(Verdict::Accepted {
                     saved,
                     duplicate: true,
@@ -310,7 +312,7 @@ impl Inner {
             Some(Principal::clone(&principal)),
             input.backfill,
         );
-        crate::metrics::record_accepted(event.envelope.stream, event.envelope.provenance.transport);
+        metrics::record_accepted(event.envelope.stream, event.envelope.provenance.transport);
         // Live views get the record now; they must not wait for the disk (SPEC §3).
         self.hub.publish_event(&event);
         let verdict = Verdict::Accepted {

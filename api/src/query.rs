@@ -17,7 +17,7 @@ use gaveurs_operators::auth::permissions::{Action, Resource, Scope};
 
 use super::AppState;
 use super::access::Access;
-use crate::query::{self, BatchWriter, Format, QueryError};
+use gaveurs_query::{self as query, BatchWriter, Format, QueryError};
 
 /// The most rows one answer carries; a larger result is refused with 400.
 pub const MAX_ROWS: usize = 100_000;

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::analytics::{Engine, KpiRows, LOT_KPIS, StepOutput, json_rows};
+use crate::dedup::DedupIndex;
 use anyhow::Context;
 use arrow::array::{Array, AsArray, RecordBatch, TimestampMicrosecondArray};
 use arrow::datatypes::{Field, Schema};
-use gaveurs_operators::analytics::{Engine, KpiRows, LOT_KPIS, StepOutput, json_rows};
-use gaveurs_operators::dedup::DedupIndex;
 use gaveurs_schemas::datasets::{self, Dataset, Partition};
 use gaveurs_schemas::event::Event;
 use gaveurs_schemas::records::{Record, Site};
@@ -180,7 +180,7 @@ pub async fn restore_lots(
     }
     // The same catalog `gaveurs query` reads: published files only, schemas merged, so a
     // file of an older version reads its missing columns as null; no files = no rows.
-    let catalog = crate::query::Catalog::open(&outputs.parquet_root)
+    let catalog = gaveurs_query::Catalog::open(&outputs.parquet_root)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let list = codes
@@ -221,7 +221,7 @@ pub async fn restore_lots(
 }
 
 async fn read(
-    catalog: &crate::query::Catalog,
+    catalog: &gaveurs_query::Catalog,
     sql: &str,
 ) -> anyhow::Result<Vec<Map<String, Value>>> {
     let batches = catalog
@@ -239,7 +239,7 @@ pub async fn lot_view_from_parquet(
     parquet_root: &Path,
     code_lot: &str,
 ) -> anyhow::Result<Option<LotView>> {
-    let catalog = crate::query::Catalog::open(parquet_root)
+    let catalog = gaveurs_query::Catalog::open(parquet_root)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let sql = format!(

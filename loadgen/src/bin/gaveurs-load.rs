@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::{Parser, ValueEnum};
-use gaveurs_pipeline::producer::{MqttVersion, ServerPacket, connect};
+use gaveurs_loadgen::producer::{MqttVersion, ServerPacket, connect};
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 
@@ -295,7 +295,7 @@ async fn main() {
             let mut tick = tokio::time::interval(Duration::from_secs(every.max(1)));
             loop {
                 tick.tick().await;
-                if let Some(mb) = gaveurs_pipeline::telemetry::rss_mb(pid) {
+                if let Some(mb) = gaveurs_loadgen::memory::rss_mb(pid) {
                     eprintln!(
                         "rss t={:.0}s rss_mb={mb:.1}",
                         started.elapsed().as_secs_f64()
@@ -318,7 +318,7 @@ async fn main() {
     let totals = totals.lock();
     let h = &totals.latency_us;
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    let rss = args.pid.and_then(gaveurs_pipeline::telemetry::peak_rss_mb);
+    let rss = args.pid.and_then(gaveurs_loadgen::memory::peak_rss_mb);
     if args.json {
         println!(
             "{}",

@@ -1,5 +1,5 @@
 //! Runs the alert operator beside the Parquet sink: it receives the log's committed entries
-//! in log order, evaluates the rules (`gaveurs_operators::alerts`), and routes every
+//! in log order, evaluates the rules (`crate::alerts`), and routes every
 //! transition — `alerte` on the owner's channel, `alert` on the dashboards,
 //! `gaveurs.alerts.v1`, the `alerts` dataset, `GET /api/v1/alerts` — and asks the SMS sink
 //! for a text when an alert opens critical.
@@ -25,12 +25,12 @@ use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::alerts::rules::RuleSet;
+use crate::alerts::{AckError, AlertBook, Raised};
+use crate::auth::permissions::{self, Action, Resource, Scope};
 use anyhow::Context;
 use chrono::Utc;
 use gaveurs_connectors::sources::kafka::PartitionState;
-use gaveurs_operators::alerts::rules::RuleSet;
-use gaveurs_operators::alerts::{AckError, AlertBook, Raised};
-use gaveurs_operators::auth::permissions::{self, Action, Resource, Scope};
 use gaveurs_schemas::Principal;
 use gaveurs_schemas::alert::{Alert, AlertChange, Severity};
 use gaveurs_schemas::datasets::alerts as dataset;
@@ -284,9 +284,9 @@ impl AlertDesk {
         self.state.lock().local().snapshot.through_lsn
     }
 
-    pub fn counters(&self) -> gaveurs_operators::alerts::AlertCounters {
+    pub fn counters(&self) -> crate::alerts::AlertCounters {
         let state = self.state.lock();
-        let mut total = gaveurs_operators::alerts::AlertCounters::default();
+        let mut total = crate::alerts::AlertCounters::default();
         for shard in state.shards.values() {
             let c = shard.snapshot.book.counters();
             total.evaluated += c.evaluated;

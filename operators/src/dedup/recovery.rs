@@ -2,17 +2,17 @@
 
 use std::path::Path;
 
+use crate::dedup::DedupIndex;
 use anyhow::Context;
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::Int64Type;
-use gaveurs_operators::dedup::DedupIndex;
 use gaveurs_schemas::records::{DedupKey, meal_key, outcome_key};
 
 /// Writes the dedup key of every published record into the index: on the first start after
 /// an upgrade from a version that kept digests only (they say nothing of which lot a key
 /// belongs to), or when the index file was lost. Returns how many keys were written.
 pub async fn rebuild_dedup_keys(dedup: &DedupIndex, parquet_root: &Path) -> anyhow::Result<usize> {
-    let catalog = crate::query::Catalog::open(parquet_root)
+    let catalog = gaveurs_query::Catalog::open(parquet_root)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut keys: Vec<DedupKey> = Vec::new();

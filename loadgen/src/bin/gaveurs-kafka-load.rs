@@ -186,7 +186,7 @@ fn committed(args: &Args) {
         if done >= args.records {
             let (since, base) = first.unwrap();
             let elapsed = now.duration_since(since).as_secs_f64().max(0.001);
-            let rss = args.pid.and_then(gaveurs_pipeline::telemetry::peak_rss_mb);
+            let rss = args.pid.and_then(gaveurs_loadgen::memory::peak_rss_mb);
             println!(
                 "{}",
                 serde_json::json!({"mode": "committed", "records": done, "seconds": elapsed,
