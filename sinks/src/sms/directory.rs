@@ -87,31 +87,46 @@ impl Directory {
     /// Parses the CSV `text`; `origin` (a file name) is only used in error messages.
     pub fn parse(text: &str, origin: &str) -> Result<Directory, DirectoryError> {
         let origin = origin.to_string();
-        let mut lines = text
-            .lines()
-            .enumerate()
-            .map(|(i, line)| (i + 1, line.trim()))
-            .filter(|(_, line)| !line.is_empty());
+        // Rows of another width are refused below, naming their line, so the reader takes them.
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .trim(csv::Trim::All)
+            .from_reader(text.as_bytes());
+        let mut record = csv::StringRecord::new();
+        let mut rows = std::iter::from_fn(|| {
+            while reader.read_record(&mut record).ok()? {
+                let fields: Vec<String> = record.iter().map(unquote).collect();
+                if fields.iter().any(|f| !f.is_empty()) {
+                    let end = reader.position().byte() as usize;
+                    return Some((line_of_record(text, end, &record), fields));
+                }
+            }
+            None
+        });
 
-        let header = lines.next().map(|(_, line)| line).unwrap_or_default();
-        let header_fields = fields(header.trim_start_matches('\u{feff}'));
+        let header = rows.next().map(|(_, row)| row).unwrap_or_default();
+        let header_fields: Vec<&str> = header
+            .iter()
+            .map(|f| f.trim_start_matches('\u{feff}'))
+            .collect();
         if !matches!(header_fields.as_slice(), [id, phone]
             if id.eq_ignore_ascii_case("gaveur_id") && phone.eq_ignore_ascii_case("phone"))
         {
             return Err(DirectoryError::Header {
                 origin,
-                found: header.to_string(),
+                found: header_fields.join(","),
             });
         }
 
         let mut phones = HashMap::new();
         let mut first_lines = HashMap::new();
-        for (line, content) in lines {
-            let [id, phone] = fields(content)[..] else {
+        for (line, row) in rows {
+            let [id, phone] = &row[..] else {
                 return Err(DirectoryError::Fields {
                     origin,
                     line,
-                    found: content.to_string(),
+                    found: row.join(","),
                 });
             };
             let Ok(gaveur_id) = id.parse::<i64>() else {
@@ -175,17 +190,25 @@ impl fmt::Debug for Directory {
     }
 }
 
-/// The comma-separated fields of a line, trimmed, without the quotes a spreadsheet may add.
-fn fields(line: &str) -> Vec<&str> {
-    line.split(',')
-        .map(|field| {
-            let field = field.trim();
-            field
-                .strip_prefix('"')
-                .and_then(|f| f.strip_suffix('"'))
-                .map_or(field, str::trim)
-        })
-        .collect()
+/// A field without the quotes a spreadsheet may leave around it when spaces surround them
+/// (the `csv` reader only unquotes a field that starts with its quote).
+fn unquote(field: &str) -> String {
+    field
+        .strip_prefix('"')
+        .and_then(|f| f.strip_suffix('"'))
+        .map_or(field, str::trim)
+        .to_string()
+}
+
+/// The line (1-based) on which a record of `text` starts, from where the reader stopped after
+/// it (at most one byte into its terminator); the `csv` crate's own positions count a CRLF's
+/// LF and skipped blank lines with the next record.
+fn line_of_record(text: &str, end: usize, record: &csv::StringRecord) -> usize {
+    let before = &text.as_bytes()[..end];
+    let before = before.strip_suffix(b"\n").unwrap_or(before);
+    let breaks = before.iter().filter(|b| **b == b'\n').count();
+    let inside: usize = record.iter().map(|f| f.matches('\n').count()).sum();
+    breaks - inside + 1
 }
 
 /// `+`, then 2 to 15 digits, the first of which is not 0.
