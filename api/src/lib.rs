@@ -184,12 +184,12 @@ fn writable(dir: &std::path::Path) -> Result<(), String> {
     std::fs::remove_file(&probe).map_err(|e| e.to_string())
 }
 
-/// Prometheus text (names prefixed `gaveurs_`).
+/// Every metric (names prefixed `gaveurs_`), OpenMetrics text.
 async fn metrics() -> impl IntoResponse {
     (
         [(
             axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
+            gaveurs_telemetry::CONTENT_TYPE,
         )],
         gaveurs_telemetry::registry().render(),
     )

@@ -16,7 +16,7 @@ pub fn register_components(hub: &Arc<Hub>, sms: &Arc<SmsService>) {
     let kinds: [(&str, Count); 2] = [("gaveur", |c| c.0), ("realtime", |c| c.1)];
     for (kind, count) in kinds {
         let clients = hub.clone();
-        metrics.gauge_fn(
+        metrics.read_at_scrape(
             "gaveurs_ws_clients",
             "WebSocket clients connected, by kind (gaveur channels, dashboards).",
             &[("kind", kind)],
@@ -24,7 +24,7 @@ pub fn register_components(hub: &Arc<Hub>, sms: &Arc<SmsService>) {
         );
     }
     let slow = hub.clone();
-    metrics.gauge_fn(
+    metrics.read_at_scrape(
         "gaveurs_ws_slow_disconnects_total",
         "WebSocket clients closed (1013) for reading too slowly.",
         &[],
@@ -40,7 +40,7 @@ pub fn register_components(hub: &Arc<Hub>, sms: &Arc<SmsService>) {
     ];
     for (outcome, read) in outcomes {
         let sms = sms.clone();
-        metrics.gauge_fn(
+        metrics.read_at_scrape(
             "gaveurs_sms_total",
             "Text messages by outcome: sent, failed (refused or given up), disabled (no credentials), dropped_budget, retried.",
             &[("outcome", outcome)],
@@ -48,7 +48,7 @@ pub fn register_components(hub: &Arc<Hub>, sms: &Arc<SmsService>) {
         );
     }
     let sms = sms.clone();
-    metrics.gauge_fn(
+    metrics.read_at_scrape(
         "gaveurs_sms_pending",
         "Text messages waiting in the outbox.",
         &[],

@@ -116,7 +116,7 @@ fn register_lag_metrics(wal: &Wal, name: &str) {
     let status = |wal: &Wal, name: &str| wal.cursors().into_iter().find(|c| c.name == name);
     {
         let (wal, cursor) = (wal.clone(), name.to_string());
-        metrics.gauge_fn(
+        metrics.read_at_scrape(
             "gaveurs_cursor_lag_entries",
             "Durable log entries a consumer has not read yet, by cursor.",
             &[("cursor", name)],
@@ -125,7 +125,7 @@ fn register_lag_metrics(wal: &Wal, name: &str) {
     }
     {
         let (wal, cursor) = (wal.clone(), name.to_string());
-        metrics.gauge_fn(
+        metrics.read_at_scrape(
             "gaveurs_cursor_lag_seconds",
             "How long the oldest log entry a consumer has not read has been durable, by cursor.",
             &[("cursor", name)],

@@ -45,9 +45,15 @@ fn sample(metrics: &str, series: &str) -> Option<f64> {
 }
 
 async fn scrape(gaveurs: &Gaveurs) -> String {
-    let (status, body) = http_get(gaveurs.http, "/metrics").await;
-    assert_eq!(status, 200);
-    body
+    let response = reqwest::get(format!("http://{}/metrics", gaveurs.http))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    response.text().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -169,8 +175,14 @@ async fn metrics_move_as_records_flow() {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let during = loop {
         let text = scrape(&gaveurs).await;
-        if sample(&text, "gaveurs_records_out_total{sink=\"parquet\"}")
-            .is_some_and(|rows| rows >= 4.0)
+        let out = |dataset: &str| {
+            sample(
+                &text,
+                &format!("gaveurs_records_out_total{{sink=\"parquet\",dataset=\"{dataset}\"}}"),
+            )
+        };
+        if out("gavage_meals").is_some_and(|rows| rows >= 3.0)
+            && out("dlq").is_some_and(|rows| rows >= 1.0)
         {
             break text;
         }
@@ -211,7 +223,22 @@ async fn metrics_move_as_records_flow() {
         sample(&during, "gaveurs_sms_total{outcome=\"disabled\"}"),
         Some(0.0)
     );
-    assert!(during.contains("# TYPE gaveurs_live_latency_seconds histogram"));
+    // Typed as what they are, for Prometheus: counters (even those read from a component when
+    // scraped) and a histogram whose +Inf bucket is its count.
+    for family in [
+        "# TYPE gaveurs_records_in counter",
+        "# TYPE gaveurs_sms counter",
+        "# TYPE gaveurs_ws_slow_disconnects counter",
+        "# TYPE gaveurs_ws_clients gauge",
+        "# TYPE gaveurs_live_latency_seconds histogram",
+    ] {
+        assert!(during.lines().any(|l| l == family), "{family}: {during}");
+    }
+    assert_eq!(
+        sample(&during, "gaveurs_live_latency_seconds_bucket{le=\"+Inf\"}"),
+        sample(&during, "gaveurs_live_latency_seconds_count"),
+    );
+    assert!(during.ends_with("# EOF\n"));
     drop(channel);
     gaveurs.stop_cleanly();
 }

@@ -16,6 +16,8 @@ pub enum StreamKind {
 }
 
 impl StreamKind {
+    pub const ALL: [StreamKind; 3] = [StreamKind::Gavage, StreamKind::Sqal, StreamKind::LotOutcome];
+
     pub fn as_str(self) -> &'static str {
         match self {
             StreamKind::Gavage => "gavage",
@@ -46,6 +48,14 @@ pub enum Transport {
 }
 
 impl Transport {
+    pub const ALL: [Transport; 5] = [
+        Transport::Mqtt,
+        Transport::MqttBroker,
+        Transport::WebSocket,
+        Transport::Kafka,
+        Transport::Log,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Transport::Mqtt => "mqtt",

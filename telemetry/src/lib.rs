@@ -1,82 +1,95 @@
-//! The process's metrics, in the Prometheus text format (`GET /metrics`).
+//! The process's metrics (`GET /metrics`), encoded by `prometheus-client` in the OpenMetrics
+//! text format ([`CONTENT_TYPE`]), which Prometheus reads with each family's type.
 //!
-//! Components register what they count once (a [`Counter`], [`Gauge`] or [`Histogram`] is a
-//! handle to atomics, cheap to update on a hot path) or a gauge read at scrape time
-//! ([`Registry::gauge_fn`]); [`Registry::render`] writes everything. Names are prefixed
-//! `gaveurs_`; one name has one help text and type, and one series per label set.
+//! Components register what they count once — a [`Counter`], [`Gauge`] or [`Histogram`] is a
+//! handle to atomics, cheap to update on a hot path: keep the handle, since looking a series
+//! up by its labels builds the label set — or a value read when scraped ([`Registry::read_at_scrape`],
+//! for what a component already counts). Names are prefixed `gaveurs_`; a counter's name ends
+//! in `_total`. One name has one help text and type, and one series per label set.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+
+pub use prometheus_client::metrics::counter::Counter;
+
+/// A value that goes up and down.
+pub type Gauge = prometheus_client::metrics::gauge::Gauge<f64, AtomicU64>;
+
+/// What `GET /metrics` answers with.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Label pairs, e.g. `&[("stream", "gavage"), ("transport", "mqtt")]`.
 pub type Labels<'a> = &'a [(&'a str, &'a str)];
 
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
+type LabelSet = Vec<(String, String)>;
 
-impl Counter {
-    pub fn inc(&self) {
-        self.add(1);
-    }
+/// Observations counted into fixed buckets (upper bounds, seconds for latencies). Lock-free;
+/// the count a scrape shows is the sum of the buckets it shows, so no bucket is ever ahead of
+/// the count.
+#[derive(Debug, Clone)]
+pub struct Histogram(Arc<HistogramCells>);
 
-    pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// A value that goes up and down (stored as f64 bits).
-#[derive(Debug, Default)]
-pub struct Gauge(AtomicU64);
-
-impl Gauge {
-    pub fn set(&self, value: f64) {
-        self.0.store(value.to_bits(), Ordering::Relaxed);
-    }
-
-    pub fn get(&self) -> f64 {
-        f64::from_bits(self.0.load(Ordering::Relaxed))
-    }
-}
-
-/// Observations counted into fixed buckets (upper bounds, seconds for latencies).
 #[derive(Debug)]
-pub struct Histogram {
+struct HistogramCells {
     bounds: Vec<f64>,
+    /// One cell per bound, then one for observations above every bound.
     buckets: Vec<AtomicU64>,
-    count: AtomicU64,
     /// Sum in microunits, so it stays an integer atomic.
     sum_micros: AtomicU64,
 }
 
 impl Histogram {
     fn new(bounds: &[f64]) -> Histogram {
-        Histogram {
+        Histogram(Arc::new(HistogramCells {
             bounds: bounds.to_vec(),
-            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
-            count: AtomicU64::new(0),
+            buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
             sum_micros: AtomicU64::new(0),
-        }
+        }))
     }
 
     pub fn observe(&self, value: f64) {
-        if let Some(i) = self.bounds.iter().position(|b| value <= *b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
+        let cells = &self.0;
+        let i = cells
+            .bounds
+            .iter()
+            .position(|b| value <= *b)
+            .unwrap_or(cells.bounds.len());
+        cells.buckets[i].fetch_add(1, Ordering::Relaxed);
+        cells
+            .sum_micros
             .fetch_add((value.max(0.0) * 1e6) as u64, Ordering::Relaxed);
     }
 
     pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
+        self.0
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    fn encode(&self, mut encoder: MetricEncoder) -> fmt::Result {
+        let cells = &self.0;
+        let counts: Vec<u64> = cells
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let buckets: Vec<(f64, u64)> = cells
+            .bounds
+            .iter()
+            .copied()
+            .chain([f64::MAX])
+            .zip(counts.iter().copied())
+            .collect();
+        let sum = cells.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        encoder.encode_histogram::<NoLabelSet>(sum, counts.iter().sum(), &buckets, None)
     }
 }
 
@@ -86,23 +99,90 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     5.0, 10.0,
 ];
 
+type Read = Box<dyn Fn() -> f64 + Send + Sync>;
+
 enum Series {
-    Counter(Arc<Counter>),
-    Gauge(Arc<Gauge>),
-    GaugeFn(Box<dyn Fn() -> f64 + Send + Sync>),
-    Histogram(Arc<Histogram>),
+    Counter(Counter),
+    Gauge(Gauge),
+    Histogram(Histogram),
+    /// A counter or gauge a component keeps itself, read when scraped.
+    Read(Read),
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// One metric name: its type and its series by label set.
 struct Family {
-    help: &'static str,
-    kind: &'static str,
-    /// Rendered label set (`{a="b",c="d"}` or empty) → series.
-    series: BTreeMap<String, Series>,
+    kind: Kind,
+    series: RwLock<BTreeMap<LabelSet, Series>>,
 }
 
-#[derive(Default)]
+/// What the encoder holds of a family.
+#[derive(Debug, Clone)]
+struct Registered(Arc<Family>);
+
+impl fmt::Debug for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Family")
+            .field("kind", &self.kind)
+            .field("series", &self.series.read().len())
+            .finish()
+    }
+}
+
+impl EncodeMetric for Registered {
+    fn encode(&self, mut encoder: MetricEncoder) -> fmt::Result {
+        let series = self.0.series.read();
+        // A series without labels is written `name value`, not `name{} value`.
+        if let Some(unlabelled) = series.get(&LabelSet::new()) {
+            return encode_series(unlabelled, self.0.kind, encoder);
+        }
+        for (labels, series) in series.iter() {
+            encode_series(series, self.0.kind, encoder.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        match self.0.kind {
+            Kind::Counter => MetricType::Counter,
+            Kind::Gauge => MetricType::Gauge,
+            Kind::Histogram => MetricType::Histogram,
+        }
+    }
+}
+
+fn encode_series(series: &Series, kind: Kind, mut encoder: MetricEncoder) -> fmt::Result {
+    match series {
+        Series::Counter(counter) => {
+            encoder.encode_counter::<NoLabelSet, _, u64>(&counter.get(), None)
+        }
+        Series::Gauge(gauge) => encoder.encode_gauge(&gauge.get()),
+        Series::Histogram(histogram) => histogram.encode(encoder),
+        Series::Read(read) if kind == Kind::Counter => {
+            encoder.encode_counter::<NoLabelSet, _, u64>(&(read().max(0.0) as u64), None)
+        }
+        Series::Read(read) => encoder.encode_gauge(&read()),
+    }
+}
+
 pub struct Registry {
-    families: RwLock<BTreeMap<&'static str, Family>>,
+    families: Mutex<BTreeMap<&'static str, Arc<Family>>>,
+    encoding: Mutex<prometheus_client::registry::Registry>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            families: Mutex::new(BTreeMap::new()),
+            encoding: Mutex::new(prometheus_client::registry::Registry::default()),
+        }
+    }
 }
 
 /// The process-wide registry.
@@ -111,89 +191,90 @@ pub fn registry() -> &'static Registry {
     REGISTRY.get_or_init(Registry::default)
 }
 
-fn label_text(labels: Labels) -> String {
-    if labels.is_empty() {
-        return String::new();
-    }
-    let mut text = String::from("{");
-    for (i, (name, value)) in labels.iter().enumerate() {
-        if i > 0 {
-            text.push(',');
-        }
-        let value = value
-            .replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('\n', "\\n");
-        let _ = write!(text, "{name}=\"{value}\"");
-    }
-    text.push('}');
-    text
+fn label_set(labels: Labels) -> LabelSet {
+    labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 impl Registry {
+    /// The family `name`, registered with the encoder the first time.
+    fn family(&self, name: &'static str, help: &'static str, kind: Kind) -> Arc<Family> {
+        let mut families = self.families.lock();
+        if let Some(family) = families.get(name) {
+            assert!(
+                family.kind == kind,
+                "metric {name} registered as {:?} and {kind:?}",
+                family.kind
+            );
+            return family.clone();
+        }
+        let family = Arc::new(Family {
+            kind,
+            series: RwLock::new(BTreeMap::new()),
+        });
+        // The encoder adds `_total` to a counter's name.
+        let encoded = match kind {
+            Kind::Counter => name.strip_suffix("_total").unwrap_or(name),
+            _ => name,
+        };
+        self.encoding.lock().register(
+            encoded,
+            help.trim_end_matches('.'),
+            Registered(family.clone()),
+        );
+        families.insert(name, family.clone());
+        family
+    }
+
     fn series<T>(
         &self,
-        name: &'static str,
-        help: &'static str,
-        kind: &'static str,
+        (name, help, kind): (&'static str, &'static str, Kind),
         labels: Labels,
-        existing: impl Fn(&Series) -> Option<Arc<T>>,
-        create: impl FnOnce() -> (Arc<T>, Series),
-    ) -> Arc<T> {
-        let key = label_text(labels);
-        if let Some(found) = self
-            .families
-            .read()
-            .get(name)
-            .and_then(|f| f.series.get(&key))
-            .and_then(&existing)
-        {
+        existing: impl Fn(&Series) -> Option<T>,
+        create: impl FnOnce() -> (T, Series),
+    ) -> T {
+        let family = self.family(name, help, kind);
+        let key = label_set(labels);
+        if let Some(found) = family.series.read().get(&key).and_then(&existing) {
             return found;
         }
-        let mut families = self.families.write();
-        let family = families.entry(name).or_insert_with(|| Family {
-            help,
-            kind,
-            series: BTreeMap::new(),
-        });
-        if let Some(found) = family.series.get(&key).and_then(&existing) {
+        let mut series = family.series.write();
+        if let Some(found) = series.get(&key).and_then(&existing) {
             return found;
         }
-        let (handle, series) = create();
-        family.series.insert(key, series);
+        let (handle, created) = create();
+        series.insert(key, created);
         handle
     }
 
-    /// The counter `name{labels}`, created at zero the first time.
-    pub fn counter(&self, name: &'static str, help: &'static str, labels: Labels) -> Arc<Counter> {
+    /// The counter `name{labels}` (`name` ends in `_total`), created at zero the first time.
+    pub fn counter(&self, name: &'static str, help: &'static str, labels: Labels) -> Counter {
         self.series(
-            name,
-            help,
-            "counter",
+            (name, help, Kind::Counter),
             labels,
             |s| match s {
                 Series::Counter(c) => Some(c.clone()),
                 _ => None,
             },
             || {
-                let c = Arc::new(Counter::default());
+                let c = Counter::default();
                 (c.clone(), Series::Counter(c))
             },
         )
     }
 
-    pub fn gauge(&self, name: &'static str, help: &'static str, labels: Labels) -> Arc<Gauge> {
+    pub fn gauge(&self, name: &'static str, help: &'static str, labels: Labels) -> Gauge {
         self.series(
-            name,
-            help,
-            "gauge",
+            (name, help, Kind::Gauge),
             labels,
             |s| match s {
                 Series::Gauge(g) => Some(g.clone()),
                 _ => None,
             },
             || {
-                let g = Arc::new(Gauge::default());
+                let g = Gauge::default();
                 (g.clone(), Series::Gauge(g))
             },
         )
@@ -205,151 +286,51 @@ impl Registry {
         help: &'static str,
         labels: Labels,
         bounds: &[f64],
-    ) -> Arc<Histogram> {
+    ) -> Histogram {
         self.series(
-            name,
-            help,
-            "histogram",
+            (name, help, Kind::Histogram),
             labels,
             |s| match s {
                 Series::Histogram(h) => Some(h.clone()),
                 _ => None,
             },
             || {
-                let h = Arc::new(Histogram::new(bounds));
+                let h = Histogram::new(bounds);
                 (h.clone(), Series::Histogram(h))
             },
         )
     }
 
-    /// A gauge read when scraped (clients connected, pending messages…); registering the same
-    /// name and labels again replaces the function.
-    pub fn gauge_fn(
+    /// A value a component keeps itself (clients connected, texts sent…), read when scraped:
+    /// a counter if `name` ends in `_total`, else a gauge. Registering the same name and
+    /// labels again replaces the function.
+    pub fn read_at_scrape(
         &self,
         name: &'static str,
         help: &'static str,
         labels: Labels,
         read: impl Fn() -> f64 + Send + Sync + 'static,
     ) {
-        let mut families = self.families.write();
-        let family = families.entry(name).or_insert_with(|| Family {
-            help,
-            kind: "gauge",
-            series: BTreeMap::new(),
-        });
+        let kind = if name.ends_with("_total") {
+            Kind::Counter
+        } else {
+            Kind::Gauge
+        };
+        let family = self.family(name, help, kind);
         family
             .series
-            .insert(label_text(labels), Series::GaugeFn(Box::new(read)));
+            .write()
+            .insert(label_set(labels), Series::Read(Box::new(read)));
     }
 
-    /// Everything, in the Prometheus text exposition format (0.0.4).
+    /// Everything, in the OpenMetrics text format ([`CONTENT_TYPE`]).
     pub fn render(&self) -> String {
-        let mut out = String::with_capacity(4096);
-        for (name, family) in self.families.read().iter() {
-            let _ = writeln!(out, "# HELP {name} {}", family.help);
-            let _ = writeln!(out, "# TYPE {name} {}", family.kind);
-            for (labels, series) in &family.series {
-                match series {
-                    Series::Counter(c) => {
-                        let _ = writeln!(out, "{name}{labels} {}", c.get());
-                    }
-                    Series::Gauge(g) => {
-                        let _ = writeln!(out, "{name}{labels} {}", g.get());
-                    }
-                    Series::GaugeFn(read) => {
-                        let _ = writeln!(out, "{name}{labels} {}", read());
-                    }
-                    Series::Histogram(h) => render_histogram(&mut out, name, labels, h),
-                }
-            }
-        }
+        let mut out = String::with_capacity(8192);
+        prometheus_client::encoding::text::encode(&mut out, &self.encoding.lock())
+            .expect("writing to a String cannot fail");
         out
     }
 }
 
-fn render_histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
-    // `le` joins the series' own labels.
-    let with_le = |le: &str| {
-        if labels.is_empty() {
-            format!("{{le=\"{le}\"}}")
-        } else {
-            format!("{},le=\"{le}\"}}", &labels[..labels.len() - 1])
-        }
-    };
-    let mut cumulative = 0;
-    for (bound, bucket) in h.bounds.iter().zip(&h.buckets) {
-        cumulative += bucket.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "{name}_bucket{} {cumulative}",
-            with_le(&bound.to_string())
-        );
-    }
-    let count = h.count();
-    let _ = writeln!(out, "{name}_bucket{} {count}", with_le("+Inf"));
-    let _ = writeln!(
-        out,
-        "{name}_sum{labels} {}",
-        h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
-    );
-    let _ = writeln!(out, "{name}_count{labels} {count}");
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn renders_the_text_format() {
-        let registry = Registry::default();
-        let mqtt = registry.counter(
-            "gaveurs_records_in_total",
-            "Accepted records.",
-            &[("stream", "gavage"), ("transport", "mqtt")],
-        );
-        mqtt.add(3);
-        registry
-            .counter(
-                "gaveurs_records_in_total",
-                "Accepted records.",
-                &[("stream", "gavage"), ("transport", "mqtt")],
-            )
-            .inc();
-        registry.gauge_fn("gaveurs_ws_clients", "Clients.", &[], || 2.0);
-        let latency = registry.histogram(
-            "gaveurs_latency_seconds",
-            "Latency.",
-            &[("path", "ws")],
-            &[0.01, 0.1],
-        );
-        latency.observe(0.005);
-        latency.observe(0.05);
-        latency.observe(3.0);
-        let text = registry.render();
-        assert!(
-            text.contains("# TYPE gaveurs_records_in_total counter\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("gaveurs_records_in_total{stream=\"gavage\",transport=\"mqtt\"} 4\n"),
-            "{text}"
-        );
-        assert!(text.contains("gaveurs_ws_clients 2\n"), "{text}");
-        assert!(
-            text.contains("gaveurs_latency_seconds_bucket{path=\"ws\",le=\"0.01\"} 1\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("gaveurs_latency_seconds_bucket{path=\"ws\",le=\"0.1\"} 2\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("gaveurs_latency_seconds_bucket{path=\"ws\",le=\"+Inf\"} 3\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("gaveurs_latency_seconds_count{path=\"ws\"} 3\n"),
-            "{text}"
-        );
-    }
-}
+mod tests;

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gaveurs_schemas::DeadLetter;
+use gaveurs_schemas::error::Backoff;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
@@ -199,7 +200,10 @@ pub fn spawn_live_reader(
 
 /// Reads what the other instances write to `topic` from its end (in a group of this instance
 /// alone, `gaveurs-<what>-<instance>`) and hands each payload to `deliver`. A topic that does
-/// not exist yet is looked for again every 5 s.
+/// not exist yet is looked for again, and a broker that fails is read again, with backoff.
+/// Between looks for a topic that does not exist yet, and after a failed read.
+const TOPIC_RETRY: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+
 pub fn spawn_topic_reader(
     settings: &OutputSettings,
     topic: &str,
@@ -221,6 +225,7 @@ pub fn spawn_topic_reader(
     let what = what.to_string();
     Ok(tokio::spawn(async move {
         let mut reported = false;
+        let mut retrying = TOPIC_RETRY.retrying();
         loop {
             let partitions = tokio::task::block_in_place(|| {
                 consumer
@@ -244,15 +249,16 @@ pub fn spawn_topic_reader(
                     return;
                 }
                 tracing::info!(target: "websocket", topic, "reading other instances' {what} messages for the live channels");
+                retrying.succeeded();
                 break;
             }
             if !reported {
                 reported = true;
-                tracing::warn!(target: "websocket", topic, "the {what} topic does not exist yet; looking again every 5 s");
+                tracing::warn!(target: "websocket", topic, "the {what} topic does not exist yet; looking again with backoff");
             }
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = tokio::time::sleep(retrying.failed()) => {}
             }
         }
         loop {
@@ -264,9 +270,14 @@ pub fn spawn_topic_reader(
                 Ok(message) => message,
                 Err(e) => {
                     tracing::debug!(target: "websocket", topic, error = %e, "topic reader");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(retrying.failed()) => {}
+                    }
                     continue;
                 }
             };
+            retrying.succeeded();
             let own = message.headers().is_some_and(|headers| {
                 headers
                     .iter()

@@ -524,7 +524,7 @@ fn expire(
         }
         let (files, emptied) = remove_published(&dir)?;
         report.removed_files += files;
-        metrics().retention_files.add(files as u64);
+        metrics().retention_files.inc_by(files as u64);
         if emptied {
             sync_dir(dataset_dir)?;
             report.removed_partitions += 1;
@@ -617,7 +617,7 @@ fn compact_folder(
             return Ok(());
         }
         report.leftovers_removed += removed;
-        metrics().compacted_files.add(removed as u64);
+        metrics().compacted_files.inc_by(removed as u64);
         tracing::info!(target: "storage", folder = %folder.dir.display(), files = removed, "removed files an interrupted compaction had already merged");
     }
     let mut remaining: Vec<&Listed> = folder
@@ -636,7 +636,7 @@ fn compact_folder(
                 report.compacted_files += group.len();
                 report.written_files += 1;
                 report.compacted_rows += rows;
-                metrics().compacted_files.add(group.len() as u64);
+                metrics().compacted_files.inc_by(group.len() as u64);
                 metrics().written_files.inc();
             }
             Err(MergeError::Interrupted(i)) => return Err(i),
@@ -913,10 +913,10 @@ pub fn spawn(options: CompactOptions) -> io::Result<StorageTask> {
 }
 
 struct Metrics {
-    compacted_files: Arc<gaveurs_telemetry::Counter>,
-    written_files: Arc<gaveurs_telemetry::Counter>,
-    retention_partitions: Arc<gaveurs_telemetry::Counter>,
-    retention_files: Arc<gaveurs_telemetry::Counter>,
+    compacted_files: gaveurs_telemetry::Counter,
+    written_files: gaveurs_telemetry::Counter,
+    retention_partitions: gaveurs_telemetry::Counter,
+    retention_files: gaveurs_telemetry::Counter,
 }
 
 fn metrics() -> &'static Metrics {

@@ -125,7 +125,7 @@ impl DerivedWriter {
                 sync_dir(&dir)?;
                 flushed.files.push(published);
                 let rows: usize = batches[start..end].iter().map(|b| b.num_rows()).sum();
-                super::count_published(1, rows as u64, bytes);
+                super::count_published(&dataset, rows as u64, bytes);
                 start = end;
             }
         }

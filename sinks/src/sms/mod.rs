@@ -39,8 +39,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, NaiveTime, TimeDelta, TimeZone, Utc};
 use chrono_tz::Tz;
+use gaveurs_schemas::error::Backoff;
 use parking_lot::Mutex;
-use rand::Rng;
 use reqwest::Url;
 use serde::Serialize;
 use tokio::sync::Notify;
@@ -549,21 +549,13 @@ impl Sender {
 }
 
 /// The delay before the next attempt after `attempts` failures: the server's `Retry-After` if it
-/// gave one, else a random delay up to `retry_initial × 2^(attempts − 1)` (full jitter, so that
-/// instances that failed together do not retry together); never more than `retry_max`.
+/// gave one, else the shared backoff from `retry_initial` (full jitter); never more than
+/// `retry_max`.
 fn backoff(settings: &SmsSettings, attempts: u32, retry_after: Option<Duration>) -> Duration {
-    if let Some(retry_after) = retry_after {
-        return retry_after.min(settings.retry_max);
+    match retry_after {
+        Some(retry_after) => retry_after.min(settings.retry_max),
+        None => Backoff::new(settings.retry_initial, settings.retry_max).delay(attempts),
     }
-    let factor = 1u32
-        .checked_shl(attempts.saturating_sub(1))
-        .unwrap_or(u32::MAX);
-    let ceiling = settings
-        .retry_initial
-        .saturating_mul(factor)
-        .min(settings.retry_max);
-    let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
-    Duration::from_nanos(rand::rng().random_range(0..=nanos))
 }
 
 /// A phone number as logs show it: its last four digits.

@@ -296,7 +296,7 @@ impl LogCursor {
                 "Log entries a cursor never read because the log released them (retention cap) or could not read them.",
                 &[("cursor", &self.state.name)],
             )
-            .add(count);
+            .inc_by(count);
         tracing::error!(
             target: "storage",
             cursor = %self.state.name,

@@ -171,7 +171,7 @@ impl Pump {
 }
 
 /// Event ingest → the record's frame written to a WebSocket (SPEC §9 "end-to-end latency").
-fn live_latency() -> std::sync::Arc<gaveurs_telemetry::Histogram> {
+fn live_latency() -> gaveurs_telemetry::Histogram {
     gaveurs_telemetry::registry().histogram(
         "gaveurs_live_latency_seconds",
         "From a record's receipt to its frame written to a WebSocket client (gaveur channels and dashboards).",

@@ -12,6 +12,7 @@
 use std::time::Duration;
 
 use gaveurs_schemas::envelope::{Provenance, Transport};
+use gaveurs_schemas::error::Backoff;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish};
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
@@ -71,7 +72,8 @@ impl TryFrom<String> for BrokerUrl {
 }
 
 /// Longest pause between reconnection attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Between attempts to reach the broker.
+const RECONNECT: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
 
 /// Runs the subscription until `shutdown`; then acknowledges what became durable and
 /// disconnects, leaving anything unacknowledged to the broker. `connected` follows the
@@ -116,7 +118,7 @@ pub async fn run<I: Intake>(
         })
     };
 
-    let mut backoff = Duration::from_millis(200);
+    let mut reconnect = RECONNECT.retrying();
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -124,7 +126,7 @@ pub async fn run<I: Intake>(
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                backoff = Duration::from_millis(200);
+                reconnect.succeeded();
                 if !ack.session_present {
                     let filters = topics::SUBSCRIPTIONS.iter().map(|f| {
                         let filter = match &settings.shared_group {
@@ -171,12 +173,12 @@ pub async fn run<I: Intake>(
             Ok(_) => {}
             Err(e) => {
                 connected.send_replace(false);
-                tracing::warn!(broker = %source, error = %e, retry_in = ?backoff, "MQTT broker connection failed");
+                let delay = reconnect.failed();
+                tracing::warn!(broker = %source, error = %e, retry_in = ?delay, "MQTT broker connection failed");
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(delay) => {}
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }
