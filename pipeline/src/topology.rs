@@ -134,6 +134,20 @@ fn register_lag_metrics(wal: &Wal, name: &str) {
     }
 }
 
+/// Lowers the calling thread's CPU priority (nice 10; on Linux a thread's own): a derived
+/// consumer as heavy as analytics then takes the CPU the intake and the log writer leave, so
+/// it can fall behind (its cursor lags) but never delays an acknowledgement on a busy machine.
+pub fn yield_cpu_to_acknowledgements() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain system calls on the calling thread.
+    unsafe {
+        let thread = libc::gettid();
+        if libc::setpriority(libc::PRIO_PROCESS, thread as libc::id_t, 10) != 0 {
+            tracing::debug!("could not lower the thread's priority");
+        }
+    }
+}
+
 /// A consumer's thread, named for `top` and thread dumps.
 pub fn spawn_named(
     name: &str,
