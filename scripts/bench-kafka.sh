@@ -41,6 +41,9 @@ for r in $(seq "$REPEAT"); do
     analytics=$([ "$variant" = on ] && echo true || echo false)
     EXTRA_CONFIG=$(printf '[storage]\nroll_interval_s = 1\n[kafka]\nbrokers = "127.0.0.1:%s"\ngroup = "bench-%s-%s"\n[analytics]\nenabled = %s\n%s' \
       "$port" "$variant" "$r" "$analytics" "${KAFKA_EXTRA:-}")
+    # The records were signed with the token directory's dev key: each pipeline gets that key.
+    mkdir -p "$work/run$r-$variant/data"
+    cp -r "$work/token$r/data/auth" "$work/run$r-$variant/data/"
     start_pipeline "run$r-$variant"
     piped=$("$BIN/gaveurs-kafka-load" committed --brokers "127.0.0.1:$port" --records "$RECORDS" \
       --partitions $PARTITIONS --group "bench-$variant-$r" --pid "$pid")

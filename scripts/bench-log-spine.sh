@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The durable log as the spine (issue 15), measured through the release binary:
 #  1. MQTT PUBACK latency at a paced RATE (default 20 k records/s) with analytics on and off,
-#     interleaved run by run (A/B in one run), REPEAT times each;
+#     interleaved run by run (A/B in one run), REPEAT times each, over MEMORY_LOTS lots living
+#     their whole life (each lot's meals, then its outcome);
 #  2. memory under a steady load of lots living their whole life (`gaveurs-load --lots`):
 #     RSS sampled every 10 s over MEMORY_S seconds (default 600) at MEMORY_RATE;
 #  3. start-up with a year of history: ../shared/data replayed, the pipeline stopped, then
@@ -34,8 +35,8 @@ for r in $(seq "$REPEAT"); do
     analytics=$([ "$variant" = on ] && echo true || echo false)
     EXTRA_CONFIG=$(printf '[analytics]\nenabled = %s\n' "$analytics")
     start_pipeline "puback$r-$variant"
-    line=$("$BIN/gaveurs-load" --mqtt "$mqtt" --rate "$RATE" --connections 4 --window 256 \
-      --duration "$DURATION" --pid "$pid" --tag "p$r$variant" --json)
+    line=$("$BIN/gaveurs-load" --mqtt "$mqtt" --rate "$RATE" --lots "$MEMORY_LOTS" --connections 4 \
+      --window 256 --duration "$DURATION" --pid "$pid" --tag "p$r$variant" --json)
     stop_pipeline "$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["acked"])' "$line")"
     echo "puback run $r ($variant): $line" >&2
     echo "{\"part\": \"puback\", \"variant\": \"$variant\", \"result\": $line}" >> "$results"
@@ -88,7 +89,7 @@ med = statistics.median
 out = ["# The durable log as the spine", "",
   f"Measured {datetime.date.today()} by `scripts/bench-log-spine.sh` (release build), {cpu}, 2 cores shared by the load tool and the pipeline; noisy machine. A fresh pipeline per run; after each, its Parquet output held exactly the records it acknowledged.", "",
   f"## PUBACK latency at {int(rate):,} records/s, analytics on and off", "",
-  f"`gaveurs-load --rate {rate} --connections 4 --window 256 --duration {duration}`, the two variants interleaved run by run.", "",
+  f"`gaveurs-load --rate {rate} --lots {lots} --connections 4 --window 256 --duration {duration}`, the two variants interleaved run by run.", "",
   "| analytics | runs | records/s | PUBACK p50 ms | p99 ms | max ms | peak RSS MB |", "|---|---|---|---|---|---|---|"]
 p99 = {}
 for variant in ("on", "off"):

@@ -34,8 +34,19 @@ pub const LATE: &str = "late";
 /// operator forgets it, and at most `max_lots` stay (the least recently updated go); a lot
 /// that is not here is read from the `lot_kpis` dataset ([`lot_view_from_parquet`]).
 pub struct LotBoard {
-    lots: RwLock<HashMap<String, (LotView, Instant)>>,
+    lots: RwLock<HashMap<String, BoardEntry>>,
     max_lots: usize,
+}
+
+/// A lot on the board, kept compact: each KPI's latest row as its JSON text (a row as a JSON
+/// map takes several times the memory, and tens of thousands of lots are on the board), with
+/// a digest of its values to tell a changed row from a recomputed one.
+struct BoardEntry {
+    gaveur_id: Option<i64>,
+    site: Option<Box<str>>,
+    /// KPI name → (digest of the row's values, the row as JSON).
+    kpis: Vec<(Box<str>, u64, Box<str>)>,
+    touched: Instant,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -65,7 +76,20 @@ impl LotBoard {
     }
 
     pub fn get(&self, code_lot: &str) -> Option<LotView> {
-        self.lots.read().get(code_lot).map(|(view, _)| view.clone())
+        let lots = self.lots.read();
+        let entry = lots.get(code_lot)?;
+        Some(LotView {
+            code_lot: code_lot.to_string(),
+            gaveur_id: entry.gaveur_id,
+            site: entry.site.as_deref().map(str::to_string),
+            kpis: entry
+                .kpis
+                .iter()
+                .filter_map(|(name, _, json)| {
+                    Some((name.to_string(), serde_json::from_str(json).ok()?))
+                })
+                .collect(),
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -82,13 +106,14 @@ impl LotBoard {
         let Some(code_lot) = row.get("code_lot").and_then(Value::as_str) else {
             return true;
         };
+        let digest = values_digest(row);
         let mut lots = self.lots.write();
         if !lots.contains_key(code_lot) && lots.len() >= self.max_lots {
             // The least recently updated tenth goes: a stream of new lots does not sort on
             // every row.
             let mut by_age: Vec<(Instant, String)> = lots
                 .iter()
-                .map(|(code, (_, at))| (*at, code.clone()))
+                .map(|(code, entry)| (entry.touched, code.clone()))
                 .collect();
             let count = (self.max_lots / 10).max(1).min(by_age.len());
             by_age.select_nth_unstable(count - 1);
@@ -96,28 +121,36 @@ impl LotBoard {
                 lots.remove(code);
             }
         }
-        let (view, at) = lots.entry(code_lot.to_string()).or_insert_with(|| {
-            (
-                LotView {
-                    code_lot: code_lot.to_string(),
-                    ..LotView::default()
-                },
-                Instant::now(),
-            )
-        });
-        *at = Instant::now();
+        let entry = lots
+            .entry(code_lot.to_string())
+            .or_insert_with(|| BoardEntry {
+                gaveur_id: None,
+                site: None,
+                kpis: Vec::new(),
+                touched: Instant::now(),
+            });
+        entry.touched = Instant::now();
         if let Some(id) = row.get("gaveur_id").and_then(Value::as_i64) {
-            view.gaveur_id = Some(id);
+            entry.gaveur_id = Some(id);
         }
-        if let Some(site) = row.get("site").and_then(Value::as_str) {
-            view.site = Some(site.to_string());
+        if let Some(site) = row.get("site").and_then(Value::as_str)
+            && entry.site.as_deref() != Some(site)
+        {
+            entry.site = Some(site.into());
         }
-        let changed = view
-            .kpis
-            .get(kpi)
-            .is_none_or(|previous| !same_values(previous, row));
-        view.kpis.insert(kpi.to_string(), row.clone());
-        changed
+        let json: Box<str> = Value::Object(row.clone()).to_string().into();
+        match entry.kpis.iter_mut().find(|(name, _, _)| &**name == kpi) {
+            Some((_, kept, kept_json)) => {
+                let changed = *kept != digest;
+                *kept = digest;
+                *kept_json = json;
+                changed
+            }
+            None => {
+                entry.kpis.push((kpi.into(), digest, json));
+                true
+            }
+        }
     }
 
     fn forget(&self, codes: &[String]) {
@@ -131,14 +164,16 @@ impl LotBoard {
     }
 }
 
-fn same_values(a: &Map<String, Value>, b: &Map<String, Value>) -> bool {
-    let values = |m: &Map<String, Value>| -> BTreeMap<String, Value> {
-        m.iter()
-            .filter(|(k, v)| !NOT_VALUES.contains(&k.as_str()) && !v.is_null())
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
-    };
-    values(a) == values(b)
+/// A digest of a row's values: the columns that do not change between two computations of
+/// the same values left out, null columns too, in column-name order.
+fn values_digest(row: &Map<String, Value>) -> u64 {
+    let values: BTreeMap<&str, &Value> = row
+        .iter()
+        .filter(|(k, v)| !NOT_VALUES.contains(&k.as_str()) && !v.is_null())
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    let text = serde_json::to_string(&values).expect("JSON values serialise");
+    xxhash_rust::xxh3::xxh3_64(text.as_bytes())
 }
 
 /// Where KPI rows go, and what the operator reads back.
@@ -271,6 +306,7 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("analytics".into())
         .spawn(move || {
+            yield_cpu_to_acknowledgements();
             let runtime = match tokio::runtime::Builder::new_current_thread().build() {
                 Ok(runtime) => runtime,
                 Err(e) => {
@@ -589,4 +625,18 @@ fn split_by_site(batch: &RecordBatch) -> anyhow::Result<Vec<(String, RecordBatch
         parts.push((site, arrow::compute::filter_record_batch(batch, &mask)?));
     }
     Ok(parts)
+}
+
+/// Lowers the calling thread's CPU priority (nice 10; on Linux a thread's own): a derived
+/// consumer as heavy as analytics then takes the CPU the intake and the log writer leave, so
+/// it can fall behind (its cursor lags) but never delays an acknowledgement on a busy machine.
+pub fn yield_cpu_to_acknowledgements() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain system calls on the calling thread.
+    unsafe {
+        let thread = libc::gettid();
+        if libc::setpriority(libc::PRIO_PROCESS, thread as libc::id_t, 10) != 0 {
+            tracing::debug!("could not lower the thread's priority");
+        }
+    }
 }

@@ -741,10 +741,11 @@ impl Engine {
         let over = (self.lots.len() - expired.len()).saturating_sub(self.settings.max_lots);
         if over > 0 {
             let residency = self.settings.lot_min_residency;
+            let already: HashSet<&String> = expired.iter().collect();
             let mut candidates: Vec<(std::time::Instant, &String)> = self
                 .lots
                 .iter()
-                .filter(|(code, lot)| lot.touched.elapsed() >= residency && !expired.contains(code))
+                .filter(|(code, lot)| lot.touched.elapsed() >= residency && !already.contains(code))
                 .map(|(code, lot)| (lot.touched, code))
                 .collect();
             candidates.sort();

@@ -71,6 +71,9 @@ struct Resident {
     lots: HashMap<u64, Lot>,
     /// SQAL keys accepted but not yet published.
     samples: HashSet<u128>,
+    /// The last search for lots to evict found too few (the rest wait for their roll): no
+    /// new search until a roll publishes some, or every new lot would scan them all.
+    full_until_published: bool,
 }
 
 pub struct DedupIndex {
@@ -197,6 +200,7 @@ impl DedupIndex {
         tx.commit().map_err(|e| self.error(&e))?;
         // Only now: until the commit, memory is what makes them duplicates.
         let mut resident = self.resident.lock();
+        resident.full_until_published = false;
         for key in keys {
             match *key {
                 DedupKey::Lot { lot, .. } => {
@@ -259,9 +263,11 @@ impl DedupIndex {
         Ok(table.get(digest).map_err(|e| self.error(&e))?.is_some())
     }
 
-    /// Evicts the least recently used lots without unpublished keys until one more fits.
+    /// Evicts the least recently used lots without unpublished keys until one more fits. Lots
+    /// with unpublished keys stay, above the limit if need be: the log bounds them, and the
+    /// roll that publishes them lets them go.
     fn make_room(&self, resident: &mut Resident) {
-        if resident.lots.len() < self.limits.max_lots {
+        if resident.lots.len() < self.limits.max_lots || resident.full_until_published {
             return;
         }
         let idle = self.limits.idle;
@@ -280,6 +286,8 @@ impl DedupIndex {
             .map(|(digest, lot)| (lot.last_used, *digest))
             .collect();
         let count = excess.max(self.limits.max_lots / 10).min(evictable.len());
+        // Fewer than a tenth to evict: the next searches would find as few, at a full scan each.
+        resident.full_until_published = count < self.limits.max_lots / 10;
         if count == 0 {
             return;
         }

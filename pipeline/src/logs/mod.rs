@@ -51,6 +51,10 @@ pub const MODULES: [&str; 10] = [
 /// The file that receives every WARN and above, whatever its module.
 pub const ERRORS: &str = "errors";
 
+/// Lines waiting for a module file's writer thread; past it, lines are dropped (and the
+/// appender counts them) rather than blocking the thread that logs.
+const LINES_QUEUED_PER_FILE: usize = 4096;
+
 /// Which module an event belongs to: a target that is a module name, else by where the code
 /// lives. Anything else (start-up, shutdown, libraries) is `main`.
 pub fn module_of(target: &str) -> &'static str {
@@ -214,7 +218,11 @@ impl ModuleFiles {
                 .with_context(|| {
                     format!("opening {}", file::current_path(dir, module).display())
                 })?;
-            let (writer, guard) = tracing_appender::non_blocking(file);
+            // The appender's default queue holds 128,000 lines per file, allocated up front (4 MB
+            // each, for every module); a few thousand absorb any burst this process logs.
+            let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+                .buffered_lines_limit(LINES_QUEUED_PER_FILE)
+                .finish(file);
             workers.push(guard);
             Ok(writer)
         };
