@@ -1006,6 +1006,10 @@ fn apply_override(table: &mut toml::Table, name: &str, value: &str) -> anyhow::R
     Ok(())
 }
 
+fn default_true() -> bool {
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1101,8 +1105,4 @@ mod tests {
         assert_eq!((limits.memory_limit_mb, limits.timeout_s), (64, 5));
         assert!(parse("[sites]\ntimezone = \"Mars/Olympus\"\n").is_err());
     }
-}
-
-fn default_true() -> bool {
-    true
 }
