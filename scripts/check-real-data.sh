@@ -50,7 +50,20 @@ done
 MQTT=$(grep "^gaveurs ready" "$WORK/stdout.log" | sed -E 's/.* mqtt=([^ ]+).*/\1/')
 [ -n "$MQTT" ] || { echo "the pipeline did not get ready" >&2; cat "$WORK/stderr.log" >&2; exit 1; }
 
+HTTP=$(grep "^gaveurs ready" "$WORK/stdout.log" | sed -E 's/.* http=([^ ]+).*/\1/')
+
 (cd "$WORK" && "$GAVEURS_BIN" replay --config gaveurs.toml --mqtt "$MQTT" --meals "$MEALS" --lots "$LOTS")
+# The ITMs are the analytics operator's: it reads the log at its own pace, so the check waits
+# until its cursor has no entry left to read (/metrics) rather than leaving the rest to the
+# shutdown's 5 s.
+lag() {
+  curl -fs "http://$HTTP/metrics" | awk '$1 == "gaveurs_cursor_lag_entries{cursor=\"analytics\"}" {print $2}'
+}
+for _ in $(seq 1 1200); do
+  [ "$(lag)" = "0.0" ] || [ "$(lag)" = "0" ] && break
+  sleep 0.1
+done
+echo "real-data check: analytics caught up $(( $(date +%s) - started )) s after start (lag $(lag))" >&2
 kill -TERM "$PID"
 wait "$PID" || { echo "the pipeline did not stop cleanly" >&2; tail -20 "$WORK/stderr.log" >&2; exit 1; }
 PID=""

@@ -238,7 +238,6 @@ enum LogAction {
 }
 
 fn main() -> ExitCode {
-    limit_malloc_arenas();
     // `query --help` lists the tables, from the schemas the query catalog registers.
     let command = Cli::command().mut_subcommand("query", |query| {
         query
@@ -549,18 +548,5 @@ fn replay(
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// glibc gives each thread that allocates under contention an arena of its own (up to eight
-/// per core) and rarely returns their memory: with the intake, the log, the consumers and the
-/// runtime's workers that is hundreds of MB of resident memory that no live object uses. Two
-/// arenas keep the resident size close to what is allocated, at a cost within the noise of the
-/// benchmarks (`benches/results/log-spine.md`).
-fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: called first thing in main, before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }

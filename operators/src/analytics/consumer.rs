@@ -306,7 +306,6 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("analytics".into())
         .spawn(move || {
-            yield_cpu_to_acknowledgements();
             let runtime = match tokio::runtime::Builder::new_current_thread().build() {
                 Ok(runtime) => runtime,
                 Err(e) => {
@@ -625,18 +624,4 @@ fn split_by_site(batch: &RecordBatch) -> anyhow::Result<Vec<(String, RecordBatch
         parts.push((site, arrow::compute::filter_record_batch(batch, &mask)?));
     }
     Ok(parts)
-}
-
-/// Lowers the calling thread's CPU priority (nice 10; on Linux a thread's own): a derived
-/// consumer as heavy as analytics then takes the CPU the intake and the log writer leave, so
-/// it can fall behind (its cursor lags) but never delays an acknowledgement on a busy machine.
-pub fn yield_cpu_to_acknowledgements() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: plain system calls on the calling thread.
-    unsafe {
-        let thread = libc::gettid();
-        if libc::setpriority(libc::PRIO_PROCESS, thread as libc::id_t, 10) != 0 {
-            tracing::debug!("could not lower the thread's priority");
-        }
-    }
 }
