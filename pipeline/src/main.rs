@@ -237,7 +237,21 @@ enum LogAction {
     },
 }
 
+// glibc's malloc took a fifth of the pipeline's CPU in the Kafka benchmark (perf).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+unsafe extern "C" {
+    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+}
+/// `mi_option_purge_delay` in mimalloc.h (v3, the version `mimalloc` builds by default).
+const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+
 fn main() -> ExitCode {
+    // mimalloc keeps freed pages for 10 ms (arenas 100 ms) before giving them back; under a
+    // steady stream that kept ~40 % more memory resident than glibc. Giving them back at once
+    // costs no measurable throughput.
+    unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
     // `query --help` lists the tables, from the schemas the query catalog registers.
     let command = Cli::command().mut_subcommand("query", |query| {
         query
