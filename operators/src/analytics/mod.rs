@@ -20,9 +20,12 @@
 //!   event_time`); `lot_samples`: their SQAL samples (samples that carry a `code_lot`).
 //! - `window_days (scope, key, window_days, window_start, window_end, day)`: the gaveur
 //!   (`scope = 'gaveur'`, key = the id) and site windows to recompute, one row per day they
-//!   cover; `window_meals`: the meals of closed lot-days in those windows, with `scope`, `key`
-//!   and `day` in front; `finished_lots (scope, key, day, code_lot, itm)`: lots whose outcome
-//!   day falls in them.
+//!   cover; `window_lot_days (scope, key, day, code_lot, ecart_abs_sum, ecart_n, mortalite)`:
+//!   the closed lot-days in those windows, each summed (`ecart_abs_sum` of the meals'
+//!   absolute dose gaps in % where `dose_theorique > 0`, `ecart_n` of them, the highest
+//!   `taux_mortalite`); `window_meals`: the same lot-days' meals, with `scope`, `key` and `day`
+//!   in front (built only when a configured query reads it); `finished_lots (scope, key, day,
+//!   code_lot, itm)`: lots whose outcome day falls in them.
 //! - `sqal_scoped`: the SQAL samples of the devices and sites (per day: `period` =
 //!   `YYYY-MM-DD`) and lots (`period = 'lot'`) the batch touched, with `scope`, `key` and
 //!   `period` in front of `device_id, sample_id, site, code_lot, grade, final_score,
@@ -50,8 +53,8 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use gaveurs_schemas::records::{GavageMeal, LotOutcome, Record, Site};
 use serde::Deserialize;
 
-use state::{LotState, Meal, SampleRow, Samples};
-use tables::{FinishedRef, MealRef, SampleRef, WindowRef};
+use state::{LotDay, LotState, Meal, SampleRow, Samples};
+use tables::{FinishedRef, LotDayRef, MealRef, SampleRef, WindowRef};
 
 /// One KPI: a named SQL query over the tables of this module.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -189,6 +192,10 @@ pub struct Engine {
     finished: HashMap<String, (NaiveDate, Option<f64>)>,
     newest_event: Option<DateTime<Utc>>,
     counters: AnalyticsCounters,
+    /// A configured query reads `window_meals`. The default ones read `window_lot_days`:
+    /// with thousands of lots on a site, every meal of the site's last fortnight made a
+    /// table of hundreds of thousands of rows per micro-batch.
+    custom_window_meals: bool,
 }
 
 /// What a micro-batch touched.
@@ -209,6 +216,7 @@ impl Engine {
         let config = SessionConfig::new()
             .with_target_partitions(1)
             .with_information_schema(false);
+        let custom_window_meals = settings.kpis.iter().any(|k| k.sql.contains("window_meals"));
         Self {
             settings,
             ctx: SessionContext::new_with_config(config),
@@ -220,6 +228,7 @@ impl Engine {
             finished: HashMap::new(),
             newest_event: None,
             counters: AnalyticsCounters::default(),
+            custom_window_meals,
         }
     }
 
@@ -598,6 +607,7 @@ impl Engine {
     fn register_windows(&self, touched: &Touched<'_>) -> Result<(), AnalyticsError> {
         let mut windows = Vec::new();
         let mut meals = Vec::new();
+        let mut lot_days = Vec::new();
         let mut finished = Vec::new();
         for ((scope, key), trigger_days) in &touched.window_days {
             // The 1-day window of each day, and every 7-day window that contains it.
@@ -631,18 +641,29 @@ impl Engine {
                 let Some(lot) = self.lots.get(code) else {
                     continue;
                 };
+                let mut days: BTreeMap<NaiveDate, LotDay> = BTreeMap::new();
                 for meal in lot.meals.values() {
                     let day = meal.timestamp.date_naive();
                     if covered.contains(&day) && lot.closed_days.contains(&day) {
-                        meals.push(MealRef {
-                            scope: Some((scope, key.clone(), day)),
-                            code_lot: code,
-                            gaveur_id: lot.gaveur_id,
-                            site: lot.site,
-                            meal,
-                        });
+                        days.entry(day).or_default().add(meal);
+                        if self.custom_window_meals {
+                            meals.push(MealRef {
+                                scope: Some((scope, key.clone(), day)),
+                                code_lot: code,
+                                gaveur_id: lot.gaveur_id,
+                                site: lot.site,
+                                meal,
+                            });
+                        }
                     }
                 }
+                lot_days.extend(days.into_iter().map(|(day, sums)| LotDayRef {
+                    scope,
+                    key: key.clone(),
+                    day,
+                    code_lot: code,
+                    sums,
+                }));
                 if let Some((day, itm)) = self.finished.get(code)
                     && covered.contains(day)
                 {
@@ -660,6 +681,11 @@ impl Engine {
             "window_days",
             tables::window_days_schema(),
             tables::window_days(&windows)?,
+        )?;
+        self.register(
+            "window_lot_days",
+            tables::window_lot_days_schema(),
+            tables::window_lot_days(&lot_days)?,
         )?;
         self.register(
             "window_meals",

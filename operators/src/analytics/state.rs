@@ -40,6 +40,31 @@ impl Meal {
     }
 }
 
+/// One closed day of a lot, as the window KPIs read it (`window_lot_days`); the same sums as
+/// SQL's `sum`, `count` and `max` over the day's meals, in the lot's meal order.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub(super) struct LotDay {
+    /// Sum of `|dose_reelle - dose_theorique| / dose_theorique * 100` over the meals with a
+    /// positive `dose_theorique`; none when there is no such meal.
+    pub ecart_abs_sum: Option<f64>,
+    pub ecart_n: i64,
+    pub mortalite: Option<f64>,
+}
+
+impl LotDay {
+    pub fn add(&mut self, meal: &Meal) {
+        if meal.dose_theorique > 0.0 {
+            let gap =
+                ((meal.dose_reelle - meal.dose_theorique) / meal.dose_theorique * 100.0).abs();
+            self.ecart_abs_sum = Some(self.ecart_abs_sum.map_or(gap, |sum| sum + gap));
+            self.ecart_n += 1;
+        }
+        if let Some(rate) = meal.taux_mortalite {
+            self.mortalite = Some(self.mortalite.map_or(rate, |max| max.max(rate)));
+        }
+    }
+}
+
 /// One lot: its meals by idempotency key (a record seen twice replaces itself).
 #[derive(Debug)]
 pub(super) struct LotState {

@@ -12,7 +12,7 @@ use arrow::error::ArrowError;
 use chrono::{DateTime, NaiveDate, Utc};
 use gaveurs_schemas::records::{LotOutcome, Site};
 
-use super::state::{Meal, SampleRow};
+use super::state::{LotDay, Meal, SampleRow};
 
 fn utc() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
@@ -284,6 +284,57 @@ pub(super) fn finished_lots(rows: &[FinishedRef]) -> Result<RecordBatch, ArrowEr
             Arc::new(day.finish()),
             Arc::new(code_lot.finish()),
             Arc::new(itm.finish()),
+        ],
+    )
+}
+
+pub(super) fn window_lot_days_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("scope", DataType::Utf8, false),
+        Field::new("key", DataType::Utf8, false),
+        Field::new("day", DataType::Date32, false),
+        Field::new("code_lot", DataType::Utf8, false),
+        Field::new("ecart_abs_sum", DataType::Float64, true),
+        Field::new("ecart_n", DataType::Int64, false),
+        Field::new("mortalite", DataType::Float64, true),
+    ]))
+}
+
+pub(super) struct LotDayRef<'a> {
+    pub scope: &'static str,
+    pub key: String,
+    pub day: NaiveDate,
+    pub code_lot: &'a str,
+    pub sums: LotDay,
+}
+
+pub(super) fn window_lot_days(rows: &[LotDayRef]) -> Result<RecordBatch, ArrowError> {
+    let mut scope = StringBuilder::new();
+    let mut key = StringBuilder::new();
+    let mut day = Date32Builder::with_capacity(rows.len());
+    let mut code_lot = StringBuilder::new();
+    let mut ecart_abs_sum = Float64Builder::with_capacity(rows.len());
+    let mut ecart_n = Int64Builder::with_capacity(rows.len());
+    let mut mortalite = Float64Builder::with_capacity(rows.len());
+    for row in rows {
+        scope.append_value(row.scope);
+        key.append_value(&row.key);
+        day.append_value(days_since_epoch(row.day));
+        code_lot.append_value(row.code_lot);
+        ecart_abs_sum.append_option(row.sums.ecart_abs_sum);
+        ecart_n.append_value(row.sums.ecart_n);
+        mortalite.append_option(row.sums.mortalite);
+    }
+    RecordBatch::try_new(
+        window_lot_days_schema(),
+        vec![
+            Arc::new(scope.finish()),
+            Arc::new(key.finish()),
+            Arc::new(day.finish()),
+            Arc::new(code_lot.finish()),
+            Arc::new(ecart_abs_sum.finish()),
+            Arc::new(ecart_n.finish()),
+            Arc::new(mortalite.finish()),
         ],
     )
 }

@@ -57,3 +57,36 @@ async fn a_meal_seen_twice_counts_once() {
     assert_eq!(rows[0]["repas"], 1);
     assert_eq!(rows[0]["mais_total_g"], 200.0);
 }
+
+#[tokio::test]
+async fn a_configured_query_still_reads_the_meals_of_window_days() {
+    let mut settings = AnalyticsSettings::default();
+    settings.kpis.push(KpiQuery {
+        name: "window_meal_counts".into(),
+        sql: "SELECT CAST(key AS BIGINT) AS gaveur_id, day, count(*) AS meals \
+              FROM window_meals WHERE scope = 'gaveur' GROUP BY key, day"
+            .into(),
+        dataset: None,
+        stream: None,
+    });
+    let mut engine = Engine::new(settings);
+    let day_one = [meal("LL1", 1, "matin", 6, 5), meal("LL1", 1, "soir", 18, 5)];
+    engine
+        .step(&day_one.iter().collect::<Vec<_>>())
+        .await
+        .unwrap();
+    // The next morning closes day one: its windows are computed.
+    let out = engine
+        .step(&[&meal("LL1", 2, "matin", 6, 6)])
+        .await
+        .unwrap();
+    let counts = out
+        .kpis
+        .iter()
+        .find(|k| k.kpi.name == "window_meal_counts")
+        .unwrap();
+    let rows = json_rows(&counts.batches).unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["day"], "2026-01-05");
+    assert_eq!(rows[0]["meals"], 2);
+}

@@ -1,24 +1,15 @@
 -- Per gaveur and per site: tumbling 1-day and sliding 7-day windows of event time (SPEC §4).
 -- A window is (re)computed when one of its lot-days closes on its lot's watermark, or when a
--- late meal corrects it. Only closed lot-days count; finished lots count on their date_fin.
-WITH lot_days AS (
-  SELECT
-    scope, key, day, code_lot,
-    sum(abs(CASE WHEN dose_theorique > 0
-                 THEN (dose_reelle - dose_theorique) / dose_theorique * 100 END)) AS ecart_abs_sum,
-    count(CASE WHEN dose_theorique > 0 THEN 1 END) AS ecart_n,
-    max(taux_mortalite) AS mortalite
-  FROM window_meals
-  GROUP BY scope, key, day, code_lot
-),
-meal_stats AS (
+-- late meal corrects it. Only closed lot-days count (`window_lot_days`: each one summed);
+-- finished lots count on their date_fin.
+WITH meal_stats AS (
   SELECT
     w.scope, w.key, w.window_start, w.window_end, w.window_days,
     count(DISTINCT d.code_lot) AS lots_actifs,
     sum(d.ecart_abs_sum) / CAST(sum(d.ecart_n) AS DOUBLE) AS ecart_abs_moyen_pct,
     avg(d.mortalite) AS mortalite_moyenne_pct
   FROM window_days w
-  LEFT JOIN lot_days d ON d.scope = w.scope AND d.key = w.key AND d.day = w.day
+  LEFT JOIN window_lot_days d ON d.scope = w.scope AND d.key = w.key AND d.day = w.day
   GROUP BY w.scope, w.key, w.window_start, w.window_end, w.window_days
 ),
 itm_stats AS (
