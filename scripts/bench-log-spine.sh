@@ -7,7 +7,7 @@
 #     RSS sampled every 10 s over MEMORY_S seconds (default 600) at MEMORY_RATE;
 #  3. start-up with a year of history: ../shared/data replayed, the pipeline stopped, then
 #     started again REPEAT times, timed to the first 200 of /health/ready.
-# Writes benches/results/log-spine.md. SKIP_MEMORY=1 leaves out part 2 (it takes 10 minutes).
+# Writes benches/results/log-spine.md (keeping its Notes section and what follows). SKIP_MEMORY=1 leaves out part 2 (it takes 10 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/gaveurs/target}"
@@ -114,6 +114,12 @@ seconds = " / ".join("%.2f" % r["seconds"] for r in startup)
 statuses = ", ".join(str(r["first_lot_status"]) for r in startup)
 out += ["", "## Start-up with a year of history", "",
   f"`../shared/data` (2,295 lots, 48,146 meals and 2,295 outcomes) replayed with `gaveurs replay`, the pipeline stopped, then started {len(startup)} times on that data dir ({startup[0]['data_mb']} MB): seconds from exec to the first 200 of `/health/ready`: median {med(r['seconds'] for r in startup):.2f} ({seconds}). `GET /api/v1/lots/{{first lot}}` right after: {statuses}."]
+# Notes and earlier figures stay below the new ones.
+try:
+    earlier = open("benches/results/log-spine.md").read().split("\n## Notes", 1)[1]
+    out += ["", "## Notes" + earlier.rstrip("\n")]
+except (FileNotFoundError, IndexError):
+    pass
 open("benches/results/log-spine.md", "w").write("\n".join(out) + "\n")
 print("\n".join(out))
 PY
