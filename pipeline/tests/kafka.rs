@@ -11,7 +11,10 @@ use std::path::Path;
 
 use gaveurs_loadgen::producer::MqttVersion;
 use support::kafka::{Tansu, produce, read_topic, read_topic_until};
-use support::{Gaveurs, eventually, next_json, publish_each, read_rows, records, ws_connect};
+use support::{
+    Gaveurs, eventually, next_json, next_json_or_close, publish_each, read_rows, records,
+    ws_connect,
+};
 
 const GAVAGE: &str = "gaveurs.gavage.v1";
 const SQAL: &str = "gaveurs.sqal.v1";
@@ -339,26 +342,37 @@ async fn a_survivor_takes_over_a_killed_peer_and_its_gaveurs_miss_nothing() {
         )],
     )
     .await;
-    loop {
+    let mut last_seq = loop {
         let frame = tokio::time::timeout(Duration::from_secs(30), next_json(&mut jean))
             .await
             .expect("the other instance's alert on the survivor's channel");
         if frame["type"] == "alerte" && frame["data"]["code_lot"] == "LL26PALERT" {
             assert_eq!(frame["data"]["transition"], "opened");
             assert_eq!(frame["data"]["rule"], "refus_alimentaire");
-            break;
+            break frame["seq"].as_u64().expect("a seq");
         }
-    }
+    };
     let total = 2000;
-    // Jean reads while records flow, as a phone would.
+    // Jean reads while records flow, as a phone would: one that falls behind is closed
+    // (1013) and comes back with `?since=` the last frame it read.
+    let (http, jean_token) = (survivor.http, survivor.token("jean.martin@gaveur.fr"));
     let watcher = tokio::spawn(async move {
         let mut seen = BTreeSet::new();
         while seen.len() < total {
             let frame =
-                match tokio::time::timeout(Duration::from_secs(60), next_json(&mut jean)).await {
-                    Ok(frame) => frame,
+                match tokio::time::timeout(Duration::from_secs(60), next_json_or_close(&mut jean))
+                    .await
+                {
+                    Ok(Ok(frame)) => frame,
+                    Ok(Err(1013)) => {
+                        let path = format!("/ws/gaveur/1?since={last_seq}");
+                        jean = ws_connect(http, &path, &jean_token).await;
+                        continue;
+                    }
+                    Ok(Err(code)) => panic!("jean's channel closed with {code}"),
                     Err(_) => break,
                 };
+            last_seq = frame["seq"].as_u64().unwrap_or(last_seq);
             let data = &frame["data"];
             if frame["type"] == "gavage" && data["code_lot"].as_str().unwrap().starts_with("LL26K")
             {

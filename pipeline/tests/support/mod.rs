@@ -510,6 +510,14 @@ pub async fn ws_connect(http: SocketAddr, path: &str, token: &str) -> Ws {
 
 /// The next JSON text message (pings skipped), within 10 s.
 pub async fn next_json(ws: &mut Ws) -> Value {
+    next_json_or_close(ws)
+        .await
+        .unwrap_or_else(|code| panic!("unexpected close {code}"))
+}
+
+/// The next JSON text message (pings skipped), within 10 s, or the code the server closed
+/// the socket with.
+pub async fn next_json_or_close(ws: &mut Ws) -> Result<Value, u16> {
     use futures::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
     loop {
@@ -519,8 +527,9 @@ pub async fn next_json(ws: &mut Ws) -> Value {
             .expect("socket open")
             .expect("socket healthy");
         match message {
-            Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+            Message::Text(text) => return Ok(serde_json::from_str(&text).unwrap()),
             Message::Ping(_) | Message::Pong(_) => continue,
+            Message::Close(Some(frame)) => return Err(u16::from(frame.code)),
             other => panic!("unexpected {other:?}"),
         }
     }
