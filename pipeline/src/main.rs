@@ -244,7 +244,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 unsafe extern "C" {
     fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
 }
-/// `mi_option_purge_delay` in mimalloc.h (v3, the version `mimalloc` builds by default).
+/// `mi_option_purge_delay`: its place in mimalloc.h's `mi_option_e` (v3, which `mimalloc`
+/// builds by default; Cargo.lock holds libmimalloc-sys 0.1.49). The Rust bindings do not
+/// name it, so check the enum when upgrading.
 const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
 
 fn main() -> ExitCode {

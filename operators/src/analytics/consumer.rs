@@ -138,7 +138,9 @@ impl LotBoard {
         {
             entry.site = Some(site.into());
         }
-        let json: Box<str> = Value::Object(row.clone()).to_string().into();
+        let json: Box<str> = serde_json::to_string(row)
+            .expect("a JSON map serialises")
+            .into();
         match entry.kpis.iter_mut().find(|(name, _, _)| &**name == kpi) {
             Some((_, kept, kept_json)) => {
                 let changed = *kept != digest;

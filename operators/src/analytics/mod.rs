@@ -608,6 +608,7 @@ impl Engine {
         let mut windows = Vec::new();
         let mut meals = Vec::new();
         let mut lot_days = Vec::new();
+        let mut summed: HashMap<&str, BTreeMap<NaiveDate, LotDay>> = HashMap::new();
         let mut finished = Vec::new();
         for ((scope, key), trigger_days) in &touched.window_days {
             // The 1-day window of each day, and every 7-day window that contains it.
@@ -630,6 +631,9 @@ impl Engine {
                     days: *days,
                 });
             }
+            let (Some(&first), Some(&last)) = (covered.first(), covered.last()) else {
+                continue;
+            };
             let codes = match *scope {
                 "gaveur" => key
                     .parse::<i64>()
@@ -641,12 +645,25 @@ impl Engine {
                 let Some(lot) = self.lots.get(code) else {
                     continue;
                 };
-                let mut days: BTreeMap<NaiveDate, LotDay> = BTreeMap::new();
-                for meal in lot.meals.values() {
-                    let day = meal.timestamp.date_naive();
-                    if covered.contains(&day) && lot.closed_days.contains(&day) {
-                        days.entry(day).or_default().add(meal);
-                        if self.custom_window_meals {
+                // A lot is in a gaveur's windows and its site's: its days are summed once.
+                let days = summed
+                    .entry(code.as_str())
+                    .or_insert_with(|| lot.closed_day_sums());
+                lot_days.extend(
+                    days.range(first..=last)
+                        .filter(|(day, _)| covered.contains(day))
+                        .map(|(day, sums)| LotDayRef {
+                            scope,
+                            key: key.clone(),
+                            day: *day,
+                            code_lot: code,
+                            sums: *sums,
+                        }),
+                );
+                if self.custom_window_meals {
+                    for meal in lot.meals.values() {
+                        let day = meal.timestamp.date_naive();
+                        if covered.contains(&day) && lot.closed_days.contains(&day) {
                             meals.push(MealRef {
                                 scope: Some((scope, key.clone(), day)),
                                 code_lot: code,
@@ -657,13 +674,6 @@ impl Engine {
                         }
                     }
                 }
-                lot_days.extend(days.into_iter().map(|(day, sums)| LotDayRef {
-                    scope,
-                    key: key.clone(),
-                    day,
-                    code_lot: code,
-                    sums,
-                }));
                 if let Some((day, itm)) = self.finished.get(code)
                     && covered.contains(day)
                 {

@@ -122,6 +122,18 @@ impl LotState {
         newly
     }
 
+    /// Each closed day's meals summed, as the window KPIs read them.
+    pub fn closed_day_sums(&self) -> BTreeMap<NaiveDate, LotDay> {
+        let mut days: BTreeMap<NaiveDate, LotDay> = BTreeMap::new();
+        for meal in self.meals.values() {
+            let day = meal.timestamp.date_naive();
+            if self.closed_days.contains(&day) {
+                days.entry(day).or_default().add(meal);
+            }
+        }
+        days
+    }
+
     pub fn last_activity(&self) -> Option<DateTime<Utc>> {
         let outcome = self.outcome.as_ref().map(|o| o.event_time);
         self.max_event_time.max(outcome)

@@ -198,12 +198,12 @@ pub fn spawn_live_reader(
     )
 }
 
-/// Reads what the other instances write to `topic` from its end (in a group of this instance
-/// alone, `gaveurs-<what>-<instance>`) and hands each payload to `deliver`. A topic that does
-/// not exist yet is looked for again, and a broker that fails is read again, with backoff.
 /// Between looks for a topic that does not exist yet, and after a failed read.
 const TOPIC_RETRY: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
 
+/// Reads what the other instances write to `topic` from its end (in a group of this instance
+/// alone, `gaveurs-<what>-<instance>`) and hands each payload to `deliver`. A topic that does
+/// not exist yet is looked for again, and a broker that fails is read again, with backoff.
 pub fn spawn_topic_reader(
     settings: &OutputSettings,
     topic: &str,

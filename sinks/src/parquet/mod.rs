@@ -489,7 +489,6 @@ pub fn writer_properties(
     Ok(builder.build())
 }
 
-/// Renames hidden files to their published names and fsyncs the folders once each.
 /// A Parquet file published, its rows and bytes (`/metrics`), by the log's sink and the
 /// derived writers alike. Once per file, so the label sets built here cost nothing per record.
 pub(crate) fn count_published(dataset: &str, rows: u64, bytes: u64) {
@@ -517,6 +516,7 @@ pub(crate) fn count_published(dataset: &str, rows: u64, bytes: u64) {
         .inc_by(rows);
 }
 
+/// Renames hidden files to their published names and fsyncs the folders once each.
 fn publish_renames(renames: &[(PathBuf, PathBuf)]) -> io::Result<()> {
     let mut dirs: Vec<&Path> = Vec::new();
     for (from, to) in renames {

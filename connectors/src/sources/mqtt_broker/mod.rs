@@ -71,8 +71,7 @@ impl TryFrom<String> for BrokerUrl {
     }
 }
 
-/// Longest pause between reconnection attempts.
-/// Between attempts to reach the broker.
+/// Between attempts to reach the broker: from 200 ms, doubling up to 30 s.
 const RECONNECT: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
 
 /// Runs the subscription until `shutdown`; then acknowledges what became durable and
