@@ -482,7 +482,6 @@ impl AlertDesk {
     }
 
     fn deliver(&self, raised: &Raised) {
-        self.route(&raised.change);
         let alert = &raised.change.alert;
         let subject = alert
             .code_lot
@@ -496,6 +495,9 @@ impl AlertDesk {
         } else {
             tracing::info!(target: "alerts", alert_id = %alert.alert_id, rule = %alert.rule, severity = alert.severity.as_str(), transition, subject, value = alert.value, "{}", alert.message);
         }
+        // Logged before it is pushed: whoever sees the push finds the line written under the
+        // levels of that moment.
+        self.route(&raised.change);
         if raised.text {
             self.text(alert);
         }
