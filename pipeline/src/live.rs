@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use gaveurs_sinks::kafka::KafkaOutput;
-use gaveurs_sinks::wal::{self, CheckpointFile, LogCursor, WalEntry};
+use gaveurs_sinks::wal::{CheckpointFile, LogCursor, WalEntry};
 
 /// The checkpoint is saved at most this often.
 const SAVE_EVERY: Duration = Duration::from_secs(1);
@@ -27,7 +27,7 @@ pub fn spawn(
                 Ok(batch) => {
                     for committed in batch.iter().filter(|c| !c.is_earlier_kafka(opened_at)) {
                         if let WalEntry::Event(event) = committed.entry.as_ref() {
-                            kafka.live(&event.envelope.key, &wal::encode(&committed.entry));
+                            kafka.live(&event.envelope.key, &committed.encoded);
                         }
                     }
                     false

@@ -146,6 +146,7 @@ impl Classified for Rejection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeadLetter {
     pub event_id: Uuid,
+    #[serde(serialize_with = "crate::time::serialize_utc")]
     pub received_at: DateTime<Utc>,
     pub stage: Stage,
     pub reason_code: RejectReason,

@@ -148,7 +148,9 @@ pub struct Envelope {
     pub stream: StreamKind,
     /// Partition key: `code_lot` for lot records, `device_id` for SQAL.
     pub key: String,
+    #[serde(serialize_with = "crate::time::serialize_utc")]
     pub event_time: DateTime<Utc>,
+    #[serde(serialize_with = "crate::time::serialize_utc")]
     pub ingest_time: DateTime<Utc>,
     pub provenance: Provenance,
     #[serde(default, skip_serializing_if = "Option::is_none")]

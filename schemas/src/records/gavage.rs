@@ -112,6 +112,7 @@ pub struct GavageMeal {
     pub temperature_stabule: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub humidite_stabule: Option<f64>,
+    #[serde(serialize_with = "crate::time::serialize_utc")]
     pub timestamp: DateTime<Utc>,
     #[serde(default)]
     pub pret_abattage: bool,

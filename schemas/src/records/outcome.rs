@@ -46,6 +46,7 @@ pub struct LotOutcome {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub poids_foie_moyen_g: Option<f64>,
     pub date_fin: NaiveDate,
+    #[serde(serialize_with = "crate::time::serialize_utc")]
     pub event_time: DateTime<Utc>,
 }
 

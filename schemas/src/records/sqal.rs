@@ -182,6 +182,7 @@ pub struct FusionInput {
 pub struct SqalSample {
     pub device_id: String,
     pub sample_id: String,
+    #[serde(serialize_with = "crate::time::serialize_utc")]
     pub timestamp: DateTime<Utc>,
     pub site_code: Site,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -99,6 +99,9 @@ pub fn encode(entry: &WalEntry) -> Vec<u8> {
 pub struct Committed {
     pub lsn: Lsn,
     pub entry: Arc<WalEntry>,
+    /// The entry as logged ([`encode`]): kept so a consumer that forwards it (the live
+    /// topic) does not encode it again.
+    pub encoded: bytes::Bytes,
 }
 
 impl Committed {
@@ -264,9 +267,16 @@ impl Wal {
                     let lsn = pending.next_lsn;
                     pending.next_lsn += 1;
                     segment::frame(&mut pending.frames, lsn, &payload);
-                    pending
-                        .entries
-                        .push((Committed { lsn, entry }, payload.len()));
+                    let size = payload.len();
+                    let encoded = bytes::Bytes::from(payload);
+                    pending.entries.push((
+                        Committed {
+                            lsn,
+                            entry,
+                            encoded,
+                        },
+                        size,
+                    ));
                     drop(pending);
                     self.shared.writer_wake.notify_one();
                     return Ok(lsn);

@@ -542,6 +542,7 @@ fn read_frames(
         out.push(Committed {
             lsn: h.lsn,
             entry: Arc::new(entry),
+            encoded: std::mem::take(&mut payload).into(),
         });
     }
     Ok(false)
