@@ -1,38 +1,82 @@
-use arrow::datatypes::{DataType, Field};
+use arrow::datatypes::Field;
 use serde::Serialize;
 
-use super::{field, utc_micros};
+use super::columns::Columns;
 use crate::envelope::{Envelope, Provenance};
 
 pub(super) fn fields() -> Vec<Field> {
-    vec![
-        field("_event_id", DataType::Utf8, false),
-        field("_stream", DataType::Utf8, false),
-        field("_key", DataType::Utf8, false),
-        field("_event_time", utc_micros(), false),
-        field("_ingest_time", utc_micros(), false),
-        field("_backfill", DataType::Boolean, false),
-        field("_principal_sub", DataType::Utf8, true),
-        field("_principal_gaveur_id", DataType::Int64, true),
-        field("_principal_site_id", DataType::Utf8, true),
-        field("_principal_roles", DataType::Utf8, true),
-    ]
-    .into_iter()
-    .chain(provenance_fields())
-    .collect()
+    let none: &[Envelope] = &[];
+    add(Columns::new(none), |envelope| envelope).finish().0
 }
 
 pub(super) fn provenance_fields() -> Vec<Field> {
-    vec![
-        field("_transport", DataType::Utf8, false),
-        field("_topic", DataType::Utf8, true),
-        field("_partition", DataType::Int32, true),
-        field("_offset", DataType::Int64, true),
-        field("_packet_id", DataType::Int32, true),
-        field("_source", DataType::Utf8, true),
-    ]
+    let none: &[Provenance] = &[];
+    add_provenance(Columns::new(none), |provenance| provenance)
+        .finish()
+        .0
 }
 
+/// The envelope's columns, filled straight from each row's envelope.
+pub(super) fn add<'r, R>(
+    columns: Columns<'r, R>,
+    envelope: impl Fn(&'r R) -> &'r Envelope + Copy,
+) -> Columns<'r, R> {
+    let principal = move |row: &'r R| envelope(row).principal.as_ref();
+    let columns = columns
+        .written_text("_event_id", false, |row, text| {
+            let mut buffer = uuid::Uuid::encode_buffer();
+            text.push_str(
+                envelope(row)
+                    .event_id
+                    .hyphenated()
+                    .encode_lower(&mut buffer),
+            );
+            true
+        })
+        .text("_stream", |row| envelope(row).stream.as_str())
+        .text("_key", |row| &envelope(row).key)
+        .instant("_event_time", |row| envelope(row).event_time)
+        .instant("_ingest_time", |row| envelope(row).ingest_time)
+        .boolean("_backfill", |row| envelope(row).backfill)
+        .optional_text("_principal_sub", |row| {
+            principal(row).map(|p| p.sub.as_str())
+        })
+        .optional_int64("_principal_gaveur_id", |row| {
+            principal(row).and_then(|p| p.gaveur_id)
+        })
+        .optional_text("_principal_site_id", |row| {
+            principal(row).and_then(|p| p.site_id.as_deref())
+        })
+        // Comma-separated, to keep the dataset flat.
+        .written_text("_principal_roles", true, |row, text| {
+            let Some(p) = principal(row) else {
+                return false;
+            };
+            for (i, role) in p.roles.iter().enumerate() {
+                if i > 0 {
+                    text.push(',');
+                }
+                text.push_str(role);
+            }
+            true
+        });
+    add_provenance(columns, move |row| &envelope(row).provenance)
+}
+
+fn add_provenance<'r, R>(
+    columns: Columns<'r, R>,
+    provenance: impl Fn(&'r R) -> &'r Provenance + Copy,
+) -> Columns<'r, R> {
+    columns
+        .text("_transport", |row| provenance(row).transport.as_str())
+        .optional_text("_topic", |row| provenance(row).topic.as_deref())
+        .optional_int32("_partition", |row| provenance(row).partition)
+        .optional_int64("_offset", |row| provenance(row).offset)
+        .optional_int32("_packet_id", |row| provenance(row).packet_id.map(i32::from))
+        .optional_text("_source", |row| provenance(row).source.as_deref())
+}
+
+/// The same columns through serde, for the datasets still filled by arrow's JSON decoder.
 #[derive(Serialize)]
 pub(super) struct EnvelopeColumns<'a> {
     _event_id: String,

@@ -1,81 +1,54 @@
-use arrow::datatypes::{DataType, Schema};
+use arrow::array::RecordBatch;
+use arrow::datatypes::Schema;
 use arrow::error::ArrowError;
-use serde::Serialize;
 
-use super::envelope_columns::EnvelopeColumns;
-use super::{Dataset, field, schema_with_envelope, utc_micros, wrong_dataset};
+use super::columns::Columns;
+use super::{Dataset, envelope_columns, wrong_dataset};
+use crate::envelope::Envelope;
 use crate::event::Event;
-use crate::records::Record;
+use crate::records::{GavageMeal, Record};
 
 pub(super) fn schema() -> Schema {
-    schema_with_envelope(vec![
-        field("code_lot", DataType::Utf8, false),
-        field("gaveur_id", DataType::Int64, false),
-        field("gaveur_nom", DataType::Utf8, true),
-        field("site", DataType::Utf8, false),
-        field("genetique", DataType::Utf8, true),
-        field("jour", DataType::Int64, false),
-        field("moment", DataType::Utf8, false),
-        field("dose_theorique", DataType::Float64, false),
-        field("dose_reelle", DataType::Float64, false),
-        field("poids_moyen", DataType::Float64, true),
-        field("nb_canards_vivants", DataType::Int64, true),
-        field("taux_mortalite", DataType::Float64, true),
-        field("temperature_stabule", DataType::Float64, true),
-        field("humidite_stabule", DataType::Float64, true),
-        field("timestamp", utc_micros(), false),
-        field("pret_abattage", DataType::Boolean, false),
-    ])
+    Schema::new(columns(&[]).finish().0)
 }
 
-#[derive(Serialize)]
-pub(super) struct Row<'a> {
-    code_lot: &'a str,
-    gaveur_id: i64,
-    gaveur_nom: Option<&'a str>,
-    site: &'static str,
-    genetique: Option<&'a str>,
-    jour: i64,
-    moment: &'static str,
-    dose_theorique: f64,
-    dose_reelle: f64,
-    poids_moyen: Option<f64>,
-    nb_canards_vivants: Option<i64>,
-    taux_mortalite: Option<f64>,
-    temperature_stabule: Option<f64>,
-    humidite_stabule: Option<f64>,
-    timestamp: i64,
-    pret_abattage: bool,
-    #[serde(flatten)]
-    envelope: EnvelopeColumns<'a>,
-}
-
-pub(super) fn rows<'a>(events: &[&'a Event]) -> Result<Vec<Row<'a>>, ArrowError> {
-    events
+pub(super) fn batch(events: &[&Event]) -> Result<RecordBatch, ArrowError> {
+    let rows = events
         .iter()
-        .map(|event| {
-            let Record::Gavage(m) = &event.record else {
-                return Err(wrong_dataset(Dataset::GavageMeals));
-            };
-            Ok(Row {
-                code_lot: &m.code_lot,
-                gaveur_id: m.gaveur_id,
-                gaveur_nom: m.gaveur_nom.as_deref(),
-                site: m.site.as_str(),
-                genetique: m.genetique.as_deref(),
-                jour: m.jour,
-                moment: m.moment.as_str(),
-                dose_theorique: m.dose_theorique,
-                dose_reelle: m.dose_reelle,
-                poids_moyen: m.poids_moyen,
-                nb_canards_vivants: m.nb_canards_vivants,
-                taux_mortalite: m.taux_mortalite,
-                temperature_stabule: m.temperature_stabule,
-                humidite_stabule: m.humidite_stabule,
-                timestamp: m.timestamp.timestamp_micros(),
-                pret_abattage: m.pret_abattage,
-                envelope: EnvelopeColumns::new(&event.envelope),
-            })
+        .map(|event| match &event.record {
+            Record::Gavage(meal) => Ok(Row {
+                meal,
+                envelope: &event.envelope,
+            }),
+            _ => Err(wrong_dataset(Dataset::GavageMeals)),
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    let (_, arrays) = columns(&rows).finish();
+    RecordBatch::try_new(Dataset::GavageMeals.schema(), arrays)
+}
+
+struct Row<'a> {
+    meal: &'a GavageMeal,
+    envelope: &'a Envelope,
+}
+
+fn columns<'r, 'a: 'r>(rows: &'r [Row<'a>]) -> Columns<'r, Row<'a>> {
+    let columns = Columns::new(rows)
+        .text("code_lot", |r| &r.meal.code_lot)
+        .int64("gaveur_id", |r| r.meal.gaveur_id)
+        .optional_text("gaveur_nom", |r| r.meal.gaveur_nom.as_deref())
+        .text("site", |r| r.meal.site.as_str())
+        .optional_text("genetique", |r| r.meal.genetique.as_deref())
+        .int64("jour", |r| r.meal.jour)
+        .text("moment", |r| r.meal.moment.as_str())
+        .float64("dose_theorique", |r| r.meal.dose_theorique)
+        .float64("dose_reelle", |r| r.meal.dose_reelle)
+        .optional_float64("poids_moyen", |r| r.meal.poids_moyen)
+        .optional_int64("nb_canards_vivants", |r| r.meal.nb_canards_vivants)
+        .optional_float64("taux_mortalite", |r| r.meal.taux_mortalite)
+        .optional_float64("temperature_stabule", |r| r.meal.temperature_stabule)
+        .optional_float64("humidite_stabule", |r| r.meal.humidite_stabule)
+        .instant("timestamp", |r| r.meal.timestamp)
+        .boolean("pret_abattage", |r| r.meal.pret_abattage);
+    envelope_columns::add(columns, |r| r.envelope)
 }

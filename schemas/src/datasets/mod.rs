@@ -1,11 +1,15 @@
 //! One Arrow schema per Parquet dataset (SPEC §3), and the conversion of records into
-//! RecordBatches of that schema. A schema and the row type that fills it sit in the same file,
-//! so they cannot drift apart; `every_column_is_filled` checks they agree.
+//! RecordBatches of that schema. Meals, nearly every row the pipeline writes, and the envelope
+//! columns are filled straight from the records (`columns.rs`: one list names, types and fills
+//! each column, and the schema is that list run over no rows). The other datasets go through
+//! a serde row type and arrow's JSON decoder, the row type in the same file as its schema;
+//! `every_column_is_filled` checks they agree.
 //!
 //! Columns are the record's own field names at top level; envelope fields sit beside them
 //! with a `_` prefix. Nothing is nested but the SQAL matrices (`list<list<int32>>`, 8×8).
 
 pub mod alerts;
+mod columns;
 mod dlq;
 mod envelope_columns;
 mod gavage_meals;
@@ -104,7 +108,7 @@ impl Partition {
 /// Builds one RecordBatch of `dataset` from accepted events; every event must belong to it.
 pub fn events_to_batch(dataset: Dataset, events: &[&Event]) -> Result<RecordBatch, ArrowError> {
     match dataset {
-        Dataset::GavageMeals => rows_to_batch(dataset, &gavage_meals::rows(events)?),
+        Dataset::GavageMeals => gavage_meals::batch(events),
         Dataset::SqalSamples => rows_to_batch(dataset, &sqal_samples::rows(events)?),
         Dataset::LotOutcomes => rows_to_batch(dataset, &lot_outcomes::rows(events)?),
         Dataset::Dlq => Err(ArrowError::InvalidArgumentError(

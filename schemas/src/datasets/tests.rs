@@ -163,3 +163,68 @@ fn a_record_in_the_wrong_dataset_is_an_error() {
     let event = event(full_meal());
     assert!(events_to_batch(Dataset::SqalSamples, &[&event]).is_err());
 }
+
+/// Each row of `batch` as JSON (arrow's writer; nulls left out).
+fn rows_as_json(batch: &RecordBatch) -> Vec<serde_json::Value> {
+    let mut writer = arrow::json::ArrayWriter::new(Vec::new());
+    writer.write(batch).unwrap();
+    writer.finish().unwrap();
+    serde_json::from_slice(&writer.into_inner()).unwrap()
+}
+
+#[test]
+fn a_meal_fills_each_column_with_its_own_value() {
+    let mut full = event(full_meal());
+    full.envelope.event_id = Uuid::parse_str("0192f0c4-5d1e-7a3b-9c2d-4e5f60718293").unwrap();
+    let mut sparse = event(
+        GavageMeal::decode(
+            json!({"code_lot": "LS2601002", "gaveur_id": 2, "site": "LS", "jour": 1,
+                   "moment": "matin", "dose_theorique": 200, "dose_reelle": 180,
+                   "timestamp": "2026-01-21T06:30:00.250Z"})
+            .to_string()
+            .as_bytes(),
+            &SiteTimeZones::default(),
+        )
+        .map(Record::Gavage)
+        .unwrap(),
+    );
+    sparse.envelope.event_id = Uuid::parse_str("0192f0c4-5d1e-7a3b-9c2d-000000000001").unwrap();
+    sparse.envelope.principal = None;
+    sparse.envelope.backfill = false;
+    sparse.envelope.provenance = Provenance {
+        transport: Transport::Mqtt,
+        topic: None,
+        partition: None,
+        offset: None,
+        packet_id: None,
+        source: None,
+    };
+    let batch = events_to_batch(Dataset::GavageMeals, &[&full, &sparse]).unwrap();
+    assert_eq!(batch.schema(), Dataset::GavageMeals.schema());
+    let rows = rows_as_json(&batch);
+    assert_eq!(
+        rows[0],
+        json!({"code_lot": "LL2601001", "gaveur_id": 1, "gaveur_nom": "Jean", "site": "LL",
+               "genetique": "Mulard", "jour": 3, "moment": "soir", "dose_theorique": 300.0,
+               "dose_reelle": 290.5, "poids_moyen": 5400.0, "nb_canards_vivants": 998,
+               "taux_mortalite": 0.2, "temperature_stabule": 21.5, "humidite_stabule": 60.0,
+               "timestamp": "2026-01-20T17:00:00Z", "pret_abattage": true,
+               "_event_id": "0192f0c4-5d1e-7a3b-9c2d-4e5f60718293", "_stream": "gavage",
+               "_key": "LL2601001", "_event_time": "2026-01-20T17:00:00Z",
+               "_ingest_time": "2026-01-20T08:00:01Z", "_backfill": true,
+               "_principal_sub": "u-1", "_principal_gaveur_id": 1,
+               "_principal_site_id": "LL", "_principal_roles": "gaveur,gateway",
+               "_transport": "kafka", "_topic": "t", "_partition": 3, "_offset": 42,
+               "_packet_id": 7, "_source": "127.0.0.1:5000"})
+    );
+    assert_eq!(
+        rows[1],
+        json!({"code_lot": "LS2601002", "gaveur_id": 2, "site": "LS", "jour": 1,
+               "moment": "matin", "dose_theorique": 200.0, "dose_reelle": 180.0,
+               "timestamp": "2026-01-21T06:30:00.250Z", "pret_abattage": false,
+               "_event_id": "0192f0c4-5d1e-7a3b-9c2d-000000000001", "_stream": "gavage",
+               "_key": "LS2601002", "_event_time": "2026-01-21T06:30:00.250Z",
+               "_ingest_time": "2026-01-20T08:00:01Z", "_backfill": false,
+               "_transport": "mqtt"})
+    );
+}
