@@ -71,10 +71,12 @@ out = ["# Kafka → Parquet", "",
   f"| the same with `[analytics] enabled = false` | {off:,.0f} ({runs('off')}) | {off / bare:.3f} | {med('off', 'peak_rss_mb'):.0f} |",
   "", f"Analytics on / off: {on / off:.2f}. Producer rate (for reference): {med('produce', 'records_per_s'):,.0f} records/s.",
   "The pipeline's rate is counted from its first to its last offset commit (it commits only what a published Parquet file holds, after each 1 s roll); after every run its Parquet output held exactly the records produced."]
-# Earlier runs' notes stay below the new figures.
+# The figures they replace and every section below them stay, under the new ones.
 try:
-    earlier = open("benches/results/kafka.md").read().split("\n## Earlier runs", 1)[1]
-    out += ["", "## Earlier runs" + earlier.rstrip("\n")]
+    head, sep, sections = open("benches/results/kafka.md").read().partition("\n## ")
+    out += ["", f"## Earlier runs (before this run of {datetime.date.today()})", "", head.split("\n", 2)[2].strip("\n")]
+    if sep:
+        out += ["", "## " + sections.rstrip("\n")]
 except (FileNotFoundError, IndexError):
     pass
 open("benches/results/kafka.md", "w").write("\n".join(out) + "\n")
