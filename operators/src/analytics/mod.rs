@@ -271,12 +271,13 @@ impl Engine {
                 Record::Gavage(meal) => {
                     let lot = self.lot_entry(&meal.code_lot, meal.gaveur_id, meal.site);
                     lot.max_event_time = lot.max_event_time.max(Some(meal.timestamp));
-                    lot.meals.insert((meal.jour, meal.moment), Meal::of(meal));
+                    lot.meals.insert(Meal::of(meal));
                     touched.insert(meal.code_lot.clone());
                 }
                 Record::LotOutcome(outcome) => {
                     let lot = self.lot_entry(&outcome.code_lot, outcome.gaveur_id, outcome.site);
                     lot.outcome = Some(outcome.clone());
+                    lot.meals.shrink();
                     touched.insert(outcome.code_lot.clone());
                 }
                 Record::Sqal(sample) => self.samples.insert(SampleRow::of(sample)),
@@ -359,7 +360,7 @@ impl Engine {
                         lot.closed_days.insert(day);
                     }
                     lot.max_event_time = lot.max_event_time.max(Some(meal.timestamp));
-                    lot.meals.insert((meal.jour, meal.moment), Meal::of(meal));
+                    lot.meals.insert(Meal::of(meal));
                     touched.lots.insert(meal.code_lot.clone());
                     touched.days.insert((meal.code_lot.clone(), meal.jour));
                     touched.batch_meals.push(meal);
@@ -368,6 +369,7 @@ impl Engine {
                 Record::LotOutcome(outcome) => {
                     let lot = self.lot_entry(&outcome.code_lot, outcome.gaveur_id, outcome.site);
                     lot.outcome = Some(outcome.clone());
+                    lot.meals.shrink();
                     touched.lots.insert(outcome.code_lot.clone());
                     closing.insert(outcome.code_lot.clone());
                 }
