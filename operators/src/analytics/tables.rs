@@ -95,11 +95,11 @@ pub(super) fn meals(rows: &[MealRef], scoped: bool) -> Result<RecordBatch, Arrow
         moment.append_value(meal.moment.as_str());
         dose_theorique.append_value(meal.dose_theorique);
         dose_reelle.append_value(meal.dose_reelle);
-        poids_moyen.append_option(meal.poids_moyen);
+        poids_moyen.append_option(meal.poids_moyen.get());
         vivants.append_option(meal.nb_canards_vivants);
-        mortalite.append_option(meal.taux_mortalite);
-        temperature.append_option(meal.temperature_stabule);
-        humidite.append_option(meal.humidite_stabule);
+        mortalite.append_option(meal.taux_mortalite.get());
+        temperature.append_option(meal.temperature_stabule.get());
+        humidite.append_option(meal.humidite_stabule.get());
         event_time.append_value(micros(meal.timestamp));
         event_date.append_value(days_since_epoch(meal.timestamp.date_naive()));
     }
