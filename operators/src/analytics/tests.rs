@@ -59,6 +59,23 @@ async fn a_meal_seen_twice_counts_once() {
 }
 
 #[tokio::test]
+async fn a_lots_meals_stay_in_day_order_whatever_order_they_arrive_in() {
+    let mut engine = Engine::new(AnalyticsSettings::default());
+    let day2 = meal("LL1", 2, "matin", 6, 6);
+    let day1_soir = meal("LL1", 1, "soir", 16, 5);
+    let day1_matin = meal("LL1", 1, "matin", 6, 5);
+    engine.step(&[&day2]).await.unwrap();
+    engine.step(&[&day1_soir]).await.unwrap();
+    engine.step(&[&day1_matin, &day1_soir]).await.unwrap();
+    let keys: Vec<(i64, &str)> = engine.lots["LL1"]
+        .meals
+        .values()
+        .map(|m| (m.jour, m.moment.as_str()))
+        .collect();
+    assert_eq!(keys, [(1, "matin"), (1, "soir"), (2, "matin")]);
+}
+
+#[tokio::test]
 async fn a_configured_query_still_reads_the_meals_of_window_days() {
     let mut settings = AnalyticsSettings::default();
     settings.kpis.push(KpiQuery {
