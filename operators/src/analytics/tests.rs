@@ -60,6 +60,8 @@ async fn a_meal_seen_twice_counts_once() {
 
 #[tokio::test]
 async fn a_lots_meals_stay_in_day_order_whatever_order_they_arrive_in() {
+    // A lot's sums are added in this order: the same records, in whatever order a replay or
+    // a rebalance delivers them, give the same KPI values to the last bit.
     let mut engine = Engine::new(AnalyticsSettings::default());
     let day2 = meal("LL1", 2, "matin", 6, 6);
     let day1_soir = meal("LL1", 1, "soir", 16, 5);
