@@ -554,7 +554,7 @@ async fn http_query_answers_json_and_arrow_to_a_superviseur() {
         .post(format!("http://{}/api/v1/query", gaveurs.http))
         .bearer_auth(&superviseur)
         .header("content-type", "text/plain")
-        .body("SELECT rule, severity FROM alerts")
+        .body("SELECT device_id, final_score FROM sqal_samples")
         .send()
         .await
         .unwrap();

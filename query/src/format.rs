@@ -167,6 +167,15 @@ pub fn sql_type(data_type: &DataType) -> String {
             format!("list<{}>", sql_type(item.data_type()))
         }
         DataType::FixedSizeList(item, n) => format!("list<{}>[{n}]", sql_type(item.data_type())),
+        // Fields apart with ';', as the help lists columns apart with ','.
+        DataType::Struct(fields) => format!(
+            "struct<{}>",
+            fields
+                .iter()
+                .map(|f| format!("{} {}", f.name(), sql_type(f.data_type())))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
         other => other.to_string(),
     }
 }

@@ -86,11 +86,10 @@ pub fn fallback_schemas() -> Vec<(&'static str, Schema)> {
             gaveurs_schemas::datasets::alerts::schema().as_ref().clone(),
         ),
         (
-            "anomalies",
-            Schema::new(vec![
-                Field::new("_event_id", DataType::Utf8, false),
-                Field::new("score", DataType::Float64, false),
-            ]),
+            gaveurs_schemas::datasets::anomalies::NAME,
+            gaveurs_schemas::datasets::anomalies::schema()
+                .as_ref()
+                .clone(),
         ),
     ]
 }

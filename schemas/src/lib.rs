@@ -4,12 +4,13 @@
 //! send ([`records`]), how they are checked and normalised ([`validation`]), the envelope every
 //! accepted record carries ([`envelope`]), the dead-letter row of every refused input
 //! ([`dead_letter`]), the Arrow schema of every Parquet dataset ([`datasets`]), and the alerts
-//! raised from records ([`alert`]).
+//! raised from records ([`alert`]), and the anomalies models find in them ([`anomaly`]).
 //!
 //! Input records ignore unknown keys at every level: stations send large extras (raw histogram
 //! blocks, analysis results) that the pipeline does not use.
 
 pub mod alert;
+pub mod anomaly;
 pub mod datasets;
 pub mod dead_letter;
 pub mod envelope;

@@ -9,6 +9,7 @@
 //! with a `_` prefix. Nothing is nested but the SQAL matrices (`list<list<int32>>`, 8×8).
 
 pub mod alerts;
+pub mod anomalies;
 mod columns;
 mod dlq;
 mod envelope_columns;

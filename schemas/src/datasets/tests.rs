@@ -228,3 +228,49 @@ fn a_meal_fills_each_column_with_its_own_value() {
                "_transport": "mqtt"})
     );
 }
+
+#[test]
+fn an_anomaly_row_fills_every_column_and_keeps_its_explanation() {
+    use crate::anomaly::{Anomaly, Contribution};
+    let meal = full_meal();
+    let anomaly = Anomaly {
+        model: "gavage_meal".into(),
+        model_version: "2026-12-07.1".into(),
+        code_lot: Some("LL2601001".into()),
+        jour: Some(3),
+        moment: Some(crate::records::Moment::Soir),
+        device_id: Some("ESP32_LL_01".into()),
+        sample_id: Some("S-1".into()),
+        gaveur_id: Some(6),
+        site: "LL".into(),
+        score: 7.5,
+        threshold: 4.0,
+        explanation: vec![
+            Contribution {
+                feature: "dose_theorique".into(),
+                value: 250.0,
+                expected: 310.0,
+                contribution: 6.0,
+            },
+            Contribution {
+                feature: "dose_reelle".into(),
+                value: 251.0,
+                expected: 249.0,
+                contribution: 0.5,
+            },
+        ],
+        envelope: envelope(&meal),
+    };
+    let batch = anomalies::to_batch(&[&anomaly]).unwrap();
+    assert_eq!(batch.num_rows(), 1);
+    assert_every_column_filled(&batch);
+    let row = &rows_as_json(&batch)[0];
+    assert_eq!(row["explanation"][0]["feature"], "dose_theorique");
+    assert_eq!(row["explanation"][0]["expected"], 310.0);
+    assert_eq!(row["explanation"][1]["contribution"], 0.5);
+    assert_eq!(row["moment"], "soir");
+    assert_eq!(
+        anomalies::partition(&anomaly).path(),
+        format!("date={}/site=LL", anomaly.envelope.event_time.date_naive())
+    );
+}
