@@ -2,7 +2,9 @@
 # The real-data check of .ci/run (issue 6): replays every lot of ../shared/data (2,295 lots,
 # ~48,000 meals) through a running pipeline with `gaveurs replay`, stops it (which publishes
 # everything), and fails unless every lot's ITM from `gaveurs query` equals the file's `itm`
-# to 2 decimals. Fails when the data files are missing.
+# to 2 decimals, the built-in meal model flags at most 2 % of those meals (all as backfill),
+# and `gaveurs model train` on the same files reproduces the built-in model byte for byte.
+# Fails when the data files are missing.
 #
 # GAVEURS_REAL_DATA overrides the data folder; GAVEURS_BIN the binary (default: a debug build).
 set -euo pipefail
@@ -72,7 +74,24 @@ PID=""
 (cd "$WORK" && "$GAVEURS_BIN" query --config gaveurs.toml --format csv \
   "SELECT rule, severity, count(*) AS opened, sum(CASE WHEN backfill THEN 0 ELSE 1 END) AS live
    FROM alerts WHERE transition = 'opened' GROUP BY rule, severity ORDER BY rule, severity") > "$WORK/alerts.csv"
+(cd "$WORK" && "$GAVEURS_BIN" query --config gaveurs.toml --format csv \
+  "SELECT (SELECT count(*) FROM anomalies) AS anomalies,
+          (SELECT count(*) FROM anomalies WHERE NOT _backfill) AS live,
+          (SELECT count(*) FROM gavage_meals) AS meals") > "$WORK/anomalies.csv"
 ended=$(date +%s)
+python3 - "$WORK/anomalies.csv" <<'PY'
+import csv, sys
+row = next(csv.DictReader(open(sys.argv[1])))
+anomalies, live, meals = int(row["anomalies"]), int(row["live"]), int(row["meals"])
+share = anomalies / max(meals, 1)
+print(f"real-data check: the meal model flagged {anomalies} of {meals} meals ({share:.2%})", file=sys.stderr)
+if share > 0.02 or live:
+    print(f"real-data check: more than 2 % flagged, or {live} anomalies not backfill", file=sys.stderr)
+    sys.exit(1)
+PY
+"$GAVEURS_BIN" model train --data "$DATA" --out "$WORK/gavage_meal.json" >&2
+cmp "$WORK/gavage_meal.json" operators/models/gavage_meal.json \
+  || { echo "real-data check: gaveurs model train does not reproduce operators/models/gavage_meal.json" >&2; exit 1; }
 # Every replayed record is flagged backfill, so every alert it opened must be too (never texted).
 python3 - "$WORK/alerts.csv" <<'PY'
 import csv, sys

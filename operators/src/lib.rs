@@ -11,9 +11,12 @@
 //!   [`analytics::consumer`] runs them on the log and keeps the lot board.
 //! - [`alerts`]: the rules of SPEC §5 and the lifecycle of the alerts they raise;
 //!   [`alerts::desk`] runs them on the log, per shard, and answers for them.
+//! - [`anomalies`]: the anomaly models (training, scoring, evaluation by injection);
+//!   [`anomalies::desk`] scores every record on the log.
 
 pub mod alerts;
 pub mod analytics;
+pub mod anomalies;
 pub mod auth;
 pub mod dedup;
 pub mod devices;

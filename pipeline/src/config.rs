@@ -47,6 +47,9 @@ pub struct Config {
     pub devices: DevicesConfig,
     #[serde(default)]
     pub query: QueryConfig,
+    /// Anomaly scoring: on by default with the model built into the binary.
+    #[serde(default)]
+    pub ml: gaveurs_operators::anomalies::MlConfig,
 }
 
 /// `[query]`: what one analyst query (`gaveurs query`, `POST /api/v1/query`) may use. Queries

@@ -9,6 +9,7 @@ pub mod live;
 pub mod log_salvage;
 pub mod logs;
 pub mod metrics;
+pub mod model;
 pub mod run;
 pub mod telemetry;
 pub mod topology;

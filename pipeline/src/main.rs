@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use gaveurs_loadgen::replay;
 use gaveurs_loadgen::simulate::{self, Destination, SimulateOptions};
@@ -29,7 +30,7 @@ enum Command {
     ///
     /// Records are acknowledged once fsynced to the durable log, pushed live right after
     /// validation, and published to Parquet under data/parquet/<dataset>/date=…/site=…/ at
-    /// least every 30 s. Parquet, analytics, alerts and the Kafka live topic each read the
+    /// least every 30 s. Parquet, analytics, alerts, anomaly scoring and the Kafka live topic each read the
     /// log through their own cursor at their own pace (lag: gaveurs_cursor_lag_* in
     /// /metrics), so a slow one never delays an acknowledgement. SIGINT or SIGTERM stops
     /// intake, lets them catch up, and exits 0 within 5 s. Memory is bounded (every limit is
@@ -49,10 +50,15 @@ enum Command {
     /// from TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, TWILIO_PHONE_NUMBER) from a durable
     /// outbox, never for replayed (backfill) records.
     ///
+    /// Every gavage meal is scored by the anomaly model (`[ml]`; built into the binary, see
+    /// `gaveurs model`): a meal at or above its threshold is a row of the anomalies dataset,
+    /// an `anomalie` message on the owner's channel and an `alert` with `alert_type:
+    /// "anomalie"` on the dashboards. The model file is swapped when it changes or on SIGHUP.
+    ///
     /// Logs: one file per module in ./logs (main, auth, audit, api, websocket, connectors,
     /// storage, alerts, ml, ledger) plus errors.log, renamed with the date at local midnight.
     /// GET /metrics (Prometheus), /health/live, /health/ready. SIGHUP reloads the alert
-    /// thresholds and the log levels.
+    /// thresholds, the anomaly model and the log levels.
     ///
     /// POST /api/v1/query answers read-only SQL over the Parquet datasets to superviseurs and
     /// admins (as `gaveurs query` does), at most 100 000 rows, each query within `[query]`:
@@ -187,7 +193,9 @@ enum Command {
         ttl: Option<u64>,
     },
     /// Check a configuration file (and GAVEURS_… overrides) and exit non-zero if it is wrong:
-    /// every section, the KPI queries (planned), the alert rules and the SMS phone directory.
+    /// every section, the KPI queries (planned), the alert rules, the anomaly model artifact
+    /// (`[ml] meal_model`: readable, of this binary's format, numbers all finite, its version
+    /// matching its contents) and the SMS phone directory.
     Check {
         #[arg(long, short)]
         config: PathBuf,
@@ -196,6 +204,11 @@ enum Command {
     Log {
         #[command(subcommand)]
         action: LogAction,
+    },
+    /// Anomaly models: train them on recorded lots, and measure them on injected anomalies.
+    Model {
+        #[command(subcommand)]
+        action: ModelAction,
     },
     /// Run a read-only SQL query (DataFusion's dialect) over the published Parquet datasets
     /// and print only its result on stdout; errors go to stderr with a non-zero exit.
@@ -234,6 +247,34 @@ enum LogAction {
     Salvage {
         #[arg(long, short)]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelAction {
+    /// Train the gavage meal model on recorded lots and write its artifact (JSON): features,
+    /// per-step parameters and scales, threshold, training data hash, evaluation metrics.
+    /// Deterministic: the same files and seed give the same bytes (the artifact built into
+    /// the binary is `gaveurs model train --data ../shared/data --out
+    /// operators/models/gavage_meal.json`).
+    Train {
+        /// A folder with lots*.csv[.gz] and meals*.csv[.gz], as ../shared/data.
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Chooses the lots held out to set the threshold.
+        #[arg(long, default_value_t = 2023)]
+        seed: u64,
+    },
+    /// Split the lots (by lot), train on one part, inject labelled anomalies into the other,
+    /// and print per anomaly type the recall of the model, of the SPEC §5 rules alone and of
+    /// both, the detection delay in meals, and the share of clean meals flagged.
+    Eval {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value_t = 2023)]
+        seed: u64,
     },
 }
 
@@ -319,10 +360,35 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Model { action } => {
+            telemetry::init_console_only();
+            let outcome = match action {
+                ModelAction::Train { data, out, seed } => {
+                    gaveurs_pipeline::model::train(&data, &out, seed)
+                }
+                ModelAction::Eval { data, seed } => gaveurs_pipeline::model::eval(&data, seed),
+            };
+            match outcome {
+                Ok(report) => {
+                    println!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Check { config } => {
             telemetry::init_console_only();
             let checked = Config::load(Some(&config)).and_then(|loaded| {
                 check_kpi_queries(&loaded)?;
+                if loaded.ml.enabled {
+                    loaded
+                        .ml
+                        .meal_model(std::path::Path::new("."))
+                        .context("[ml] meal_model")?;
+                }
                 loaded.sms.load_directory().map(|_| ())
             });
             match checked {

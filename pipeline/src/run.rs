@@ -9,7 +9,7 @@
 //! log (everything accepted is fsynced), publish every buffered row to Parquet, exit 0.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,7 @@ use crate::topology::{LogConsumers, spawn_named};
 use gaveurs_api as http;
 use gaveurs_operators::alerts::desk::{self as alerts, AlertDesk};
 use gaveurs_operators::analytics::consumer::{self as analytics, LotBoard};
+use gaveurs_operators::anomalies;
 use gaveurs_operators::devices::DeviceRegistry;
 use gaveurs_operators::intake::{IntakeParts, PipelineIntake};
 
@@ -310,6 +311,17 @@ pub async fn run(
     crate::metrics::register_components(&hub, &sms);
     let directory = config.sms.load_directory()?;
     tracing::info!(target: "alerts", phones = directory.len(), texting = sms.enabled(), "alerts ready");
+    // The anomaly models, shared by the anomaly desk and the `anomalie` alert rule.
+    let models = if config.ml.enabled {
+        let model = config
+            .ml
+            .meal_model(Path::new("."))
+            .context("loading the [ml] meal model")?;
+        tracing::info!(target: "ml", model = %model.model, version = %model.version, threshold = model.threshold, source = %config.ml.meal_model.as_ref().map_or("built-in".to_string(), |p| p.display().to_string()), "meal model loaded");
+        Some(anomalies::desk::ModelSlot::new(model))
+    } else {
+        None
+    };
     let alert_desk = AlertDesk::new(
         saved_alerts,
         RuleSet::from_config(&config.alerts).map_err(|e| anyhow::anyhow!(e))?,
@@ -327,6 +339,7 @@ pub async fn run(
             instance_id: instance_id.clone(),
         },
         Duration::from_millis(config.alerts.state_save_interval_ms.max(1)),
+        models.clone(),
     );
     consumers.register(
         CursorOptions {
@@ -346,6 +359,43 @@ pub async fn run(
             move |cursor| alerts::spawn(desk, cursor, publish_every)
         },
     );
+    let anomaly_desk = if let Some(models) = &models {
+        let desk = anomalies::desk::AnomalyDesk::open(
+            models.clone(),
+            anomalies::desk::ScoringOutputs {
+                hub: hub.clone(),
+                parquet_root: paths.parquet_root.clone(),
+                state_dir: paths.instance_dir.join("anomalies"),
+                instance_id: instance_id.clone(),
+            },
+            published_through,
+            config.ml.max_lots,
+            Duration::from_millis(config.ml.state_save_interval_ms.max(1)),
+        )?;
+        let publish_every = Duration::from_secs(config.storage.roll_interval_s.max(1));
+        consumers.register(
+            CursorOptions {
+                name: "anomalies".into(),
+                after: desk.saved_through(),
+                essential: false,
+            },
+            {
+                let desk = desk.clone();
+                move |cursor| anomalies::desk::spawn(desk, cursor, publish_every)
+            },
+        );
+        tokio::spawn(anomalies::desk::watch_model_file(
+            desk.clone(),
+            config.ml.clone(),
+            PathBuf::from("."),
+            Duration::from_secs(1),
+            shutdown.clone(),
+        ));
+        Some(desk)
+    } else {
+        tracing::info!(target: "ml", "anomaly scoring disabled by [ml] enabled = false");
+        None
+    };
     if let Some(kafka) = &kafka_output
         && kafka.has_live_topic()
     {
@@ -375,6 +425,7 @@ pub async fn run(
         hangups,
         config_path.clone(),
         alert_desk.clone(),
+        anomaly_desk,
         log_levels,
     ));
     let intake = PipelineIntake::new(IntakeParts {
@@ -581,15 +632,19 @@ async fn reload_on_hangup(
     mut hangups: tokio::signal::unix::Signal,
     config_path: Option<PathBuf>,
     desk: Arc<AlertDesk>,
+    anomaly_desk: Option<Arc<anomalies::desk::AnomalyDesk>>,
     log_levels: crate::logs::Levels,
 ) {
     while hangups.recv().await.is_some() {
         let reloaded = Config::load(config_path.as_deref()).and_then(|config| {
             let rules = RuleSet::from_config(&config.alerts).map_err(|e| anyhow::anyhow!(e))?;
-            Ok((rules, config.sms.min_severity()?, config.logs))
+            Ok((rules, config.sms.min_severity()?, config.logs, config.ml))
         });
         match reloaded {
-            Ok((rules, text_from, logs)) => {
+            Ok((rules, text_from, logs, ml)) => {
+                if let Some(anomaly_desk) = &anomaly_desk {
+                    anomaly_desk.reload(&ml, Path::new("."), "SIGHUP");
+                }
                 let count = rules.rules.len();
                 desk.reload(rules, text_from);
                 tracing::info!(target: "alerts", rules = count, "SIGHUP: alert rules reloaded");

@@ -524,9 +524,10 @@ async fn the_instance_that_takes_a_partition_over_continues_its_alert_and_texts_
     // The alert state is saved when a text is asked for, then not again for a minute (nor
     // are its rows published): the instance that takes over finds the opening saved but not
     // the updates after it, and reads those again from Kafka (they are in Parquet already)
-    // for its alert state alone.
+    // for its alert state alone. The lot's meals are refusals, anomalies too: the
+    // `anomalie` rule is off so the lot has one alert to follow.
     let config = format!(
-        "{}\n[analytics]\nenabled = false\n\n[alerts]\nstate_save_interval_ms = 60000\npublish_interval_s = 3600\n\n[sms]\ntwilio_base_url = \"{}\"\ndirectory = \"{}\"\nretry_initial_ms = 50\nretry_max_s = 1\n",
+        "{}\n[analytics]\nenabled = false\n\n[alerts]\nstate_save_interval_ms = 60000\npublish_interval_s = 3600\n[alerts.rules.anomalie]\nenabled = false\n\n[sms]\ntwilio_base_url = \"{}\"\ndirectory = \"{}\"\nretry_initial_ms = 50\nretry_max_s = 1\n",
         kafka_config(&tansu, "alerts-pair", &data),
         twilio.base_url,
         phones.display()

@@ -5,38 +5,13 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use gaveurs_loadgen::producer::MqttVersion;
 use serde_json::Value;
-use support::{Gaveurs, Mosquitto, publish_each, read_rows, records};
-
-/// Writes `text` gzip'd to `dir/name`.
-fn gzip(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let path = dir.join(name);
-    let mut encoder = flate2::write::GzEncoder::new(
-        std::fs::File::create(&path).unwrap(),
-        flate2::Compression::default(),
-    );
-    encoder.write_all(text.as_bytes()).unwrap();
-    encoder.finish().unwrap();
-    path
-}
-
-/// Runs `gaveurs replay` in `dir` with `args`.
-fn replay(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(support::BIN)
-        .current_dir(dir)
-        .arg("replay")
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap()
-}
+use support::{Gaveurs, Mosquitto, gzip, publish_each, read_rows, records, replay};
 
 /// The `key=value` pairs of the stdout summary line.
 fn summary(output: &Output) -> BTreeMap<String, String> {

@@ -15,8 +15,8 @@ fn msg(topic: &str, value: &Value) -> (String, Vec<u8>, u8) {
 }
 
 /// These tests count and number the record messages of a channel; KPI messages (tested in
-/// analytics.rs) would interleave with them at micro-batch times.
-const RECORDS_ONLY: &str = "[analytics]\nenabled = false\n";
+/// analytics.rs) and anomalies (anomalies.rs) would interleave with them.
+const RECORDS_ONLY: &str = "[analytics]\nenabled = false\n[ml]\nenabled = false\n";
 
 /// The next dashboard message about a record, skipping the alerts its samples raise (their
 /// timing relative to later records' pushes is not fixed: alerts leave after the log).

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use crate::alerts::rules::RuleSet;
 use crate::alerts::{AckError, AlertBook, Raised};
+use crate::anomalies::desk::ModelSlot;
 use crate::auth::permissions::{self, Action, Resource, Scope};
 use anyhow::Context;
 use chrono::Utc;
@@ -206,6 +207,7 @@ pub struct AlertDesk {
     /// Moves the alerts cursor's checkpoint to what this instance's saved state covers: the
     /// log keeps every entry after it. Set when the operator's thread starts.
     checkpoint: OnceLock<Checkpointer>,
+    models: Option<ModelSlot>,
 }
 
 /// Why an acknowledgement failed.
@@ -224,6 +226,8 @@ pub enum AckFailure {
 }
 
 impl AlertDesk {
+    /// `models` are the anomaly models the `anomalie` rule scores with (`None`: scoring is
+    /// off, and so is the rule).
     pub fn new(
         saved: SavedAlerts,
         rules: RuleSet,
@@ -231,6 +235,7 @@ impl AlertDesk {
         outputs: AlertOutputs,
         paths: AlertPaths,
         save_every: Duration,
+        models: Option<ModelSlot>,
     ) -> Arc<AlertDesk> {
         let local = ShardState {
             snapshot: saved.snapshot,
@@ -254,6 +259,7 @@ impl AlertDesk {
             directory: outputs.directory,
             parquet_root: outputs.parquet_root,
             checkpoint: OnceLock::new(),
+            models,
         })
     }
 
@@ -425,6 +431,8 @@ impl AlertDesk {
     /// Evaluates the events of one batch of committed entries, in log order, then routes
     /// what they raised; texts are asked for once the state that records them is saved.
     fn process(&self, batch: &[Committed], read_through: u64) {
+        // Read once per batch, as the anomaly desk does: a swap takes effect between batches.
+        let model = self.models.as_ref().map(ModelSlot::current);
         let raised = {
             let mut state = self.state.lock();
             let state = &mut *state;
@@ -447,11 +455,13 @@ impl AlertDesk {
                     }
                     _ => {}
                 }
-                let changes =
-                    shard
-                        .snapshot
-                        .book
-                        .evaluate(&state.rules, event, state.text_from, now);
+                let changes = shard.snapshot.book.evaluate_scored(
+                    &state.rules,
+                    model.as_deref(),
+                    event,
+                    state.text_from,
+                    now,
+                );
                 shard
                     .snapshot
                     .pending

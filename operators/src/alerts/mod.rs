@@ -30,7 +30,10 @@ use gaveurs_schemas::event::Event;
 use gaveurs_schemas::records::{GavageMeal, LotOutcome, Record, SqalSample};
 use serde::{Deserialize, Serialize};
 
-use rules::{Metric, QUALITY_CRITICAL, QUALITY_LOW, REFUS_ALIMENTAIRE, Rule, RuleSet, Subject};
+use crate::anomalies::meal_model::{LotTrack, MealModel};
+use rules::{
+    ANOMALIE, Metric, QUALITY_CRITICAL, QUALITY_LOW, REFUS_ALIMENTAIRE, Rule, RuleSet, Subject,
+};
 
 /// One transition, and whether it calls for a text message.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,6 +42,16 @@ pub struct Raised {
     /// The alert's opening (or its rise to a texted severity) came from a live record and
     /// no SMS was asked for this opening yet.
     pub text: bool,
+}
+
+/// When and how a record is judged: its event time, whether it is backfill, the least
+/// severity texted, and the time that stamps the changes.
+#[derive(Debug, Clone, Copy)]
+struct Judged {
+    at: DateTime<Utc>,
+    backfill: bool,
+    text_from: Severity,
+    now: DateTime<Utc>,
 }
 
 /// Counters since start.
@@ -74,6 +87,9 @@ struct LotContext {
     last_seen: Option<DateTime<Utc>>,
     /// The newest meal's mean weight, for `poids_perte`.
     last_weight: Option<(DateTime<Utc>, f64)>,
+    /// What the meal model remembers of the lot, for `anomalie`.
+    #[serde(default)]
+    track: LotTrack,
 }
 
 /// Why an acknowledgement was refused.
@@ -168,6 +184,19 @@ impl AlertBook {
         text_from: Severity,
         now: DateTime<Utc>,
     ) -> Vec<Raised> {
+        self.evaluate_scored(rules, None, event, text_from, now)
+    }
+
+    /// [`AlertBook::evaluate`] with the meal model for the `anomalie` rule (`None` when
+    /// scoring is off: the rule is then not evaluated).
+    pub fn evaluate_scored(
+        &mut self,
+        rules: &RuleSet,
+        model: Option<&MealModel>,
+        event: &Event,
+        text_from: Severity,
+        now: DateTime<Utc>,
+    ) -> Vec<Raised> {
         self.counters.evaluated += 1;
         let at = event.envelope.event_time;
         self.clock = self.clock.max(Some(at.min(Utc::now())));
@@ -179,7 +208,13 @@ impl AlertBook {
         let mut raised = Vec::new();
         match &event.record {
             Record::Gavage(meal) => {
-                self.evaluate_meal(rules, meal, at, backfill, text_from, now, &mut raised)
+                let judged = Judged {
+                    at,
+                    backfill,
+                    text_from,
+                    now,
+                };
+                self.evaluate_meal(rules, model, meal, judged, &mut raised)
             }
             Record::Sqal(sample) => {
                 self.evaluate_sample(rules, sample, at, backfill, text_from, now, &mut raised)
@@ -189,18 +224,39 @@ impl AlertBook {
         raised
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn evaluate_meal(
         &mut self,
         rules: &RuleSet,
+        model: Option<&MealModel>,
         meal: &GavageMeal,
-        at: DateTime<Utc>,
-        backfill: bool,
-        text_from: Severity,
-        now: DateTime<Utc>,
+        judged: Judged,
         raised: &mut Vec<Raised>,
     ) {
+        let Judged {
+            at,
+            backfill,
+            text_from,
+            now,
+        } = judged;
         let lot = self.lots.entry(meal.code_lot.clone()).or_default();
+        // The same model on the same records in the same order as the anomaly desk, so the
+        // rule opens on the meals the `anomalies` dataset holds.
+        let anomaly = model
+            .filter(|_| rules.get(ANOMALIE).is_some())
+            .and_then(|model| {
+                let facts = crate::anomalies::meal_model::MealFacts {
+                    site: meal.site.as_str(),
+                    genetique: meal.genetique.as_deref(),
+                    month: chrono::Datelike::month(&meal.timestamp),
+                    jour: meal.jour,
+                    moment: meal.moment,
+                    dose_theorique: meal.dose_theorique,
+                    dose_reelle: meal.dose_reelle,
+                };
+                model
+                    .score(&mut lot.track, &facts)
+                    .map(|score| score.score / model.threshold)
+            });
         lot.gaveur_id = meal.gaveur_id;
         lot.site = meal.site.as_str().to_string();
         lot.last_seen = lot.last_seen.max(Some(at));
@@ -250,6 +306,7 @@ impl AlertBook {
                 Metric::Humidity => meal.humidite_stabule,
                 Metric::Mortality => meal.taux_mortalite,
                 Metric::WeightDrop => weight_drop,
+                Metric::AnomalyScore => anomaly,
                 _ => None,
             };
             let Some(value) = value.filter(|v| v.is_finite()) else {
@@ -619,6 +676,9 @@ fn message(rule: &Rule, owner: &Owner<'_>, value: f64, threshold: f64) -> String
         "mortalite_lot" => format!("Mortalité lot {lot}: {value:.1} % (seuil {threshold} %)"),
         "poids_perte" => format!(
             "Perte de poids lot {lot}: {value:.0} g depuis le repas précédent (seuil {threshold} g)"
+        ),
+        "anomalie" => format!(
+            "Anomalie lot {lot}: repas {value:.1} fois le seuil du modèle (anomalies pour le détail)"
         ),
         other => format!("{other} lot {lot}: {value} (seuil {threshold})"),
     }

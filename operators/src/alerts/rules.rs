@@ -34,10 +34,10 @@
 //! | `humidite` | `humidite_stabule` % | ≤ low or ≥ high | warning 50/75 |
 //! | `mortalite_lot` | `taux_mortalite` % | ≥ threshold | critical 5 |
 //! | `poids_perte` | drop of `poids_moyen` since the lot's previous meal, g | ≥ threshold | warning 80, critical 150 |
+//! | `anomalie` | a meal's anomaly score ÷ the meal model's threshold (`[ml]`) | ≥ threshold | warning 1 |
 //!
 //! A rule whose field is absent from a record is not evaluated for it (neither true nor
-//! false). The `anomalie` rule of SPEC §5 needs anomaly scores, which the pipeline does not
-//! compute yet.
+//! false); `anomalie` is not evaluated when scoring is off (`[ml] enabled = false`).
 
 use std::collections::BTreeMap;
 
@@ -126,6 +126,8 @@ pub enum Metric {
     Humidity,
     Mortality,
     WeightDrop,
+    /// The meal model's score over its threshold.
+    AnomalyScore,
 }
 
 /// How a measure is compared with a threshold.
@@ -278,12 +280,20 @@ const BUILTIN: &[Builtin] = &[
         compare: Compare::AtLeast,
         levels: &[(Critical, Value(150.0)), (Warning, Value(80.0))],
     },
+    Builtin {
+        name: ANOMALIE,
+        subject: Subject::Lot,
+        metric: Metric::AnomalyScore,
+        compare: Compare::AtLeast,
+        levels: &[(Warning, Value(1.0))],
+    },
 ];
 
 /// A longer cooldown is surely a typo; it would also overflow event-time arithmetic.
 const MAX_COOLDOWN_MIN: f64 = 525_600.0;
 
 pub const REFUS_ALIMENTAIRE: &str = "refus_alimentaire";
+pub const ANOMALIE: &str = "anomalie";
 pub const DOSE_ECART: &str = "dose_ecart";
 pub const QUALITY_CRITICAL: &str = "quality_critical";
 pub const QUALITY_LOW: &str = "quality_low";

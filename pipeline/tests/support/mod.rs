@@ -7,10 +7,10 @@ pub mod kafka;
 pub mod records;
 pub mod twilio;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -570,4 +570,27 @@ pub async fn ws_connect_anonymous(http: SocketAddr, path: &str) -> Ws {
         .await
         .unwrap_or_else(|e| panic!("connect {path}: {e}"));
     ws
+}
+
+/// Writes `text` gzip'd to `dir/name`.
+pub fn gzip(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    let mut encoder = flate2::write::GzEncoder::new(
+        std::fs::File::create(&path).unwrap(),
+        flate2::Compression::default(),
+    );
+    encoder.write_all(text.as_bytes()).unwrap();
+    encoder.finish().unwrap();
+    path
+}
+
+/// Runs `gaveurs replay` in `dir` with `args`.
+pub fn replay(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(BIN)
+        .current_dir(dir)
+        .arg("replay")
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
 }

@@ -1,0 +1,164 @@
+use gaveurs_schemas::records::Moment;
+
+use super::evaluation::{Injected, inject};
+use super::meal_model::{LotTrack, MealModel};
+use super::training::{self, TrainingLot, TrainingMeal, TrainingOptions};
+use super::{DEFAULT_MEAL_MODEL, parse_meal_model};
+
+/// A population of lots that follow one protocol (a ramp that flattens), each with its own
+/// level and small wobbles, from a fixed sequence of pseudo-random numbers.
+fn population(lots: usize) -> Vec<TrainingLot> {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    (0..lots)
+        .map(|i| {
+            let level = 0.9 + 0.2 * next();
+            let site = ["LL", "LS", "MT"][i % 3];
+            let meals = (0..22)
+                .map(|step| {
+                    let planned = (level * (210.0 + 20.0 * step.min(12) as f64)).round();
+                    let real = (planned * (1.0 + 0.02 * (next() - 0.5))).round();
+                    TrainingMeal {
+                        site: site.to_string(),
+                        genetique: Some("CF80* - M15 V2E SFM".into()),
+                        month: 1 + (i % 12) as u32,
+                        jour: step / 2 + 1,
+                        moment: if step % 2 == 0 {
+                            Moment::Matin
+                        } else {
+                            Moment::Soir
+                        },
+                        dose_theorique: planned,
+                        dose_reelle: real,
+                    }
+                })
+                .collect();
+            TrainingLot {
+                code_lot: format!("{site}{i:07}"),
+                meals,
+            }
+        })
+        .collect()
+}
+
+fn trained() -> MealModel {
+    training::train(&population(400), "test", &TrainingOptions::default()).unwrap()
+}
+
+fn flags(model: &MealModel, meals: &[TrainingMeal]) -> Vec<bool> {
+    let mut track = LotTrack::default();
+    meals
+        .iter()
+        .map(|m| {
+            model
+                .score(&mut track, &m.facts())
+                .is_some_and(|s| s.score >= model.threshold)
+        })
+        .collect()
+}
+
+#[test]
+fn training_is_deterministic_and_the_artifact_checks() {
+    let a = serde_json::to_string_pretty(&trained()).unwrap();
+    let b = serde_json::to_string_pretty(&trained()).unwrap();
+    assert_eq!(a, b, "the same lots and seed give the same bytes");
+    let model = parse_meal_model(a.as_bytes()).unwrap();
+    assert!(model.version.starts_with("gavage_meal-"));
+    assert!(model.evaluation.flagged_share <= 0.011);
+}
+
+#[test]
+fn a_clean_lot_scores_below_the_threshold_and_an_off_protocol_plan_above() {
+    let model = trained();
+    let lots = population(450);
+    let unseen = &lots[420];
+    assert!(
+        flags(&model, &unseen.meals).iter().all(|f| !f),
+        "a lot that follows the protocol raises nothing"
+    );
+    let mut off = unseen.meals.clone();
+    for meal in off.iter_mut().skip(8) {
+        meal.dose_theorique *= 0.8;
+        meal.dose_reelle *= 0.8;
+    }
+    let found = flags(&model, &off);
+    assert!(
+        found[8] || found[9],
+        "the plan leaves the protocol at meal 8: {found:?}"
+    );
+    let mut track = LotTrack::default();
+    let explained = off
+        .iter()
+        .filter_map(|m| model.score(&mut track, &m.facts()))
+        .nth(8)
+        .unwrap();
+    let explanation = explained.explanation();
+    assert_eq!(explanation[0].feature, "dose_theorique");
+    assert!(explanation[0].expected > explanation[0].value);
+    let total: f64 = explanation.iter().map(|c| c.contribution).sum();
+    assert!(total <= explained.score + 1e-9);
+}
+
+#[test]
+fn a_missed_meal_and_a_repeated_meal_are_seen_in_the_sequence() {
+    let model = trained();
+    let lot = &population(430)[425];
+    for kind in [Injected::MissedMeal, Injected::Duplicate, Injected::Swap] {
+        let (meals, start) = inject(lot, kind, 7).unwrap();
+        let found = flags(&model, &meals);
+        assert!(
+            found[start..=start + 1].iter().any(|f| *f),
+            "{kind:?} at {start}: {found:?}"
+        );
+    }
+}
+
+#[test]
+fn a_model_edited_by_hand_or_of_another_format_is_refused() {
+    let model = trained();
+    let mut edited = model.clone();
+    edited.threshold *= 2.0;
+    let text = serde_json::to_string(&edited).unwrap();
+    assert!(
+        parse_meal_model(text.as_bytes())
+            .unwrap_err()
+            .contains("does not match its contents")
+    );
+    let mut future = model.clone();
+    future.format = 99;
+    future.version = future.digest();
+    let text = serde_json::to_string(&future).unwrap();
+    assert!(
+        parse_meal_model(text.as_bytes())
+            .unwrap_err()
+            .contains("format 99")
+    );
+    assert!(
+        parse_meal_model(b"{")
+            .unwrap_err()
+            .contains("not a meal model")
+    );
+}
+
+#[test]
+fn the_built_in_model_loads() {
+    let model = parse_meal_model(DEFAULT_MEAL_MODEL.as_bytes()).unwrap();
+    assert_eq!(model.training.lots, 2295, "trained on ../shared/data");
+}
+
+#[test]
+fn an_artifact_read_back_from_its_file_keeps_its_version() {
+    let model = trained();
+    for text in [
+        serde_json::to_string_pretty(&model).unwrap(),
+        serde_json::to_string(&model).unwrap(),
+    ] {
+        let read = parse_meal_model(text.as_bytes()).unwrap();
+        assert_eq!(read, model);
+    }
+}
