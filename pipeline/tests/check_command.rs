@@ -118,3 +118,36 @@ fn alert_rules_and_the_phone_directory_are_checked() {
         "{output}"
     );
 }
+
+#[test]
+fn an_anomaly_model_artifact_is_checked() {
+    use gaveurs_operators::anomalies::DEFAULT_MEAL_MODEL;
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model.json");
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        format!("[ml]\nmeal_model = \"{}\"\n", model.display()),
+    )
+    .unwrap();
+
+    std::fs::write(&model, DEFAULT_MEAL_MODEL).unwrap();
+    let (ok, output) = check(&path, &[]);
+    assert!(ok, "{output}");
+
+    std::fs::write(&model, &DEFAULT_MEAL_MODEL[..300]).unwrap();
+    let (ok, output) = check(&path, &[]);
+    assert!(
+        !ok && output.contains("not a meal model artifact"),
+        "{output}"
+    );
+
+    let edited = DEFAULT_MEAL_MODEL.replacen("\"threshold\": ", "\"threshold\": 1", 1);
+    std::fs::write(&model, edited).unwrap();
+    let (ok, output) = check(&path, &[]);
+    assert!(
+        !ok && output.contains("does not match its contents"),
+        "{output}"
+    );
+    assert!(output.contains("[ml] meal_model"), "{output}");
+}
