@@ -275,6 +275,12 @@ enum ModelAction {
         data: PathBuf,
         #[arg(long, default_value_t = 2023)]
         seed: u64,
+        /// Instead of the report, write the acceptance replay's input into this folder: the
+        /// model trained without the test lots, the test lots as CSV (one in three with an
+        /// injected spike, drop, level shift or off-protocol plan) and their labels
+        /// (scripts/check-anomaly-acceptance.sh replays them through a running pipeline).
+        #[arg(long)]
+        acceptance: Option<PathBuf>,
     },
 }
 
@@ -366,7 +372,16 @@ fn main() -> ExitCode {
                 ModelAction::Train { data, out, seed } => {
                     gaveurs_pipeline::model::train(&data, &out, seed)
                 }
-                ModelAction::Eval { data, seed } => gaveurs_pipeline::model::eval(&data, seed),
+                ModelAction::Eval {
+                    data,
+                    seed,
+                    acceptance: None,
+                } => gaveurs_pipeline::model::eval(&data, seed),
+                ModelAction::Eval {
+                    data,
+                    seed,
+                    acceptance: Some(out),
+                } => gaveurs_pipeline::model::acceptance(&data, &out, seed),
             };
             match outcome {
                 Ok(report) => {

@@ -100,3 +100,93 @@ pub fn eval(data: &Path, seed: u64) -> anyhow::Result<String> {
     let (lots, _) = read_lots(data)?;
     Ok(evaluation::evaluate(&lots, seed, 0.3)?.render())
 }
+
+/// `gaveurs model eval --acceptance <out>`: writes what the acceptance replay
+/// (`scripts/check-anomaly-acceptance.sh`) sends through `gaveurs replay` into a plain
+/// `gaveurs run`: `model.json` (trained without the test lots), `lots.csv.gz` (the test lots'
+/// rows of the lots file), `meals.csv.gz` (their meals, one lot in three with an injected
+/// event) and `labels.csv` (`code_lot,kind,jour,moment`: the meals within whose window an
+/// `anomalies` row must appear).
+pub fn acceptance(data: &Path, out: &Path, seed: u64) -> anyhow::Result<String> {
+    use std::collections::HashSet;
+    use std::io::Write;
+
+    let (lots, _) = read_lots(data)?;
+    let (lots_file, _) = data_files(data)?;
+    let (model, set) = evaluation::acceptance_set(&lots, seed, 0.3)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut json = serde_json::to_string_pretty(&model)?;
+    json.push('\n');
+    std::fs::write(out.join("model.json"), json)?;
+
+    let gz = |name: &str| -> anyhow::Result<csv::Writer<flate2::write::GzEncoder<std::fs::File>>> {
+        let file = std::fs::File::create(out.join(name))?;
+        Ok(csv::Writer::from_writer(flate2::write::GzEncoder::new(
+            file,
+            flate2::Compression::fast(),
+        )))
+    };
+    let tested: HashSet<&str> = set.iter().map(|a| a.lot.code_lot.as_str()).collect();
+    let mut reader = csv::Reader::from_reader(flate2::read::MultiGzDecoder::new(
+        std::fs::File::open(&lots_file)?,
+    ));
+    let headers = reader.headers()?.clone();
+    let code = headers
+        .iter()
+        .position(|h| h == "code_lot")
+        .context("the lots file has no code_lot column")?;
+    let mut lots_out = gz("lots.csv.gz")?;
+    lots_out.write_record(&headers)?;
+    for row in reader.records() {
+        let row = row?;
+        if tested.contains(row.get(code).unwrap_or_default()) {
+            lots_out.write_record(&row)?;
+        }
+    }
+    lots_out
+        .into_inner()
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .finish()?;
+
+    let mut meals_out = gz("meals.csv.gz")?;
+    meals_out.write_record([
+        "code_lot",
+        "repas",
+        "jour",
+        "moment",
+        "dose_theorique_g",
+        "dose_reelle_g",
+    ])?;
+    let mut labels = std::fs::File::create(out.join("labels.csv"))?;
+    writeln!(labels, "code_lot,kind,jour,moment")?;
+    let mut injected = 0;
+    for lot in &set {
+        for (i, meal) in lot.lot.meals.iter().enumerate() {
+            meals_out.write_record([
+                lot.lot.code_lot.clone(),
+                (i + 1).to_string(),
+                meal.jour.to_string(),
+                meal.moment.as_str().to_string(),
+                format!("{:.2}", meal.dose_theorique),
+                format!("{:.2}", meal.dose_reelle),
+            ])?;
+        }
+        if let Some((kind, window)) = &lot.event {
+            injected += 1;
+            for (jour, moment) in window {
+                writeln!(labels, "{},{kind:?},{jour},{moment}", lot.lot.code_lot)?;
+            }
+        }
+    }
+    meals_out
+        .into_inner()
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .finish()?;
+    Ok(format!(
+        "{}: {} test lots ({injected} with an injected event), model {} (threshold {})",
+        out.display(),
+        set.len(),
+        model.version,
+        model.threshold
+    ))
+}

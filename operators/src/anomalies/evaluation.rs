@@ -369,3 +369,67 @@ impl Report {
         out
     }
 }
+
+/// The types the acceptance replay injects (SPEC §3's acceptance: spikes, drops, level shifts
+/// and plans off the protocol).
+pub const ACCEPTANCE_TYPES: [Injected; 4] = [
+    Injected::Spike,
+    Injected::Drop,
+    Injected::LevelShift,
+    Injected::OffProtocol,
+];
+
+/// A test lot of the acceptance replay: its meals as they are sent, and, for an injected lot,
+/// the type and the meals (`jour`, `moment`) within whose window a row must appear.
+pub struct AcceptanceLot {
+    pub lot: TrainingLot,
+    pub event: Option<(Injected, Vec<(i64, gaveurs_schemas::records::Moment)>)>,
+}
+
+/// The acceptance replay's input: the model trained on the lots `evaluate` trains on, and the
+/// lots it tests, one in three with an event of [`ACCEPTANCE_TYPES`] in turn.
+pub fn acceptance_set(
+    lots: &[TrainingLot],
+    seed: u64,
+    test_share: f64,
+) -> anyhow::Result<(MealModel, Vec<AcceptanceLot>)> {
+    let eval_seed = seed ^ 0x5eed_e7a1;
+    let (test, training): (Vec<&TrainingLot>, Vec<&TrainingLot>) = lots
+        .iter()
+        .partition(|lot| held_out(&lot.code_lot, eval_seed, test_share));
+    let training: Vec<TrainingLot> = training.into_iter().cloned().collect();
+    let options = TrainingOptions {
+        seed,
+        ..TrainingOptions::default()
+    };
+    let model = train(&training, "acceptance", &options)?;
+    let mut set = Vec::with_capacity(test.len());
+    for (i, lot) in test.into_iter().enumerate() {
+        let kind = ACCEPTANCE_TYPES[(i / 3) % ACCEPTANCE_TYPES.len()];
+        let injected = i
+            .is_multiple_of(3)
+            .then(|| inject(lot, kind, seed))
+            .flatten();
+        set.push(match injected {
+            Some((meals, start)) => {
+                let end = (start + kind.window()).min(meals.len() - 1);
+                let window = meals[start..=end]
+                    .iter()
+                    .map(|m| (m.jour, m.moment))
+                    .collect();
+                AcceptanceLot {
+                    lot: TrainingLot {
+                        code_lot: lot.code_lot.clone(),
+                        meals,
+                    },
+                    event: Some((kind, window)),
+                }
+            }
+            None => AcceptanceLot {
+                lot: lot.clone(),
+                event: None,
+            },
+        });
+    }
+    Ok((model, set))
+}
