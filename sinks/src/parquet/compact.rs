@@ -16,7 +16,8 @@
 //! Each writer of an instance names its files by a key that only grows (see [`FileName`]):
 //! the log's sink by LSN range (`<instance>-wal-<first>-<last>`), the derived writer by
 //! flush (`<instance>-derived-<millis>-<n>`), the alert operator by publication sequence
-//! (`<instance>-alerts-<seq>[-<chunk>]`). A compacted file is named by the range of keys it
+//! (`<instance>-alerts-<seq>[-<chunk>]`), the anomaly desk likewise
+//! (`<instance>-anomalies-<seq>[-<chunk>]`). A compacted file is named by the range of keys it
 //! covers — `<instance>-wal-<min first>-<max last>`, `<instance>-derived-<lo>-<lo n>-<hi>-<hi
 //! n>`, `<instance>-alerts-<lo>-<lo chunk>-<hi>-<hi chunk>` — and only ever merges a run of
 //! files that are consecutive in that order, so the files whose key lies inside its range are
@@ -89,6 +90,9 @@ pub enum Kind {
     Derived,
     /// `DerivedWriter::flush_named("alerts-<seq>")`: `<instance>-alerts-<seq>[-<chunk>]`.
     Alerts,
+    /// `DerivedWriter::flush_named("anomalies-<seq>")`: the anomaly desk's publications,
+    /// named like the alert operator's.
+    Anomalies,
 }
 
 impl Kind {
@@ -97,6 +101,7 @@ impl Kind {
             Kind::Wal => "wal",
             Kind::Derived => "derived",
             Kind::Alerts => "alerts",
+            Kind::Anomalies => "anomalies",
         }
     }
 }
@@ -139,6 +144,7 @@ impl FileName {
             "wal" => Kind::Wal,
             "derived" => Kind::Derived,
             "alerts" => Kind::Alerts,
+            "anomalies" => Kind::Anomalies,
             _ => return None,
         };
         let instance = parts[..end - 1].join("-");
@@ -147,11 +153,13 @@ impl FileName {
         }
         let (lo, hi) = match (kind, numbers.as_slice()) {
             (Kind::Wal, &[first, last]) if first <= last => ((first, 0), (last, 0)),
-            (Kind::Derived, &[millis, n]) | (Kind::Alerts, &[millis, n]) => {
-                ((millis, n), (millis, n))
+            (Kind::Derived | Kind::Alerts | Kind::Anomalies, &[first, second]) => {
+                ((first, second), (first, second))
             }
-            (Kind::Alerts, &[seq]) => ((seq, 0), (seq, 0)),
-            (Kind::Derived | Kind::Alerts, &[a, b, c, d]) if (a, b) < (c, d) => ((a, b), (c, d)),
+            (Kind::Alerts | Kind::Anomalies, &[seq]) => ((seq, 0), (seq, 0)),
+            (Kind::Derived | Kind::Alerts | Kind::Anomalies, &[a, b, c, d]) if (a, b) < (c, d) => {
+                ((a, b), (c, d))
+            }
             _ => return None,
         };
         Some(FileName {
@@ -173,8 +181,12 @@ impl FileName {
         match kind {
             Kind::Wal => format!("{instance}-wal-{:020}-{:020}.parquet", lo.0, hi.0),
             Kind::Derived if lo == hi => format!("{instance}-derived-{}-{}.parquet", lo.0, lo.1),
-            Kind::Alerts if lo == hi && lo.1 == 0 => format!("{instance}-alerts-{}.parquet", lo.0),
-            Kind::Alerts if lo == hi => format!("{instance}-alerts-{}-{}.parquet", lo.0, lo.1),
+            Kind::Alerts | Kind::Anomalies if lo == hi && lo.1 == 0 => {
+                format!("{instance}-{}-{}.parquet", kind.as_str(), lo.0)
+            }
+            Kind::Alerts | Kind::Anomalies if lo == hi => {
+                format!("{instance}-{}-{}-{}.parquet", kind.as_str(), lo.0, lo.1)
+            }
             _ => format!(
                 "{instance}-{}-{}-{}-{}-{}.parquet",
                 kind.as_str(),
@@ -359,12 +371,16 @@ pub fn run_with_crash(
     // Read after the listing: a listed log file whose LSNs are at or below this was
     // published by a roll that has fully ended.
     let published = super::state::read_published(&options.state_dir)?;
-    let alerts_frontier = folders
-        .iter()
-        .flat_map(|f| &f.files)
-        .filter(|f| f.name.kind == Kind::Alerts)
-        .map(|f| f.name.hi.0)
-        .max();
+    // A publication sequence's newest file may be written again after a crash: it waits.
+    let frontier = |kind: Kind| {
+        folders
+            .iter()
+            .flat_map(|f| &f.files)
+            .filter(|f| f.name.kind == kind)
+            .map(|f| f.name.hi.0)
+            .max()
+    };
+    let (alerts_frontier, anomalies_frontier) = (frontier(Kind::Alerts), frontier(Kind::Anomalies));
     let closes = |date: NaiveDate| {
         date.succ_opt()
             .and_then(|next| next.and_hms_opt(0, 0, 0))
@@ -384,6 +400,7 @@ pub fn run_with_crash(
         let eligible = |f: &FileName| match f.kind {
             Kind::Wal => f.hi.0 <= published,
             Kind::Alerts => alerts_frontier.is_some_and(|newest| f.hi.0 < newest),
+            Kind::Anomalies => anomalies_frontier.is_some_and(|newest| f.hi.0 < newest),
             Kind::Derived => true,
         };
         match compact_folder(options, &folder, &eligible, stop, crash, &mut report) {

@@ -229,6 +229,15 @@ fn names_of_every_writer_parse_and_compacted_names_cover_their_inputs() {
     let compacted = FileName::parse("i1-derived-5-1-9-2.parquet").unwrap();
     assert_eq!((compacted.lo, compacted.hi), ((5, 1), (9, 2)));
     assert_eq!(compacted.render(), "i1-derived-5-1-9-2.parquet");
+    let anomalies = FileName::parse("7-anomalies-12.parquet").unwrap();
+    assert_eq!(anomalies.kind, Kind::Anomalies);
+    assert_eq!(anomalies.render(), "7-anomalies-12.parquet");
+    assert_eq!(
+        FileName::parse("7-anomalies-1-0-3-0.parquet")
+            .unwrap()
+            .render(),
+        "7-anomalies-1-0-3-0.parquet"
+    );
     let alerts = FileName::parse("7-alerts-12.parquet").unwrap();
     assert_eq!((alerts.instance.as_str(), alerts.lo), ("7", (12, 0)));
     assert_eq!(alerts.render(), "7-alerts-12.parquet");
@@ -583,60 +592,65 @@ fn only_runs_of_files_with_the_same_columns_are_merged() {
 }
 
 #[test]
-fn the_newest_alert_sequence_waits_for_a_newer_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("parquet");
-    let schema = Arc::new(Schema::new(vec![Field::new(
-        "alert_id",
-        DataType::Utf8,
-        false,
-    )]));
-    let mut writer = DerivedWriter::new(root.clone(), "i1".into());
-    let partition = Partition {
-        date: NaiveDate::from_ymd_opt(2026, 1, 20).unwrap(),
-        site: "LL".into(),
-    };
-    let publish = |writer: &mut DerivedWriter, seq: u64| {
-        writer.append(
-            "alerts",
-            partition.clone(),
-            RecordBatch::try_new(
-                schema.clone(),
-                vec![Arc::new(StringArray::from(vec![format!("a{seq}")]))],
-            )
-            .unwrap(),
+fn the_newest_publication_sequence_waits_for_a_newer_one() {
+    // The alert operator's and the anomaly desk's files, each its own sequence.
+    for stem in ["alerts", "anomalies"] {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("parquet");
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Utf8, false)]));
+        let mut writer = DerivedWriter::new(root.clone(), "i1".into());
+        let partition = Partition {
+            date: NaiveDate::from_ymd_opt(2026, 1, 20).unwrap(),
+            site: "LL".into(),
+        };
+        let publish = |writer: &mut DerivedWriter, seq: u64| {
+            writer.append(
+                stem,
+                partition.clone(),
+                RecordBatch::try_new(
+                    schema.clone(),
+                    vec![Arc::new(StringArray::from(vec![format!("a{seq}")]))],
+                )
+                .unwrap(),
+            );
+            writer.flush_named(&format!("{stem}-{seq}")).unwrap();
+        };
+        for seq in 1..=3 {
+            publish(&mut writer, seq);
+        }
+        let options = CompactOptions {
+            root: root.clone(),
+            state_dir: dir.path().join("instances/i1/parquet"),
+            instance_id: "i1".into(),
+            compact: true,
+            compact_after: Duration::ZERO,
+            max_file_bytes: 1 << 30,
+            retention_days: BTreeMap::new(),
+            interval: Duration::from_secs(1),
+        };
+        let day = folder(&root, stem, DAY);
+        run_once(&options, Utc::now(), &never()).unwrap();
+        // Sequence 3 may still be published again (with more rows) after a crash.
+        assert_eq!(
+            visible(&day),
+            [
+                format!("i1-{stem}-1-0-2-0.parquet"),
+                format!("i1-{stem}-3.parquet")
+            ]
         );
-        writer.flush_named(&format!("alerts-{seq}")).unwrap();
-    };
-    for seq in 1..=3 {
-        publish(&mut writer, seq);
+        // Writing it again replaces it, as the alert operator and the anomaly desk rely on.
+        publish(&mut writer, 3);
+        publish(&mut writer, 4);
+        run_once(&options, Utc::now(), &never()).unwrap();
+        assert_eq!(
+            visible(&day),
+            [
+                format!("i1-{stem}-1-0-3-0.parquet"),
+                format!("i1-{stem}-4.parquet")
+            ]
+        );
+        assert_eq!(rows(&day).len(), 4);
     }
-    let options = CompactOptions {
-        root: root.clone(),
-        state_dir: dir.path().join("instances/i1/parquet"),
-        instance_id: "i1".into(),
-        compact: true,
-        compact_after: Duration::ZERO,
-        max_file_bytes: 1 << 30,
-        retention_days: BTreeMap::new(),
-        interval: Duration::from_secs(1),
-    };
-    let day = folder(&root, "alerts", DAY);
-    run_once(&options, Utc::now(), &never()).unwrap();
-    // Sequence 3 may still be published again (with more rows) after a crash.
-    assert_eq!(
-        visible(&day),
-        ["i1-alerts-1-0-2-0.parquet", "i1-alerts-3.parquet"]
-    );
-    // Writing it again replaces it, as the alert operator relies on.
-    publish(&mut writer, 3);
-    publish(&mut writer, 4);
-    run_once(&options, Utc::now(), &never()).unwrap();
-    assert_eq!(
-        visible(&day),
-        ["i1-alerts-1-0-3-0.parquet", "i1-alerts-4.parquet"]
-    );
-    assert_eq!(rows(&day).len(), 4);
 }
 
 #[test]
