@@ -28,7 +28,7 @@ pub const DEFAULT_MEAL_MODEL: &str = include_str!("../../models/gavage_meal.json
 /// [ml]
 /// enabled = true                        # score every meal (default)
 /// meal_model = "models/gavage_meal.json" # default: the model built into the binary
-/// threshold = 9.5                       # default: the artifact's own
+/// threshold = 3.5                       # default: the artifact's own
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
