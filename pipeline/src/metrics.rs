@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use gaveurs_operators::anomalies::desk::AnomalyDesk;
 use gaveurs_sinks::sms::SmsService;
 use gaveurs_sinks::websocket::Hub;
 use gaveurs_telemetry::registry;
@@ -53,5 +54,24 @@ pub fn register_components(hub: &Arc<Hub>, sms: &Arc<SmsService>) {
         "Text messages waiting in the outbox.",
         &[],
         move || sms.pending_len() as f64,
+    );
+}
+
+/// The anomaly desk's counts since start.
+pub fn register_anomalies(desk: &Arc<AnomalyDesk>) {
+    let metrics = registry();
+    let scored = desk.clone();
+    metrics.read_at_scrape(
+        "gaveurs_ml_scored_total",
+        "Records scored by the anomaly models since start, by model.",
+        &[("model", "gavage_meal")],
+        move || scored.counters().scored as f64,
+    );
+    let found = desk.clone();
+    metrics.read_at_scrape(
+        "gaveurs_anomalies_total",
+        "Records scored at or above their model's threshold since start, by model.",
+        &[("model", "gavage_meal")],
+        move || found.counters().anomalies as f64,
     );
 }

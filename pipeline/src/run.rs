@@ -384,6 +384,7 @@ pub async fn run(
                 move |cursor| anomalies::desk::spawn(desk, cursor, publish_every)
             },
         );
+        crate::metrics::register_anomalies(&desk);
         tokio::spawn(anomalies::desk::watch_model_file(
             desk.clone(),
             config.ml.clone(),

@@ -143,6 +143,16 @@ async fn a_clean_lot_raises_nothing_and_an_off_protocol_plan_is_an_anomaly_for_i
     };
     assert_eq!(alert["data"]["code_lot"], "LLOFFPR002");
     assert_eq!(alert["data"]["severity"], "warning");
+    let (_, metrics) = http_get(gaveurs.http, "/metrics").await;
+    let count = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{model=\"gavage_meal\"}}")))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in /metrics:\n{metrics}"))
+    };
+    assert!(count("gaveurs_anomalies_total") >= 1.0);
+    assert!(count("gaveurs_ml_scored_total") > PROTOCOL.len() as f64);
 
     // Everything Sophie's channel ever carried: her meals, and no anomaly.
     let sophie = gaveurs.token("sophie.dubois@gaveur.fr");

@@ -37,6 +37,8 @@ use serde_json::{Value, json};
 use super::meal_model::{LotTrack, MODEL_NAME, MealFacts, MealModel};
 
 const STATE_FILE: &str = "state.json";
+/// How often `ml.log` says how many meals were scored.
+const REPORT_EVERY: Duration = Duration::from_secs(60);
 
 /// The models the desk scores with, swapped whole.
 #[derive(Clone)]
@@ -486,6 +488,7 @@ pub fn spawn(
             let _ = desk.checkpoint.set(cursor.checkpointer());
             let opened_at = cursor.opened_at();
             let mut last_publish = Instant::now();
+            let mut last_report = (Instant::now(), desk.counters());
             loop {
                 let wait = desk
                     .save_every
@@ -505,6 +508,12 @@ pub fn spawn(
                 if ended.is_some() || last_publish.elapsed() >= publish_every {
                     desk.publish();
                     last_publish = Instant::now();
+                }
+                // A line a minute while meals are scored, so ml.log shows the rate.
+                let counters = desk.counters();
+                if last_report.0.elapsed() >= REPORT_EVERY && counters.scored > last_report.1.scored {
+                    tracing::info!(target: "ml", scored = counters.scored - last_report.1.scored, anomalies = counters.anomalies - last_report.1.anomalies, seconds = last_report.0.elapsed().as_secs(), lots = desk.state.lock().snapshot.lots.len(), "meals scored");
+                    last_report = (Instant::now(), counters);
                 }
                 if let Some(ended) = ended {
                     let counters = desk.counters();
