@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use gaveurs_loadgen::replay::records::{Kind, plan};
-use gaveurs_operators::anomalies::evaluation;
 use gaveurs_operators::anomalies::training::{self, TrainingLot, TrainingMeal, TrainingOptions};
+use gaveurs_operators::anomalies::{evaluation, outcome};
 use gaveurs_schemas::records::GavageMeal;
 use gaveurs_schemas::time::SiteTimeZones;
 use sha2::Digest;
@@ -95,10 +95,50 @@ pub fn train(data: &Path, out: &Path, seed: u64) -> anyhow::Result<String> {
     ))
 }
 
-/// `gaveurs model eval`: the report of [`evaluation::evaluate`].
+/// `gaveurs model eval`: the report of [`evaluation::evaluate`], then the early lot outcome's
+/// ([`outcome::evaluate`]).
 pub fn eval(data: &Path, seed: u64) -> anyhow::Result<String> {
     let (lots, _) = read_lots(data)?;
-    Ok(evaluation::evaluate(&lots, seed, 0.3)?.render())
+    let mut report = evaluation::evaluate(&lots, seed, 0.3)?.render();
+    let (lots_file, _) = data_files(data)?;
+    report.push_str(&outcome::evaluate(
+        &lots,
+        &read_outcomes(&lots_file)?,
+        seed,
+        0.3,
+    )?);
+    Ok(report)
+}
+
+/// Each lot's (ITM, mean liver weight g) from the lots file; lots without them are left out.
+fn read_outcomes(
+    lots_file: &Path,
+) -> anyhow::Result<std::collections::HashMap<String, (f64, f64)>> {
+    let mut reader = csv::Reader::from_reader(flate2::read::MultiGzDecoder::new(
+        std::fs::File::open(lots_file)
+            .with_context(|| format!("reading {}", lots_file.display()))?,
+    ));
+    let headers = reader.headers()?.clone();
+    let column = |name: &str| {
+        headers
+            .iter()
+            .position(|h| h == name)
+            .with_context(|| format!("{} has no {name} column", lots_file.display()))
+    };
+    let (code, itm, foie) = (
+        column("code_lot")?,
+        column("itm")?,
+        column("poids_foie_moyen_g")?,
+    );
+    let mut outcomes = std::collections::HashMap::new();
+    for row in reader.records() {
+        let row = row?;
+        let number = |i: usize| row.get(i).and_then(|v| v.trim().parse::<f64>().ok());
+        if let (Some(lot), Some(itm), Some(foie)) = (row.get(code), number(itm), number(foie)) {
+            outcomes.insert(lot.to_string(), (itm, foie));
+        }
+    }
+    Ok(outcomes)
 }
 
 /// `gaveurs model eval --acceptance <out>`: writes what the acceptance replay

@@ -6,6 +6,7 @@ pub mod density;
 pub mod desk;
 pub mod evaluation;
 pub mod meal_model;
+pub mod outcome;
 pub mod training;
 
 #[cfg(test)]
