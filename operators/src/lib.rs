@@ -11,6 +11,7 @@
 //!   [`analytics::consumer`] runs them on the log and keeps the lot board.
 //! - [`alerts`]: the rules of SPEC §5 and the lifecycle of the alerts they raise;
 //!   [`alerts::desk`] runs them on the log, per shard, and answers for them.
+//! - [`log_desk`]: the loop that runs the alert and anomaly desks on the log.
 //! - [`anomalies`]: the anomaly models (training, scoring, evaluation by injection);
 //!   [`anomalies::desk`] scores every record on the log.
 
@@ -21,4 +22,5 @@ pub mod auth;
 pub mod dedup;
 pub mod devices;
 pub mod intake;
+pub mod log_desk;
 pub mod validate;

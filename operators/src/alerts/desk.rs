@@ -29,6 +29,7 @@ use crate::alerts::rules::RuleSet;
 use crate::alerts::{AckError, AlertBook, Raised};
 use crate::anomalies::desk::ModelSlot;
 use crate::auth::permissions::{self, Action, Resource, Scope};
+use crate::log_desk::LogDesk;
 use anyhow::Context;
 use chrono::Utc;
 use gaveurs_connectors::sources::kafka::PartitionState;
@@ -815,40 +816,35 @@ pub fn may_see(principal: &Principal, alert: &Alert) -> bool {
 /// their partition re-reads them from Kafka, from what that partition's state covers.
 pub fn spawn(
     desk: Arc<AlertDesk>,
-    mut cursor: LogCursor,
+    cursor: LogCursor,
     publish_every: Duration,
 ) -> std::io::Result<JoinHandle<anyhow::Result<()>>> {
-    std::thread::Builder::new()
-        .name("alerts".into())
-        .spawn(move || {
-            let _ = desk.checkpoint.set(cursor.checkpointer());
-            let opened_at = cursor.opened_at();
-            let mut last_publish = Instant::now();
-            loop {
-                let wait = desk
-                    .save_every
-                    .min(publish_every.saturating_sub(last_publish.elapsed()));
-                let ended = match cursor.next_batch(4096, wait) {
-                    Ok(entries) => {
-                        let evaluated: Vec<Committed> = entries
-                            .into_iter()
-                            .filter(|c| !c.is_earlier_kafka(opened_at))
-                            .collect();
-                        desk.process(&evaluated, cursor.read_through());
-                        None
-                    }
-                    Err(ended) => Some(ended),
-                };
-                desk.save_if_due(ended.is_some());
-                if ended.is_some() || last_publish.elapsed() >= publish_every {
-                    desk.publish();
-                    last_publish = Instant::now();
-                }
-                if let Some(ended) = ended {
-                    let counters = desk.counters();
-                    tracing::info!(target: "alerts", evaluated = counters.evaluated, opened = counters.opened, cleared = counters.cleared, acknowledged = counters.acknowledged, caught_up = (ended == LogEnded::Closed), "alerts stopped");
-                    return Ok(());
-                }
-            }
-        })
+    crate::log_desk::spawn("alerts", desk, cursor, publish_every)
+}
+
+impl LogDesk for AlertDesk {
+    fn set_checkpointer(&self, checkpointer: Checkpointer) {
+        let _ = self.checkpoint.set(checkpointer);
+    }
+
+    fn save_every(&self) -> Duration {
+        self.save_every
+    }
+
+    fn process(&self, batch: &[Committed], read_through: u64) {
+        AlertDesk::process(self, batch, read_through);
+    }
+
+    fn save_if_due(&self, force: bool) {
+        AlertDesk::save_if_due(self, force);
+    }
+
+    fn publish(&self) {
+        AlertDesk::publish(self);
+    }
+
+    fn stopped(&self, ended: LogEnded) {
+        let counters = self.counters();
+        tracing::info!(target: "alerts", evaluated = counters.evaluated, opened = counters.opened, cleared = counters.cleared, acknowledged = counters.acknowledged, caught_up = (ended == LogEnded::Closed), "alerts stopped");
+    }
 }

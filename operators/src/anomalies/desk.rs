@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::meal_model::{LotTrack, MODEL_NAME, MealFacts, MealModel};
+use crate::log_desk::LogDesk;
 
 const STATE_FILE: &str = "state.json";
 /// How often `ml.log` says how many meals were scored.
@@ -112,6 +113,8 @@ pub struct AnomalyDesk {
     save_every: Duration,
     saving: Mutex<()>,
     checkpoint: OnceLock<Checkpointer>,
+    /// When `ml.log` last said how many meals were scored, and the counts then.
+    last_report: Mutex<(Instant, ScoringCounters)>,
 }
 
 impl AnomalyDesk {
@@ -151,6 +154,7 @@ impl AnomalyDesk {
             save_every,
             saving: Mutex::new(()),
             checkpoint: OnceLock::new(),
+            last_report: Mutex::new((Instant::now(), ScoringCounters::default())),
         }))
     }
 
@@ -479,49 +483,48 @@ fn message(anomaly: &Anomaly) -> String {
 /// anomalies published.
 pub fn spawn(
     desk: Arc<AnomalyDesk>,
-    mut cursor: LogCursor,
+    cursor: LogCursor,
     publish_every: Duration,
 ) -> std::io::Result<JoinHandle<anyhow::Result<()>>> {
-    std::thread::Builder::new()
-        .name("anomalies".into())
-        .spawn(move || {
-            let _ = desk.checkpoint.set(cursor.checkpointer());
-            let opened_at = cursor.opened_at();
-            let mut last_publish = Instant::now();
-            let mut last_report = (Instant::now(), desk.counters());
-            loop {
-                let wait = desk
-                    .save_every
-                    .min(publish_every.saturating_sub(last_publish.elapsed()));
-                let ended = match cursor.next_batch(4096, wait) {
-                    Ok(entries) => {
-                        let scored: Vec<Committed> = entries
-                            .into_iter()
-                            .filter(|c| !c.is_earlier_kafka(opened_at))
-                            .collect();
-                        desk.process(&scored, cursor.read_through());
-                        None
-                    }
-                    Err(ended) => Some(ended),
-                };
-                desk.save_if_due(ended.is_some());
-                if ended.is_some() || last_publish.elapsed() >= publish_every {
-                    desk.publish();
-                    last_publish = Instant::now();
-                }
-                // A line a minute while meals are scored, so ml.log shows the rate.
-                let counters = desk.counters();
-                if last_report.0.elapsed() >= REPORT_EVERY && counters.scored > last_report.1.scored {
-                    tracing::info!(target: "ml", scored = counters.scored - last_report.1.scored, anomalies = counters.anomalies - last_report.1.anomalies, seconds = last_report.0.elapsed().as_secs(), lots = desk.state.lock().snapshot.lots.len(), "meals scored");
-                    last_report = (Instant::now(), counters);
-                }
-                if let Some(ended) = ended {
-                    let counters = desk.counters();
-                    tracing::info!(target: "ml", scored = counters.scored, anomalies = counters.anomalies, lots_forgotten = counters.lots_forgotten, caught_up = (ended == LogEnded::Closed), "anomaly scoring stopped");
-                    return Ok(());
-                }
-            }
-        })
+    crate::log_desk::spawn("anomalies", desk, cursor, publish_every)
+}
+
+impl LogDesk for AnomalyDesk {
+    fn set_checkpointer(&self, checkpointer: Checkpointer) {
+        let _ = self.checkpoint.set(checkpointer);
+    }
+
+    fn save_every(&self) -> Duration {
+        self.save_every
+    }
+
+    fn process(&self, batch: &[Committed], read_through: u64) {
+        AnomalyDesk::process(self, batch, read_through);
+    }
+
+    fn save_if_due(&self, force: bool) {
+        AnomalyDesk::save_if_due(self, force);
+    }
+
+    fn publish(&self) {
+        AnomalyDesk::publish(self);
+    }
+
+    /// A line a minute while meals are scored, so `ml.log` shows the rate.
+    fn after_turn(&self) {
+        let counters = self.counters();
+        let mut last = self.last_report.lock();
+        if last.0.elapsed() >= REPORT_EVERY && counters.scored > last.1.scored {
+            let lots = self.state.lock().snapshot.lots.len();
+            tracing::info!(target: "ml", scored = counters.scored - last.1.scored, anomalies = counters.anomalies - last.1.anomalies, seconds = last.0.elapsed().as_secs(), lots, "meals scored");
+            *last = (Instant::now(), counters);
+        }
+    }
+
+    fn stopped(&self, ended: LogEnded) {
+        let counters = self.counters();
+        tracing::info!(target: "ml", scored = counters.scored, anomalies = counters.anomalies, lots_forgotten = counters.lots_forgotten, caught_up = (ended == LogEnded::Closed), "anomaly scoring stopped");
+    }
 }
 
 /// Swaps the model in when the artifact file `config` names changes (its size or time),

@@ -225,21 +225,37 @@ pub struct Report {
     pub types: Vec<(Injected, TypeResult)>,
 }
 
-/// Trains on the lots not held out by `seed` and scores the others, clean and injected.
-pub fn evaluate(lots: &[TrainingLot], seed: u64, test_share: f64) -> anyhow::Result<Report> {
-    let eval_seed = seed ^ 0x5eed_e7a1;
-    let (test, training): (Vec<&TrainingLot>, Vec<&TrainingLot>) = lots
-        .iter()
-        .partition(|lot| held_out(&lot.code_lot, eval_seed, test_share));
-    let training: Vec<TrainingLot> = training.into_iter().cloned().collect();
+/// The split every measurement of `gaveurs model eval` makes: `test_share` of the lots held
+/// out for testing, by a hash seeded apart from the training's own split (so the lots that set
+/// the threshold are not the test lots), and the others.
+pub fn split_for_test<'a>(
+    lots: impl IntoIterator<Item = &'a TrainingLot>,
+    seed: u64,
+    test_share: f64,
+) -> (Vec<&'a TrainingLot>, Vec<&'a TrainingLot>) {
+    let test_seed = seed ^ 0x5eed_e7a1;
+    lots.into_iter()
+        .partition(|lot| held_out(&lot.code_lot, test_seed, test_share))
+}
+
+/// The meal model `gaveurs model train` would make of `training` with `seed`.
+fn train_on(training: &[&TrainingLot], seed: u64) -> anyhow::Result<(MealModel, TrainingOptions)> {
+    let training: Vec<TrainingLot> = training.iter().map(|l| (*l).clone()).collect();
     let options = TrainingOptions {
         seed,
         ..TrainingOptions::default()
     };
-    let model = train(&training, "evaluation", &options)?;
+    Ok((train(&training, "evaluation", &options)?, options))
+}
+
+/// Trains on the lots not held out by `seed` and scores the others, clean and injected.
+pub fn evaluate(lots: &[TrainingLot], seed: u64, test_share: f64) -> anyhow::Result<Report> {
+    let (test, training) = split_for_test(lots, seed, test_share);
+    let (model, options) = train_on(&training, seed)?;
     // The mixture is fitted and thresholded on the same lots as the residual model.
     let (validation, fitting): (Vec<&TrainingLot>, Vec<&TrainingLot>) = training
         .iter()
+        .copied()
         .partition(|lot| held_out(&lot.code_lot, seed, options.validation_share));
     let mut density = DensityModel::fit(&evidence(&model, &fitting), MIXTURE_COMPONENTS)?;
     let surprises: Vec<f64> = evidence(&model, &validation)
@@ -393,16 +409,8 @@ pub fn acceptance_set(
     seed: u64,
     test_share: f64,
 ) -> anyhow::Result<(MealModel, Vec<AcceptanceLot>)> {
-    let eval_seed = seed ^ 0x5eed_e7a1;
-    let (test, training): (Vec<&TrainingLot>, Vec<&TrainingLot>) = lots
-        .iter()
-        .partition(|lot| held_out(&lot.code_lot, eval_seed, test_share));
-    let training: Vec<TrainingLot> = training.into_iter().cloned().collect();
-    let options = TrainingOptions {
-        seed,
-        ..TrainingOptions::default()
-    };
-    let model = train(&training, "acceptance", &options)?;
+    let (test, training) = split_for_test(lots, seed, test_share);
+    let (model, _) = train_on(&training, seed)?;
     let mut set = Vec::with_capacity(test.len());
     for (i, lot) in test.into_iter().enumerate() {
         let kind = ACCEPTANCE_TYPES[(i / 3) % ACCEPTANCE_TYPES.len()];

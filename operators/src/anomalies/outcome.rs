@@ -12,7 +12,8 @@ use linfa::prelude::*;
 use linfa_linear::LinearRegression;
 use ndarray::{Array1, Array2};
 
-use super::training::{TrainingLot, held_out};
+use super::evaluation::split_for_test;
+use super::training::TrainingLot;
 
 /// Days reported.
 const DAYS: [i64; 5] = [2, 3, 4, 5, 6];
@@ -55,18 +56,12 @@ pub fn evaluate(
     seed: u64,
     test_share: f64,
 ) -> anyhow::Result<String> {
-    let eval_seed = seed ^ 0x5eed_e7a1;
-    let known: Vec<&TrainingLot> = lots
-        .iter()
-        .filter(|l| {
-            outcomes
-                .get(&l.code_lot)
-                .is_some_and(|(i, f)| i.is_finite() && f.is_finite() && *f > 0.0)
-        })
-        .collect();
-    let (test, training): (Vec<&TrainingLot>, Vec<&TrainingLot>) = known
-        .into_iter()
-        .partition(|lot| held_out(&lot.code_lot, eval_seed, test_share));
+    let known = lots.iter().filter(|l| {
+        outcomes
+            .get(&l.code_lot)
+            .is_some_and(|(i, f)| i.is_finite() && f.is_finite() && *f > 0.0)
+    });
+    let (test, training) = split_for_test(known, seed, test_share);
     let site = |lot: &TrainingLot| {
         lot.meals
             .first()
