@@ -4,7 +4,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use gaveurs_loadgen::replay;
 use gaveurs_loadgen::simulate::{self, Destination, SimulateOptions};
@@ -257,10 +256,19 @@ enum ModelAction {
     /// Deterministic: the same files and seed give the same bytes (the artifact built into
     /// the binary is `gaveurs model train --data ../shared/data --out
     /// operators/models/gavage_meal.json`).
+    ///
+    /// With --sqal, train the SQAL model instead, on the simulator's stations (`gaveurs
+    /// simulate`'s, seeded): summary features of the ToF matrices and AS7341 spectrum, a
+    /// Gaussian mixture density and a per-station gain CUSUM (the built-in one is `gaveurs
+    /// model train --sqal --out operators/models/sqal_sample.json`).
     Train {
-        /// A folder with lots*.csv[.gz] and meals*.csv[.gz], as ../shared/data.
-        #[arg(long)]
-        data: PathBuf,
+        /// A folder with lots*.csv[.gz] and meals*.csv[.gz], as ../shared/data (the meal
+        /// model).
+        #[arg(long, required_unless_present = "sqal")]
+        data: Option<PathBuf>,
+        /// Train the SQAL model on simulated stations.
+        #[arg(long, conflicts_with = "data")]
+        sqal: bool,
         #[arg(long)]
         out: PathBuf,
         /// Chooses the lots held out to set the threshold.
@@ -269,7 +277,9 @@ enum ModelAction {
     },
     /// Split the lots (by lot), train on one part, inject labelled anomalies into the other,
     /// and print per anomaly type the recall of the model, of the SPEC §5 rules alone and of
-    /// both, the detection delay in meals, and the share of clean meals flagged.
+    /// both, the detection delay in meals, and the share of clean meals flagged; then the
+    /// early lot outcome's error, and the SQAL model's recall of dead ToF zones and spectral
+    /// gain drifts injected into simulated samples.
     Eval {
         #[arg(long)]
         data: PathBuf,
@@ -369,8 +379,14 @@ fn main() -> ExitCode {
         Command::Model { action } => {
             telemetry::init_console_only();
             let outcome = match action {
-                ModelAction::Train { data, out, seed } => {
-                    gaveurs_pipeline::model::train(&data, &out, seed)
+                ModelAction::Train {
+                    data: Some(data),
+                    out,
+                    seed,
+                    ..
+                } => gaveurs_pipeline::model::train(&data, &out, seed),
+                ModelAction::Train { out, seed, .. } => {
+                    gaveurs_pipeline::model::train_sqal(&out, seed)
                 }
                 ModelAction::Eval {
                     data,
@@ -399,10 +415,7 @@ fn main() -> ExitCode {
             let checked = Config::load(Some(&config)).and_then(|loaded| {
                 check_kpi_queries(&loaded)?;
                 if loaded.ml.enabled {
-                    loaded
-                        .ml
-                        .meal_model(std::path::Path::new("."))
-                        .context("[ml] meal_model")?;
+                    loaded.ml.models(std::path::Path::new("."))?;
                 }
                 loaded.sms.load_directory().map(|_| ())
             });

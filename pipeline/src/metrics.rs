@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use gaveurs_operators::anomalies::desk::AnomalyDesk;
+use gaveurs_operators::anomalies::desk::{AnomalyDesk, ScoringCounters};
 use gaveurs_sinks::sms::SmsService;
 use gaveurs_sinks::websocket::Hub;
 use gaveurs_telemetry::registry;
@@ -60,18 +60,25 @@ pub fn register_components(hub: &Arc<Hub>, sms: &Arc<SmsService>) {
 /// The anomaly desk's counts since start.
 pub fn register_anomalies(desk: &Arc<AnomalyDesk>) {
     let metrics = registry();
-    let scored = desk.clone();
-    metrics.read_at_scrape(
-        "gaveurs_ml_scored_total",
-        "Records scored by the anomaly models since start, by model.",
-        &[("model", "gavage_meal")],
-        move || scored.counters().scored as f64,
-    );
-    let found = desk.clone();
-    metrics.read_at_scrape(
-        "gaveurs_anomalies_total",
-        "Records scored at or above their model's threshold since start, by model.",
-        &[("model", "gavage_meal")],
-        move || found.counters().anomalies as f64,
-    );
+    type Count = fn(&ScoringCounters) -> u64;
+    let by_model: [(&'static str, Count, Count); 2] = [
+        ("gavage_meal", |c| c.scored, |c| c.anomalies),
+        ("sqal_sample", |c| c.samples_scored, |c| c.sample_anomalies),
+    ];
+    for (model, scored, found) in by_model {
+        let desk_scored = desk.clone();
+        metrics.read_at_scrape(
+            "gaveurs_ml_scored_total",
+            "Records scored by the anomaly models since start, by model.",
+            &[("model", model)],
+            move || scored(&desk_scored.counters()) as f64,
+        );
+        let desk_found = desk.clone();
+        metrics.read_at_scrape(
+            "gaveurs_anomalies_total",
+            "Records scored at or above their model's threshold since start, by model.",
+            &[("model", model)],
+            move || found(&desk_found.counters()) as f64,
+        );
+    }
 }

@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use gaveurs_loadgen::replay::records::{Kind, plan};
+use gaveurs_operators::anomalies::sqal_model::{self, Stations};
 use gaveurs_operators::anomalies::training::{self, TrainingLot, TrainingMeal, TrainingOptions};
-use gaveurs_operators::anomalies::{evaluation, outcome};
-use gaveurs_schemas::records::GavageMeal;
+use gaveurs_operators::anomalies::{evaluation, outcome, sqal_evaluation};
+use gaveurs_schemas::records::{GavageMeal, SqalSample};
 use gaveurs_schemas::time::SiteTimeZones;
 use sha2::Digest;
 
@@ -95,8 +96,54 @@ pub fn train(data: &Path, out: &Path, seed: u64) -> anyhow::Result<String> {
     ))
 }
 
+/// Stations the SQAL model learns from: the simulator's (`gaveurs simulate`), `samples`
+/// measurements in turn from six stations (two per site), grouped by station in the order
+/// they measured. The same seed gives the same samples.
+pub fn simulated_stations(seed: u64, samples: usize) -> anyhow::Result<Stations> {
+    const STATIONS: usize = 6;
+    let day = chrono::NaiveDate::from_ymd_opt(2026, 1, 5).expect("a date");
+    let mut farm = gaveurs_loadgen::simulate::Farm::new(seed, 1, 1, STATIONS, day);
+    let start = day.and_hms_opt(6, 0, 0).expect("a time").and_utc();
+    let mut stations: std::collections::BTreeMap<String, Vec<SqalSample>> = Default::default();
+    for i in 0..samples {
+        let at = start + chrono::Duration::seconds(30 * i as i64);
+        let outgoing = farm
+            .next_sample_without_extras(at)
+            .context("the simulator has no station")?;
+        let sample = SqalSample::decode(&serde_json::to_vec(&outgoing.body)?)
+            .map_err(|e| anyhow::anyhow!("a simulated sample does not validate: {e}"))?;
+        stations
+            .entry(sample.device_id.clone())
+            .or_default()
+            .push(sample);
+    }
+    Ok(stations.into_values().collect())
+}
+
+/// Simulated samples the SQAL model fits on; half as many more set its threshold.
+pub const SQAL_TRAINING_SAMPLES: usize = 12_000;
+
+/// `gaveurs model train --sqal`: writes the SQAL model trained on the simulator's stations.
+pub fn train_sqal(out: &Path, seed: u64) -> anyhow::Result<String> {
+    let fitting = simulated_stations(seed, SQAL_TRAINING_SAMPLES)?;
+    let validation = simulated_stations(seed + 1, SQAL_TRAINING_SAMPLES / 2)?;
+    let model = sqal_model::train(&fitting, &validation, "simulator", seed)?;
+    let mut json = serde_json::to_string_pretty(&model)?;
+    json.push('\n');
+    std::fs::write(out, json).with_context(|| format!("writing {}", out.display()))?;
+    Ok(format!(
+        "{}: {} trained on {} simulated samples; threshold {} flags {:.2} % of {} more",
+        out.display(),
+        model.version,
+        model.training.samples,
+        model.threshold,
+        model.evaluation.flagged_share * 100.0,
+        model.evaluation.validation_samples
+    ))
+}
+
 /// `gaveurs model eval`: the report of [`evaluation::evaluate`], then the early lot outcome's
-/// ([`outcome::evaluate`]).
+/// ([`outcome::evaluate`]), then the SQAL model's ([`sqal_evaluation::evaluate`]).
 pub fn eval(data: &Path, seed: u64) -> anyhow::Result<String> {
     let (lots, _) = read_lots(data)?;
     let mut report = evaluation::evaluate(&lots, seed, 0.3)?.render();
@@ -107,7 +154,17 @@ pub fn eval(data: &Path, seed: u64) -> anyhow::Result<String> {
         seed,
         0.3,
     )?);
+    report.push_str(&eval_sqal(seed)?);
     Ok(report)
+}
+
+/// The SQAL part of `gaveurs model eval`: trained and thresholded as `gaveurs model train
+/// --sqal` does, tested on a third run of the simulator.
+pub fn eval_sqal(seed: u64) -> anyhow::Result<String> {
+    let fitting = simulated_stations(seed, SQAL_TRAINING_SAMPLES)?;
+    let validation = simulated_stations(seed + 1, SQAL_TRAINING_SAMPLES / 2)?;
+    let test = simulated_stations(seed + 2, SQAL_TRAINING_SAMPLES / 2)?;
+    Ok(sqal_evaluation::evaluate(&fitting, &validation, &test, seed)?.render())
 }
 
 /// Each lot's (ITM, mean liver weight g) from the lots file; lots without them are left out.

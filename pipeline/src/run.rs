@@ -313,12 +313,17 @@ pub async fn run(
     tracing::info!(target: "alerts", phones = directory.len(), texting = sms.enabled(), "alerts ready");
     // The anomaly models, shared by the anomaly desk and the `anomalie` alert rule.
     let models = if config.ml.enabled {
-        let model = config
+        let models = config
             .ml
-            .meal_model(Path::new("."))
-            .context("loading the [ml] meal model")?;
-        tracing::info!(target: "ml", model = %model.model, version = %model.version, threshold = model.threshold, source = %config.ml.meal_model.as_ref().map_or("built-in".to_string(), |p| p.display().to_string()), "meal model loaded");
-        Some(anomalies::desk::ModelSlot::new(model))
+            .models(Path::new("."))
+            .context("loading the [ml] models")?;
+        let source = |path: &Option<std::path::PathBuf>| {
+            path.as_ref()
+                .map_or("built-in".to_string(), |p| p.display().to_string())
+        };
+        tracing::info!(target: "ml", model = %models.meal.model, version = %models.meal.version, threshold = models.meal.threshold, source = %source(&config.ml.meal_model), "meal model loaded");
+        tracing::info!(target: "ml", model = %models.sqal.model, version = %models.sqal.version, threshold = models.sqal.threshold, source = %source(&config.ml.sqal_model), "SQAL model loaded");
+        Some(anomalies::desk::ModelSlot::new(models))
     } else {
         None
     };

@@ -192,6 +192,20 @@ impl Farm {
 
     /// One SQAL measurement from the next station in turn, V3 wire shape, 50–140 KB.
     pub fn next_sample(&mut self, now: chrono::DateTime<chrono::Utc>) -> Option<Outgoing> {
+        self.sample(now, true)
+    }
+
+    /// [`Farm::next_sample`] without the large extras the pipeline ignores (`vl53l8ch_raw`,
+    /// `analysis`): the same stations measuring, a few KB a sample, for training the SQAL
+    /// model.
+    pub fn next_sample_without_extras(
+        &mut self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Option<Outgoing> {
+        self.sample(now, false)
+    }
+
+    fn sample(&mut self, now: chrono::DateTime<chrono::Utc>, extras: bool) -> Option<Outgoing> {
         if self.devices.is_empty() {
             return None;
         }
@@ -221,7 +235,7 @@ impl Farm {
         let amplitude = matrix(800.0, 120.0);
         let ambient = matrix(6.0, 3.0);
         let status = json!(vec![vec![5; 8]; 8]);
-        let bins: Vec<Vec<Vec<u32>>> = (0..8)
+        let bins: Vec<Vec<Vec<u32>>> = (0..8 * usize::from(extras))
             .map(|_| {
                 (0..8)
                     .map(|_| (0..128).map(|_| rng.random_range(0..16384)).collect())
@@ -231,7 +245,7 @@ impl Farm {
         // Stations also send per-zone analysis profiles of varying length, which is what
         // makes their messages 50–140 KB.
         let profile_len = rng.random_range(16..=128);
-        let profiles: Vec<Vec<f64>> = (0..64)
+        let profiles: Vec<Vec<f64>> = (0..64 * usize::from(extras))
             .map(|_| {
                 (0..profile_len)
                     .map(|_| round2(rng.random_range(0.0..1000.0)))
@@ -245,7 +259,7 @@ impl Farm {
             .iter()
             .find(|l| l.site == site)
             .map(|l| l.code_lot.clone());
-        let body = json!({
+        let mut body = json!({
             "type": "sensor_data",
             "device_id": device_id,
             "sample_id": format!("{device_id}-{:04x}-{counter:06}", self.run),
@@ -289,6 +303,10 @@ impl Farm {
             },
             "meta": {"firmware": "3.2.1", "simulated": true},
         });
+        if !extras && let Some(fields) = body.as_object_mut() {
+            fields.remove("vl53l8ch_raw");
+            fields.remove("analysis");
+        }
         Some(Outgoing {
             topic: format!("sqal/{site}/{device_id}/measurements"),
             body,

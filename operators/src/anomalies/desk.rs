@@ -1,9 +1,11 @@
 //! Runs anomaly scoring as a consumer of the durable log: every gavage meal is scored, in
-//! log order, against its lot's track (`meal_model`); a meal at or above the threshold
-//! becomes an [`Anomaly`] — a row of the `anomalies` dataset, an `anomalie` message on its
-//! gaveur's channel and an `alert` (`alert_type: "anomalie"`) on the dashboards.
+//! log order, against its lot's track (`meal_model`), and every SQAL sample against its
+//! station's (`sqal_model`); a record at or above its model's threshold becomes an
+//! [`Anomaly`] — a row of the `anomalies` dataset, an `anomalie` message on its gaveur's
+//! channel (a sample's gaveur is its lot's, when the sample names a lot the desk has seen
+//! fed) and an `alert` (`alert_type: "anomalie"`) on the dashboards.
 //!
-//! Its state (`instances/<id>/anomalies/state.json`) holds the lots' tracks, how far in the
+//! Its state (`instances/<id>/anomalies/state.json`) holds the lots' and stations' tracks, how far in the
 //! log they reach, and the anomalies not yet in a published file. After a crash the records
 //! since the last save are scored again from the same tracks, so they give the same
 //! anomalies; the `anomalies` files are written only after a save that lists their rows,
@@ -25,7 +27,7 @@ use chrono::{DateTime, Datelike, Utc};
 use gaveurs_schemas::anomaly::Anomaly;
 use gaveurs_schemas::datasets::anomalies as dataset;
 use gaveurs_schemas::event::Event;
-use gaveurs_schemas::records::{GavageMeal, Record, Site};
+use gaveurs_schemas::records::{GavageMeal, Record, Site, SqalSample as SampleRecord};
 use gaveurs_sinks::fsutil::{create_dir_durable, write_atomic};
 use gaveurs_sinks::parquet::derived::DerivedWriter;
 use gaveurs_sinks::wal::{Checkpointer, Committed, LogCursor, LogEnded, WalEntry};
@@ -34,7 +36,9 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::Models;
 use super::meal_model::{LotTrack, MODEL_NAME, MealFacts, MealModel};
+use super::sqal_model::{self, DeviceTrack, SqalModel};
 use crate::log_desk::LogDesk;
 
 const STATE_FILE: &str = "state.json";
@@ -43,28 +47,36 @@ const REPORT_EVERY: Duration = Duration::from_secs(60);
 
 /// The models the desk scores with, swapped whole.
 #[derive(Clone)]
-pub struct ModelSlot(Arc<RwLock<Arc<MealModel>>>);
+pub struct ModelSlot(Arc<RwLock<Arc<Models>>>);
 
 impl ModelSlot {
-    pub fn new(model: MealModel) -> Self {
-        Self(Arc::new(RwLock::new(Arc::new(model))))
+    pub fn new(models: Models) -> Self {
+        Self(Arc::new(RwLock::new(Arc::new(models))))
     }
 
-    pub fn current(&self) -> Arc<MealModel> {
+    pub fn current(&self) -> Arc<Models> {
         self.0.read().clone()
     }
 
-    /// Puts `model` in place; returns the version it replaced.
-    pub fn swap(&self, model: MealModel) -> String {
-        let previous = std::mem::replace(&mut *self.0.write(), Arc::new(model));
-        previous.version.clone()
+    /// Puts `models` in place; returns those it replaced.
+    pub fn swap(&self, models: Models) -> Arc<Models> {
+        std::mem::replace(&mut *self.0.write(), Arc::new(models))
     }
 }
 
-/// A lot's track and when it was last fed (event time), to forget quiet lots.
+/// A lot's track, its gaveur, and when it was last fed (event time), to forget quiet lots.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Tracked {
     track: LotTrack,
+    last_seen: DateTime<Utc>,
+    #[serde(default)]
+    gaveur_id: Option<i64>,
+}
+
+/// A station's track and when it last measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Station {
+    track: DeviceTrack,
     last_seen: DateTime<Utc>,
 }
 
@@ -75,6 +87,9 @@ pub struct ScoringCounters {
     pub anomalies: u64,
     /// Lots forgotten to keep within `max_lots`.
     pub lots_forgotten: u64,
+    /// SQAL samples scored, and those found anomalous.
+    pub samples_scored: u64,
+    pub sample_anomalies: u64,
 }
 
 #[derive(Default, Serialize, Deserialize)]
@@ -86,6 +101,9 @@ struct Snapshot {
     /// Anomalies not yet in a published file.
     pending: Vec<Anomaly>,
     lots: HashMap<String, Tracked>,
+    /// Written by versions that score SQAL samples; empty in older states.
+    #[serde(default)]
+    stations: HashMap<String, Station>,
 }
 
 struct State {
@@ -171,23 +189,25 @@ impl AnomalyDesk {
         &self.models
     }
 
-    /// Loads the model `config` names and swaps it in; a model that does not load is
-    /// refused with its reason, and the running one stays.
+    /// Loads the models `config` names and swaps them in; a model that does not load is
+    /// refused with its reason, and the running ones stay.
     pub fn reload(&self, config: &super::MlConfig, base: &std::path::Path, why: &str) -> bool {
-        match config.meal_model(base) {
-            Ok(model) => {
+        match config.models(base) {
+            Ok(models) => {
                 let running = self.models.current();
-                if *running == model {
+                if *running == models {
                     return false;
                 }
-                let version = model.version.clone();
-                let threshold = model.threshold;
-                let previous = self.models.swap(model);
-                tracing::info!(target: "ml", previous = %previous, version = %version, threshold, why, "meal model swapped");
+                let (meal, sqal) = (models.meal.version.clone(), models.sqal.version.clone());
+                let (meal_threshold, sqal_threshold) =
+                    (models.meal.threshold, models.sqal.threshold);
+                let previous = self.models.swap(models);
+                tracing::info!(target: "ml", previous = %previous.meal.version, version = %meal, threshold = meal_threshold, previous_sqal = %previous.sqal.version, sqal_version = %sqal, sqal_threshold, why, "models swapped");
                 true
             }
             Err(e) => {
-                tracing::error!(target: "ml", error = %format!("{e:#}"), why, running = %self.models.current().version, "meal model refused; the running model stays");
+                let running = self.models.current();
+                tracing::error!(target: "ml", error = %format!("{e:#}"), why, running = %running.meal.version, running_sqal = %running.sqal.version, "model refused; the running models stay");
                 false
             }
         }
@@ -195,7 +215,7 @@ impl AnomalyDesk {
 
     /// Scores one batch of committed entries in log order, then pushes what it found.
     fn process(&self, batch: &[Committed], read_through: u64) {
-        let model = self.models.current();
+        let models = self.models.current();
         let found = {
             let mut state = self.state.lock();
             let state = &mut *state;
@@ -212,7 +232,8 @@ impl AnomalyDesk {
                 match &event.record {
                     Record::Gavage(meal) => {
                         state.counters.scored += 1;
-                        if let Some(anomaly) = score_meal(&model, &mut state.snapshot, event, meal)
+                        if let Some(anomaly) =
+                            score_meal(&models.meal, &mut state.snapshot, event, meal)
                         {
                             state.counters.anomalies += 1;
                             found.push(anomaly);
@@ -221,10 +242,19 @@ impl AnomalyDesk {
                     Record::LotOutcome(outcome) => {
                         state.snapshot.lots.remove(&outcome.code_lot);
                     }
-                    Record::Sqal(_) => {}
+                    Record::Sqal(sample) => {
+                        state.counters.samples_scored += 1;
+                        if let Some(anomaly) =
+                            score_sample(&models.sqal, &mut state.snapshot, event, sample)
+                        {
+                            state.counters.sample_anomalies += 1;
+                            found.push(anomaly);
+                        }
+                    }
                 }
             }
             state.counters.lots_forgotten += forget_beyond(&mut state.snapshot.lots, self.max_lots);
+            forget_beyond(&mut state.snapshot.stations, self.max_lots);
             state.snapshot.pending.extend(found.iter().cloned());
             if read_through > state.snapshot.through_lsn {
                 state.snapshot.through_lsn = read_through;
@@ -244,6 +274,8 @@ impl AnomalyDesk {
             model = %anomaly.model,
             model_version = %anomaly.model_version,
             code_lot = anomaly.code_lot.as_deref().unwrap_or(""),
+            device_id = anomaly.device_id.as_deref(),
+            sample_id = anomaly.sample_id.as_deref(),
             jour = anomaly.jour,
             moment = anomaly.moment.map(|m| m.as_str()),
             score = anomaly.score,
@@ -359,8 +391,10 @@ fn score_meal(
         .or_insert_with(|| Tracked {
             track: LotTrack::default(),
             last_seen: at,
+            gaveur_id: None,
         });
     tracked.last_seen = tracked.last_seen.max(at);
+    tracked.gaveur_id = Some(meal.gaveur_id);
     let facts = MealFacts {
         site: meal.site.as_str(),
         genetique: meal.genetique.as_deref(),
@@ -383,18 +417,62 @@ fn score_meal(
         site: meal.site.as_str().to_string(),
         score: round(score.score),
         threshold: model.threshold,
-        explanation: score
-            .explanation()
-            .into_iter()
-            .map(|mut c| {
-                c.value = round(c.value);
-                c.expected = round(c.expected);
-                c.contribution = round(c.contribution);
-                c
-            })
-            .collect(),
+        explanation: rounded(score.explanation()),
         envelope: event.envelope.clone(),
     })
+}
+
+/// Scores a SQAL sample against its station's track and, above the threshold, makes it an
+/// anomaly.
+fn score_sample(
+    model: &SqalModel,
+    snapshot: &mut Snapshot,
+    event: &Event,
+    sample: &SampleRecord,
+) -> Option<Anomaly> {
+    let at = event.envelope.event_time;
+    let station = snapshot
+        .stations
+        .entry(sample.device_id.clone())
+        .or_insert_with(|| Station {
+            track: DeviceTrack::default(),
+            last_seen: at,
+        });
+    station.last_seen = station.last_seen.max(at);
+    let score = model.score(&mut station.track, sample);
+    (score.score >= model.threshold).then(|| Anomaly {
+        model: sqal_model::MODEL_NAME.to_string(),
+        model_version: model.version.clone(),
+        code_lot: sample.code_lot.clone(),
+        jour: None,
+        moment: None,
+        device_id: Some(sample.device_id.clone()),
+        sample_id: Some(sample.sample_id.clone()),
+        gaveur_id: sample
+            .code_lot
+            .as_ref()
+            .and_then(|lot| snapshot.lots.get(lot))
+            .and_then(|tracked| tracked.gaveur_id),
+        site: sample.site_code.as_str().to_string(),
+        score: round(score.score),
+        threshold: model.threshold,
+        explanation: rounded(score.explanation),
+        envelope: event.envelope.clone(),
+    })
+}
+
+fn rounded(
+    explanation: Vec<gaveurs_schemas::anomaly::Contribution>,
+) -> Vec<gaveurs_schemas::anomaly::Contribution> {
+    explanation
+        .into_iter()
+        .map(|mut c| {
+            c.value = round(c.value);
+            c.expected = round(c.expected);
+            c.contribution = round(c.contribution);
+            c
+        })
+        .collect()
 }
 
 /// Four decimals: enough to read, and the same digits whatever the platform's last bit.
@@ -402,9 +480,26 @@ fn round(value: f64) -> f64 {
     (value * 10_000.0).round() / 10_000.0
 }
 
-/// Keeps at most `max` lots: past it, the least recently fed go (by event time, then code,
-/// so a replay forgets the same ones).
-fn forget_beyond(lots: &mut HashMap<String, Tracked>, max: usize) -> u64 {
+/// Something tracked, and when it was last heard of (event time).
+trait LastSeen {
+    fn last_seen(&self) -> DateTime<Utc>;
+}
+
+impl LastSeen for Tracked {
+    fn last_seen(&self) -> DateTime<Utc> {
+        self.last_seen
+    }
+}
+
+impl LastSeen for Station {
+    fn last_seen(&self) -> DateTime<Utc> {
+        self.last_seen
+    }
+}
+
+/// Keeps at most `max` lots (or stations): past it, the least recently heard of go (by event
+/// time, then key, so a replay forgets the same ones).
+fn forget_beyond<T: LastSeen>(lots: &mut HashMap<String, T>, max: usize) -> u64 {
     if lots.len() <= max {
         return 0;
     }
@@ -412,7 +507,7 @@ fn forget_beyond(lots: &mut HashMap<String, Tracked>, max: usize) -> u64 {
     let keep = max - max / 10;
     let mut by_age: Vec<(DateTime<Utc>, String)> = lots
         .iter()
-        .map(|(code, tracked)| (tracked.last_seen, code.clone()))
+        .map(|(code, tracked)| (tracked.last_seen(), code.clone()))
         .collect();
     by_age.sort();
     let forget = lots.len() - keep;
@@ -510,24 +605,28 @@ impl LogDesk for AnomalyDesk {
         AnomalyDesk::publish(self);
     }
 
-    /// A line a minute while meals are scored, so `ml.log` shows the rate.
+    /// A line a minute while records are scored, so `ml.log` shows the rate.
     fn after_turn(&self) {
         let counters = self.counters();
         let mut last = self.last_report.lock();
-        if last.0.elapsed() >= REPORT_EVERY && counters.scored > last.1.scored {
-            let lots = self.state.lock().snapshot.lots.len();
-            tracing::info!(target: "ml", scored = counters.scored - last.1.scored, anomalies = counters.anomalies - last.1.anomalies, seconds = last.0.elapsed().as_secs(), lots, "meals scored");
+        let scored = counters.scored + counters.samples_scored;
+        if last.0.elapsed() >= REPORT_EVERY && scored > last.1.scored + last.1.samples_scored {
+            let (lots, stations) = {
+                let state = self.state.lock();
+                (state.snapshot.lots.len(), state.snapshot.stations.len())
+            };
+            tracing::info!(target: "ml", scored = counters.scored - last.1.scored, samples_scored = counters.samples_scored - last.1.samples_scored, sample_anomalies = counters.sample_anomalies - last.1.sample_anomalies, anomalies = counters.anomalies - last.1.anomalies, seconds = last.0.elapsed().as_secs(), lots, stations, "records scored");
             *last = (Instant::now(), counters);
         }
     }
 
     fn stopped(&self, ended: LogEnded) {
         let counters = self.counters();
-        tracing::info!(target: "ml", scored = counters.scored, anomalies = counters.anomalies, lots_forgotten = counters.lots_forgotten, caught_up = (ended == LogEnded::Closed), "anomaly scoring stopped");
+        tracing::info!(target: "ml", scored = counters.scored, samples_scored = counters.samples_scored, sample_anomalies = counters.sample_anomalies, anomalies = counters.anomalies, lots_forgotten = counters.lots_forgotten, caught_up = (ended == LogEnded::Closed), "anomaly scoring stopped");
     }
 }
 
-/// Swaps the model in when the artifact file `config` names changes (its size or time),
+/// Swaps the models in when an artifact file `config` names changes (its size or time),
 /// looking every `every`, until `stop`.
 pub async fn watch_model_file(
     desk: Arc<AnomalyDesk>,
@@ -536,22 +635,28 @@ pub async fn watch_model_file(
     every: Duration,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    let Some(path) = config.meal_model.as_ref().map(|p| base.join(p)) else {
+    let paths = config.artifact_paths(&base);
+    if paths.is_empty() {
         return;
+    }
+    let seen = |paths: &[PathBuf]| -> Vec<_> {
+        paths
+            .iter()
+            .map(|path| {
+                std::fs::metadata(path)
+                    .ok()
+                    .map(|m| (m.len(), m.modified().ok()))
+            })
+            .collect()
     };
-    let seen = |path: &std::path::Path| {
-        std::fs::metadata(path)
-            .ok()
-            .map(|m| (m.len(), m.modified().ok()))
-    };
-    let mut last = seen(&path);
+    let mut last = seen(&paths);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
-        let now = seen(&path);
-        if now != last && now.is_some() {
+        let now = seen(&paths);
+        if now != last && now.iter().all(Option::is_some) {
             last = now;
             desk.reload(&config, &base, "artifact file changed");
         }

@@ -98,7 +98,7 @@ impl Injected {
 }
 
 /// A number in [0, 1) fixed by the seed and what it is for.
-fn uniform(seed: u64, lot: &str, what: &str) -> f64 {
+pub(crate) fn uniform(seed: u64, lot: &str, what: &str) -> f64 {
     let h = xxhash_rust::xxh3::xxh3_64_with_seed(format!("{lot}\u{1f}{what}").as_bytes(), seed);
     (h >> 11) as f64 / (1u64 << 53) as f64
 }

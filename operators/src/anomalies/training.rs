@@ -169,7 +169,7 @@ fn robust_scale(residuals: &[f64]) -> f64 {
     median(&mut absolute) * 1.4826
 }
 
-fn median(values: &mut [f64]) -> f64 {
+pub(crate) fn median(values: &mut [f64]) -> f64 {
     if values.is_empty() {
         return 0.0;
     }
@@ -421,7 +421,7 @@ pub fn train(
 /// rounding noise of the fit): the artifact's numbers then read back as the very same floats
 /// (a decimal that short, scaled by a power of ten that is itself exact, parses exactly), so
 /// its version — a digest of them — still matches after a trip through the file.
-fn significant(value: f64) -> f64 {
+pub(crate) fn significant(value: f64) -> f64 {
     if value.abs() < 1e-9 || !value.is_finite() {
         return if value.is_finite() { 0.0 } else { value };
     }
