@@ -1,5 +1,6 @@
-//! Anomaly scoring: meals/s through the built-in meal model (one core), and how long an
-//! artifact takes to read and check (what a swap costs).
+//! Anomaly scoring: meals/s through the built-in meal model and SQAL samples/s through the
+//! built-in SQAL model (one core), and how long an artifact takes to read and check (what a
+//! swap costs).
 //!
 //! 400 lots of 22 meals each, fed in turn, so every lot's track is warm and the lots' tracks
 //! do not all sit in one cache line.
@@ -8,8 +9,11 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use gaveurs_operators::anomalies::meal_model::{LotTrack, MealFacts};
-use gaveurs_operators::anomalies::{DEFAULT_MEAL_MODEL, parse_meal_model};
-use gaveurs_schemas::records::Moment;
+use gaveurs_operators::anomalies::sqal_model::{DeviceTrack, SqalModel};
+use gaveurs_operators::anomalies::{
+    DEFAULT_MEAL_MODEL, DEFAULT_SQAL_MODEL, parse_artifact, parse_meal_model,
+};
+use gaveurs_schemas::records::{Moment, SqalSample};
 
 const LOTS: usize = 400;
 const MEALS: usize = 22;
@@ -64,5 +68,53 @@ fn scoring(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, scoring);
+/// 64 samples of one station, each with its own wobble: the features are computed from the
+/// matrices and channels on every call, as the desk does.
+fn sqal_scoring(c: &mut Criterion) {
+    let model: SqalModel = parse_artifact(DEFAULT_SQAL_MODEL.as_bytes()).unwrap();
+    let samples: Vec<SqalSample> = (0..64)
+        .map(|n| {
+            let wobble = |r: usize, k: usize| ((n * 31 + r * 7 + k * 3) % 17) as f64 - 8.0;
+            let matrix = |centre: f64| -> Vec<Vec<f64>> {
+                (0..8)
+                    .map(|r| (0..8).map(|k| centre + wobble(r, k)).collect())
+                    .collect()
+            };
+            let body = serde_json::json!({
+                "type": "sensor_data", "device_id": "ESP32_LL_01", "sample_id": n.to_string(),
+                "timestamp": "2026-01-20T10:00:00Z",
+                "vl53l8ch": {"distance_matrix": matrix(115.0), "reflectance_matrix": matrix(45.0),
+                    "amplitude_matrix": matrix(800.0), "ambient_matrix": matrix(6.0),
+                    "status_matrix": vec![vec![5; 8]; 8]},
+                "as7341": {"channels": {"F1_415nm": 120.0, "F2_445nm": 340.0, "F3_480nm": 560.0,
+                    "F4_515nm": 780.0, "F5_555nm": 1020.0, "F6_590nm": 1250.0, "F7_630nm": 1480.0,
+                    "F8_680nm": 990.0, "Clear": 4100.0, "NIR": 640.0 + n as f64}},
+                "fusion": {"final_score": 0.8, "tof_score": 0.8, "spectral_score": 0.78}
+            });
+            SqalSample::decode(&serde_json::to_vec(&body).unwrap()).unwrap()
+        })
+        .collect();
+    let mut group = c.benchmark_group("anomalies");
+    group.throughput(Throughput::Elements(samples.len() as u64));
+    group.bench_function("score_sqal_samples", |b| {
+        b.iter(|| {
+            let mut track = DeviceTrack::default();
+            let mut above = 0usize;
+            for sample in &samples {
+                above += usize::from(model.score(&mut track, sample).score >= model.threshold);
+            }
+            black_box(above)
+        })
+    });
+    group.finish();
+    c.bench_function("anomalies/load_sqal_artifact", |b| {
+        b.iter(|| {
+            black_box(
+                parse_artifact::<SqalModel>(black_box(DEFAULT_SQAL_MODEL.as_bytes())).unwrap(),
+            )
+        })
+    });
+}
+
+criterion_group!(benches, scoring, sqal_scoring);
 criterion_main!(benches);

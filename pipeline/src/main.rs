@@ -49,10 +49,11 @@ enum Command {
     /// from TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, TWILIO_PHONE_NUMBER) from a durable
     /// outbox, never for replayed (backfill) records.
     ///
-    /// Every gavage meal is scored by the anomaly model (`[ml]`; built into the binary, see
-    /// `gaveurs model`): a meal at or above its threshold is a row of the anomalies dataset,
-    /// an `anomalie` message on the owner's channel and an `alert` with `alert_type:
-    /// "anomalie"` on the dashboards. The model file is swapped when it changes or on SIGHUP.
+    /// Every gavage meal and SQAL sample is scored by an anomaly model (`[ml]`; both built
+    /// into the binary, see `gaveurs model`): a record at or above its threshold is a row of
+    /// the anomalies dataset, an `anomalie` message on the owner's channel and an `alert` with
+    /// `alert_type: "anomalie"` on the dashboards. A model file is swapped when it changes or
+    /// on SIGHUP.
     ///
     /// Logs: one file per module in ./logs (main, auth, audit, api, websocket, connectors,
     /// storage, alerts, ml, ledger) plus errors.log, renamed with the date at local midnight.

@@ -269,7 +269,7 @@ async fn a_swapped_model_scores_the_later_records_and_a_corrupt_one_is_refused()
         "the corrupt artifact refused in ml.log",
         || {
             ml_log(&gaveurs.dir)
-                .contains("meal model refused")
+                .contains("model refused; the running models stay")
                 .then_some(())
         },
     );
@@ -294,7 +294,7 @@ async fn a_swapped_model_scores_the_later_records_and_a_corrupt_one_is_refused()
     assert!(codes.iter().all(|c| *c == 0), "refused: {codes:?}");
     eventually(Duration::from_secs(20), "the swap in ml.log", || {
         ml_log(&gaveurs.dir)
-            .contains("meal model swapped")
+            .contains("models swapped")
             .then_some(())
     });
     // The lots after the swap are scored by the stricter model.
@@ -464,4 +464,87 @@ async fn a_crash_neither_loses_nor_repeats_an_anomaly() {
     publish_off_protocol_lots(&second, 6, 2).await;
     second.stop_cleanly();
     assert_eq!(anomaly_rows(&root), expected);
+}
+
+/// Every SQAL sample is scored against its station's track: thirty of the simulator's
+/// stations' measurements, one of them with two dead ToF zones, give one anomaly — a row
+/// naming the station and sample, an `anomalie` on the channel of the gaveur whose lot the
+/// sample names, and an `alert` on the dashboards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sample_with_dead_tof_zones_is_an_anomaly_and_clean_samples_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let gaveurs = Gaveurs::start(dir.path(), "[storage]\nroll_interval_s = 1\n");
+    let jean = gaveurs.token("jean.martin@gaveur.fr");
+    let mut jeans_channel = ws_connect(gaveurs.http, "/ws/gaveur/1", &jean).await;
+    let mut dashboard = ws_connect(gaveurs.http, "/ws/realtime/", &gaveurs.admin).await;
+
+    // Jean feeds the lot the samples come from, so they are his.
+    let meal = json!({
+        "code_lot": "LLSQAL0001", "gaveur_id": 1, "site": "LL", "jour": 1, "moment": "matin",
+        "dose_theorique": 210.0, "dose_reelle": 211.0, "timestamp": "2026-01-05T07:00:00",
+    });
+    let mut messages = vec![(
+        "gaveurs/LL/1/gavage".to_string(),
+        meal.to_string().into_bytes(),
+        1,
+    )];
+    let today = chrono::Utc::now().date_naive();
+    let mut farm = gaveurs_loadgen::simulate::Farm::new(7, 1, 1, 3, today);
+    let defective = 19;
+    let mut expected = None;
+    for n in 0..30 {
+        let mut outgoing = farm.next_sample(chrono::Utc::now()).unwrap();
+        let body = &mut outgoing.body;
+        body["code_lot"] = json!("LLSQAL0001");
+        if n == defective {
+            for col in [3, 4] {
+                body["vl53l8ch"]["distance_matrix"][5][col] = json!(0);
+                body["vl53l8ch"]["amplitude_matrix"][5][col] = json!(0);
+            }
+            expected = Some((body["device_id"].clone(), body["sample_id"].clone()));
+        }
+        messages.push((outgoing.topic, body.to_string().into_bytes(), 1));
+    }
+    let (device_id, sample_id) = expected.unwrap();
+    let codes = publish_each(gaveurs.mqtt(), MqttVersion::V5, &gaveurs.admin, &messages).await;
+    assert!(codes.iter().all(|c| *c == 0), "refused: {codes:?}");
+
+    let pushed = &messages_of(&mut jeans_channel, "anomalie", 1).await[0]["data"];
+    assert_eq!(pushed["model"], "sqal_sample");
+    assert_eq!(pushed["device_id"], device_id);
+    assert_eq!(pushed["sample_id"], sample_id);
+    assert_eq!(pushed["explanation"][0]["feature"], "tof_dead_zones");
+    assert_eq!(pushed["explanation"][0]["value"], 2.0);
+    let alert = loop {
+        let message = messages_of(&mut dashboard, "alert", 1).await.remove(0);
+        if message["data"]["alert_type"] == "anomalie" {
+            break message;
+        }
+    };
+    assert_eq!(alert["data"]["device_id"], device_id);
+    let (_, metrics) = http_get(gaveurs.http, "/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "gaveurs_ml_scored_total{model=\"sqal_sample\"} 30"),
+        "every sample scored:\n{metrics}"
+    );
+
+    let root = gaveurs.parquet_root();
+    gaveurs.stop_cleanly();
+    let rows = read_rows(&root, "anomalies");
+    assert_eq!(rows.len(), 1, "the clean samples raise nothing: {rows:#?}");
+    let row = &rows[0];
+    assert_eq!(row["model"], "sqal_sample");
+    assert_eq!(row["device_id"], device_id);
+    assert_eq!(row["sample_id"], sample_id);
+    assert_eq!(row["code_lot"], "LLSQAL0001");
+    assert_eq!(row["gaveur_id"], 1);
+    assert!(row.get("jour").is_none_or(Value::is_null), "{row:?}");
+    assert!(
+        row["model_version"]
+            .as_str()
+            .unwrap()
+            .starts_with("sqal_sample-")
+    );
 }

@@ -150,4 +150,22 @@ fn an_anomaly_model_artifact_is_checked() {
         "{output}"
     );
     assert!(output.contains("[ml] meal_model"), "{output}");
+
+    // The SQAL model's artifact too.
+    use gaveurs_operators::anomalies::DEFAULT_SQAL_MODEL;
+    let sqal = dir.path().join("sqal.json");
+    std::fs::write(
+        &path,
+        format!("[ml]\nsqal_model = \"{}\"\n", sqal.display()),
+    )
+    .unwrap();
+    std::fs::write(&sqal, DEFAULT_SQAL_MODEL).unwrap();
+    let (ok, output) = check(&path, &[]);
+    assert!(ok, "{output}");
+    std::fs::write(&sqal, DEFAULT_MEAL_MODEL).unwrap();
+    let (ok, output) = check(&path, &[]);
+    assert!(
+        !ok && output.contains("[ml] sqal_model") && output.contains("not a SQAL model artifact"),
+        "{output}"
+    );
 }

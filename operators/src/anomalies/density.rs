@@ -116,17 +116,23 @@ impl Mixture {
 
     /// `−log p(x)`: the higher, the less likely.
     pub fn surprise(&self, x: &[f64]) -> f64 {
-        let terms: Vec<f64> = self.components.iter().map(|c| c.log_term(x)).collect();
-        let top = terms.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        -(top + terms.iter().map(|t| (t - top).exp()).sum::<f64>().ln())
+        self.assess(x).0
     }
 
-    /// The component that explains `x` best.
-    pub fn closest(&self, x: &[f64]) -> &Gaussian {
-        self.components
-            .iter()
-            .max_by(|a, b| a.log_term(x).total_cmp(&b.log_term(x)))
-            .expect("a fitted mixture has components")
+    /// `−log p(x)`, and the component that explains `x` best.
+    pub fn assess(&self, x: &[f64]) -> (f64, &Gaussian) {
+        let terms: Vec<f64> = self.components.iter().map(|c| c.log_term(x)).collect();
+        let (best, top) =
+            terms
+                .iter()
+                .copied()
+                .enumerate()
+                .fold(
+                    (0, f64::NEG_INFINITY),
+                    |a, (k, t)| if t > a.1 { (k, t) } else { a },
+                );
+        let surprise = -(top + terms.iter().map(|t| (t - top).exp()).sum::<f64>().ln());
+        (surprise, &self.components[best])
     }
 
     /// The least surprise any point can have, near enough: at the mean of the heaviest
@@ -249,7 +255,8 @@ mod tests {
         assert!(far > near + 4.0, "near {near}, far {far}");
         assert!((mixture.least_surprise() - near).abs() < 1e-6);
         let parts = mixture
-            .closest(&[1.0, 2.0, 0.0, 0.0])
+            .assess(&[1.0, 2.0, 0.0, 0.0])
+            .1
             .quadratic_parts(&[1.0, 2.0, 0.0, 0.0]);
         assert!(parts[1] > parts[0] && parts[0] > 0.0, "{parts:?}");
         let twice: Vec<Vec<f64>> = (0..D)

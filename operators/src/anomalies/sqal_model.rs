@@ -265,10 +265,10 @@ impl SqalModel {
             track.gain_down = (track.gain_down - z[GAIN] - self.trend_allowance).max(0.0);
         }
         let trend = track.gain_up.max(track.gain_down);
-        let density = (2.0 * (self.mixture.surprise(&z) - self.least_surprise)).max(0.0);
+        let (surprise, component) = self.mixture.assess(&z);
+        let density = (2.0 * (surprise - self.least_surprise)).max(0.0);
         let score = (density + trend * trend).sqrt();
         // Shares of the closest component's distance, feature by feature, and the trend's.
-        let component = self.mixture.closest(&z);
         let mut parts: Vec<(usize, f64)> = component
             .quadratic_parts(&z)
             .into_iter()
