@@ -4,7 +4,7 @@
 # everything), and fails unless every lot's ITM from `gaveurs query` equals the file's `itm`
 # to 2 decimals, the built-in meal model flags at most 2 % of those meals (all as backfill),
 # and `gaveurs model train` on the same files reproduces the built-in model byte for byte (and
-# `gaveurs model train --sqal` the built-in SQAL model).
+# `gaveurs model train --model sqal|outcome` the built-in SQAL and lot outcome models).
 # Fails when the data files are missing.
 #
 # GAVEURS_REAL_DATA overrides the data folder; GAVEURS_BIN the binary (default: a debug build).
@@ -93,9 +93,12 @@ PY
 "$GAVEURS_BIN" model train --data "$DATA" --out "$WORK/gavage_meal.json" >&2
 cmp "$WORK/gavage_meal.json" operators/models/gavage_meal.json \
   || { echo "real-data check: gaveurs model train does not reproduce operators/models/gavage_meal.json" >&2; exit 1; }
-"$GAVEURS_BIN" model train --sqal --out "$WORK/sqal_sample.json" >&2
+"$GAVEURS_BIN" model train --model sqal --out "$WORK/sqal_sample.json" >&2
 cmp "$WORK/sqal_sample.json" operators/models/sqal_sample.json \
-  || { echo "real-data check: gaveurs model train --sqal does not reproduce operators/models/sqal_sample.json" >&2; exit 1; }
+  || { echo "real-data check: gaveurs model train --model sqal does not reproduce operators/models/sqal_sample.json" >&2; exit 1; }
+"$GAVEURS_BIN" model train --model outcome --data "$DATA" --out "$WORK/lot_outcome.json" >&2
+cmp "$WORK/lot_outcome.json" operators/models/lot_outcome.json \
+  || { echo "real-data check: gaveurs model train --model outcome does not reproduce operators/models/lot_outcome.json" >&2; exit 1; }
 # Every replayed record is flagged backfill, so every alert it opened must be too (never texted).
 python3 - "$WORK/alerts.csv" <<'PY'
 import csv, sys

@@ -250,29 +250,43 @@ enum LogAction {
     },
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TrainedModel {
+    Meal,
+    Sqal,
+    Outcome,
+}
+
 #[derive(Subcommand)]
 enum ModelAction {
-    /// Train the gavage meal model on recorded lots and write its artifact (JSON): features,
-    /// per-step parameters and scales, threshold, training data hash, evaluation metrics.
-    /// Deterministic: the same files and seed give the same bytes (the artifact built into
-    /// the binary is `gaveurs model train --data ../shared/data --out
-    /// operators/models/gavage_meal.json`).
+    /// Train an anomaly model and write its artifact (JSON; its `version` a digest of its
+    /// contents). Deterministic: the same input and seed give the same bytes.
     ///
-    /// With --sqal, train the SQAL model instead, on the simulator's stations (`gaveurs
-    /// simulate`'s, seeded): summary features of the ToF matrices and AS7341 spectrum, a
-    /// Gaussian mixture density and a per-station gain CUSUM (the built-in one is `gaveurs
-    /// model train --sqal --out operators/models/sqal_sample.json`).
+    /// `--model meal` (default): the gavage meal model, from recorded lots (features,
+    /// per-step parameters and scales, threshold, training data hash, evaluation metrics);
+    /// built in: `gaveurs model train --data ../shared/data --out
+    /// operators/models/gavage_meal.json`.
+    ///
+    /// `--model sqal`: the SQAL model, on the simulator's stations (`gaveurs simulate`'s,
+    /// seeded): summary features of the ToF matrices and AS7341 spectrum, a Gaussian mixture
+    /// density and a per-station gain CUSUM; built in: `gaveurs model train --model sqal --out
+    /// operators/models/sqal_sample.json`.
+    ///
+    /// `--model outcome`: the early lot outcome model (`itm_pred`, `poids_foie_pred` on a
+    /// lot's KPI row), one linear model per feeding day from the lots' outcomes; built in:
+    /// `gaveurs model train --model outcome --data ../shared/data --out
+    /// operators/models/lot_outcome.json`.
     Train {
-        /// A folder with lots*.csv[.gz] and meals*.csv[.gz], as ../shared/data (the meal
-        /// model).
-        #[arg(long, required_unless_present = "sqal")]
+        #[arg(long, value_enum, default_value_t = TrainedModel::Meal)]
+        model: TrainedModel,
+        /// A folder with lots*.csv[.gz] and meals*.csv[.gz], as ../shared/data (meal and
+        /// outcome models).
+        #[arg(long, required_if_eq_any = [("model", "meal"), ("model", "outcome")])]
         data: Option<PathBuf>,
-        /// Train the SQAL model on simulated stations.
-        #[arg(long, conflicts_with = "data")]
-        sqal: bool,
         #[arg(long)]
         out: PathBuf,
-        /// Chooses the lots held out to set the threshold.
+        /// Chooses the lots held out to set the threshold (the SQAL model: the simulator's
+        /// seed).
         #[arg(long, default_value_t = 2023)]
         seed: u64,
     },
@@ -381,14 +395,20 @@ fn main() -> ExitCode {
             telemetry::init_console_only();
             let outcome = match action {
                 ModelAction::Train {
-                    data: Some(data),
+                    model,
+                    data,
                     out,
                     seed,
-                    ..
-                } => gaveurs_pipeline::model::train(&data, &out, seed),
-                ModelAction::Train { out, seed, .. } => {
-                    gaveurs_pipeline::model::train_sqal(&out, seed)
-                }
+                } => match (model, data) {
+                    (TrainedModel::Sqal, _) => gaveurs_pipeline::model::train_sqal(&out, seed),
+                    (TrainedModel::Meal, Some(data)) => {
+                        gaveurs_pipeline::model::train(&data, &out, seed)
+                    }
+                    (TrainedModel::Outcome, Some(data)) => {
+                        gaveurs_pipeline::model::train_outcome(&data, &out)
+                    }
+                    (_, None) => Err(anyhow::anyhow!("--data is needed for this model")),
+                },
                 ModelAction::Eval {
                     data,
                     seed,

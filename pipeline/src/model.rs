@@ -72,6 +72,29 @@ pub fn read_lots(dir: &Path) -> anyhow::Result<(Vec<TrainingLot>, String)> {
     Ok((training::group_by_lot(meals), digest))
 }
 
+/// `gaveurs model train --model outcome`: writes the early lot outcome model trained on every
+/// lot of `data` with an outcome.
+pub fn train_outcome(data: &Path, out: &Path) -> anyhow::Result<String> {
+    let (lots, digest) = read_lots(data)?;
+    let (lots_file, _) = data_files(data)?;
+    let all: Vec<&TrainingLot> = lots.iter().collect();
+    let model = outcome::train(&all, &read_outcomes(&lots_file)?, &digest)?;
+    write_artifact(out, &model)?;
+    Ok(format!(
+        "{}: {} trained on {} lots with an outcome ({} day models)",
+        out.display(),
+        model.version,
+        model.training.lots,
+        model.days.len()
+    ))
+}
+
+fn write_artifact(out: &Path, model: &impl serde::Serialize) -> anyhow::Result<()> {
+    let mut json = serde_json::to_string_pretty(model)?;
+    json.push('\n');
+    std::fs::write(out, json).with_context(|| format!("writing {}", out.display()))
+}
+
 /// `gaveurs model train`: writes the meal model trained on `data` to `out` and returns a
 /// summary for the terminal.
 pub fn train(data: &Path, out: &Path, seed: u64) -> anyhow::Result<String> {
@@ -81,9 +104,7 @@ pub fn train(data: &Path, out: &Path, seed: u64) -> anyhow::Result<String> {
         ..TrainingOptions::default()
     };
     let model = training::train(&lots, &digest, &options)?;
-    let mut json = serde_json::to_string_pretty(&model)?;
-    json.push('\n');
-    std::fs::write(out, json).with_context(|| format!("writing {}", out.display()))?;
+    write_artifact(out, &model)?;
     Ok(format!(
         "{}: {} trained on {} lots ({} meals); threshold {} flags {:.2} % of {} held-out meals",
         out.display(),
@@ -123,14 +144,12 @@ pub fn simulated_stations(seed: u64, samples: usize) -> anyhow::Result<Stations>
 /// Simulated samples the SQAL model fits on; half as many more set its threshold.
 pub const SQAL_TRAINING_SAMPLES: usize = 12_000;
 
-/// `gaveurs model train --sqal`: writes the SQAL model trained on the simulator's stations.
+/// `gaveurs model train --model sqal`: writes the SQAL model trained on the simulator's stations.
 pub fn train_sqal(out: &Path, seed: u64) -> anyhow::Result<String> {
     let fitting = simulated_stations(seed, SQAL_TRAINING_SAMPLES)?;
     let validation = simulated_stations(seed + 1, SQAL_TRAINING_SAMPLES / 2)?;
     let model = sqal_model::train(&fitting, &validation, "simulator", seed)?;
-    let mut json = serde_json::to_string_pretty(&model)?;
-    json.push('\n');
-    std::fs::write(out, json).with_context(|| format!("writing {}", out.display()))?;
+    write_artifact(out, &model)?;
     Ok(format!(
         "{}: {} trained on {} simulated samples; threshold {} flags {:.2} % of {} more",
         out.display(),

@@ -261,6 +261,24 @@ pub async fn run(
         }
         None => None,
     };
+    // The models, shared by the anomaly desk, the `anomalie` alert rule and the lot KPIs'
+    // predicted outcome.
+    let models = if config.ml.enabled {
+        let models = config
+            .ml
+            .models(Path::new("."))
+            .context("loading the [ml] models")?;
+        let source = |path: &Option<std::path::PathBuf>| {
+            path.as_ref()
+                .map_or("built-in".to_string(), |p| p.display().to_string())
+        };
+        tracing::info!(target: "ml", model = %models.meal.model, version = %models.meal.version, threshold = models.meal.threshold, source = %source(&config.ml.meal_model), "meal model loaded");
+        tracing::info!(target: "ml", model = %models.sqal.model, version = %models.sqal.version, threshold = models.sqal.threshold, source = %source(&config.ml.sqal_model), "SQAL model loaded");
+        tracing::info!(target: "ml", model = %models.outcome.model, version = %models.outcome.version, source = %source(&config.ml.outcome_model), "lot outcome model loaded");
+        Some(anomalies::desk::ModelSlot::new(models))
+    } else {
+        None
+    };
     let lot_board = Arc::new(LotBoard::new(config.analytics.max_lots));
     if !config.analytics.enabled {
         tracing::info!("analytics disabled by [analytics] enabled = false");
@@ -282,6 +300,7 @@ pub async fn run(
             dedup: dedup.clone(),
             published: roll_control.clone(),
             checkpoint,
+            models: models.clone(),
         };
         // Lots are read back from Parquet when a record touches them, not all at start.
         let analytics_after = saved.unwrap_or(published_through);
@@ -311,22 +330,6 @@ pub async fn run(
     crate::metrics::register_components(&hub, &sms);
     let directory = config.sms.load_directory()?;
     tracing::info!(target: "alerts", phones = directory.len(), texting = sms.enabled(), "alerts ready");
-    // The anomaly models, shared by the anomaly desk and the `anomalie` alert rule.
-    let models = if config.ml.enabled {
-        let models = config
-            .ml
-            .models(Path::new("."))
-            .context("loading the [ml] models")?;
-        let source = |path: &Option<std::path::PathBuf>| {
-            path.as_ref()
-                .map_or("built-in".to_string(), |p| p.display().to_string())
-        };
-        tracing::info!(target: "ml", model = %models.meal.model, version = %models.meal.version, threshold = models.meal.threshold, source = %source(&config.ml.meal_model), "meal model loaded");
-        tracing::info!(target: "ml", model = %models.sqal.model, version = %models.sqal.version, threshold = models.sqal.threshold, source = %source(&config.ml.sqal_model), "SQAL model loaded");
-        Some(anomalies::desk::ModelSlot::new(models))
-    } else {
-        None
-    };
     let alert_desk = AlertDesk::new(
         saved_alerts,
         RuleSet::from_config(&config.alerts).map_err(|e| anyhow::anyhow!(e))?,

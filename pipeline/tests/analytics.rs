@@ -127,6 +127,93 @@ async fn a_lot_outcome_gives_its_itm_live_over_http_and_in_lot_kpis() {
     assert_eq!(row["site"], "LL");
 }
 
+/// What the built-in lot outcome model predicts from `meals` (all of one LL lot, January).
+fn predicted_outcome(meals: &[Value]) -> (f64, f64) {
+    use gaveurs_operators::anomalies::outcome::{LotSoFar, OutcomeModel};
+    use gaveurs_operators::anomalies::{DEFAULT_OUTCOME_MODEL, parse_artifact};
+    let model: OutcomeModel = parse_artifact(DEFAULT_OUTCOME_MODEL.as_bytes()).unwrap();
+    let dose = |m: &Value, f: &str| m[f].as_f64().unwrap();
+    let days: std::collections::BTreeSet<i64> =
+        meals.iter().map(|m| m["jour"].as_i64().unwrap()).collect();
+    let gaps: Vec<f64> = meals
+        .iter()
+        .map(|m| {
+            (dose(m, "dose_reelle") - dose(m, "dose_theorique")) / dose(m, "dose_theorique") * 100.0
+        })
+        .collect();
+    let predicted = model
+        .predict(&LotSoFar {
+            site: "LL",
+            month: 1,
+            jours: days.len() as i64,
+            repas: meals.len() as i64,
+            mais_total_g: meals.iter().map(|m| dose(m, "dose_reelle")).sum(),
+            mais_theorique_total_g: meals.iter().map(|m| dose(m, "dose_theorique")).sum(),
+            ecart_moyen_pct: Some(gaps.iter().sum::<f64>() / gaps.len() as f64),
+        })
+        .unwrap();
+    (predicted.itm, predicted.poids_foie_g)
+}
+
+/// A lot's KPI row carries its predicted outcome (`itm_pred`, `poids_foie_pred`) from its
+/// first meals, recomputed as more arrive, on the channel, over HTTP and in `lot_kpis`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lots_kpi_row_predicts_its_outcome_and_follows_its_meals() {
+    let dir = tempfile::tempdir().unwrap();
+    let gaveurs = Gaveurs::start(dir.path(), FAST);
+    let jean = gaveurs.token("jean.martin@gaveur.fr");
+    let mut channel = ws_connect(gaveurs.http, "/ws/gaveur/1", &jean).await;
+    let meals: Vec<Value> = (1..=4)
+        .flat_map(|jour| ["matin", "soir"].map(|moment| meal("LL2607009", 1, "LL", jour, moment)))
+        .collect();
+    let publish = |meals: &[Value]| {
+        let messages: Vec<_> = meals.iter().map(|m| gavage("LL2607009", m)).collect();
+        let (mqtt, admin) = (gaveurs.mqtt(), gaveurs.admin.clone());
+        async move {
+            let codes = publish_each(mqtt, MqttVersion::V5, &admin, &messages).await;
+            assert!(codes.iter().all(|c| *c == 0), "{codes:?}");
+        }
+    };
+    let lot_row = |repas: i64| {
+        move |m: &Value| {
+            m["type"] == "kpi" && m["data"]["kpi"] == "lot" && m["data"]["repas"] == repas
+        }
+    };
+
+    publish(&meals[..2]).await;
+    let first = until(&mut channel, "the day-1 lot row", lot_row(2)).await;
+    let (itm, foie) = predicted_outcome(&meals[..2]);
+    assert_eq!(first["data"]["itm_pred"].as_f64(), Some(itm), "{first}");
+    assert_eq!(
+        first["data"]["poids_foie_pred"].as_f64(),
+        Some(foie),
+        "{first}"
+    );
+    assert_eq!(first["data"]["itm"], Value::Null, "no outcome yet");
+
+    publish(&meals[2..]).await;
+    let fourth = until(&mut channel, "the day-4 lot row", lot_row(8)).await;
+    let (itm, foie) = predicted_outcome(&meals);
+    assert_eq!(fourth["data"]["itm_pred"].as_f64(), Some(itm), "{fourth}");
+    assert_eq!(fourth["data"]["poids_foie_pred"].as_f64(), Some(foie));
+    assert_ne!(first["data"]["itm_pred"], fourth["data"]["itm_pred"]);
+
+    let (status, body) = http_get_as(gaveurs.http, "/api/v1/lots/LL2607009", &jean).await;
+    assert_eq!(status, 200, "{body}");
+    let view: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        view["kpis"]["lot"]["itm_pred"].as_f64(),
+        Some(itm),
+        "{view}"
+    );
+    assert_eq!(view["kpis"]["lot"]["poids_foie_pred"].as_f64(), Some(foie));
+
+    gaveurs.stop_cleanly();
+    let row = &latest_lot_kpis(dir.path())["LL2607009"];
+    assert_eq!(row["itm_pred"].as_f64(), Some(itm), "{row:?}");
+    assert_eq!(row["poids_foie_pred"].as_f64(), Some(foie), "{row:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_late_meal_is_stored_in_late_corrects_its_lot_and_a_restart_continues_the_totals() {
     let dir = tempfile::tempdir().unwrap();

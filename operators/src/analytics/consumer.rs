@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::analytics::{Engine, KpiRows, LOT_KPIS, StepOutput, json_rows};
+use crate::analytics::{Engine, LOT_KPIS, StepOutput, json_rows};
+use crate::anomalies::desk::ModelSlot;
+use crate::anomalies::outcome::{LotSoFar, OutcomeModel};
 use crate::dedup::DedupIndex;
 use anyhow::Context;
 use arrow::array::{Array, AsArray, RecordBatch, TimestampMicrosecondArray};
@@ -192,6 +194,9 @@ pub struct Outputs {
     /// finds in Parquet every record before the checkpoint.
     pub published: Arc<RollControl>,
     pub checkpoint: CheckpointFile,
+    /// The lot outcome model that adds `itm_pred` and `poids_foie_pred` to lot rows (`None`:
+    /// `[ml] enabled = false`).
+    pub models: Option<ModelSlot>,
 }
 
 pub struct Batching {
@@ -465,11 +470,25 @@ async fn step(engine: &mut Engine, batch: &[Arc<WalEntry>], outputs: &mut Output
 }
 
 fn route(output: &StepOutput, events: &[&Event], outputs: &mut Outputs) -> anyhow::Result<()> {
+    // Read once per micro-batch: a swapped model predicts from the next one.
+    let models = outputs.models.as_ref().map(ModelSlot::current);
     for kpi in &output.kpis {
         let sqal = kpi.kpi.stream.as_deref() == Some("sqal");
         let lot_rows = kpi.kpi.dataset.as_deref() == Some(LOT_KPIS);
+        let predicted;
+        let batches = match &models {
+            Some(models) if lot_rows => {
+                predicted = kpi
+                    .batches
+                    .iter()
+                    .map(|b| with_predicted_outcome(b, &models.outcome))
+                    .collect::<Result<Vec<_>, _>>()?;
+                &predicted
+            }
+            _ => &kpi.batches,
+        };
         let mut changed = Vec::new();
-        for row in json_rows(&kpi.batches)? {
+        for row in json_rows(batches)? {
             let mut message = Map::with_capacity(row.len() + 1);
             message.insert("kpi".into(), Value::from(kpi.kpi.name.as_str()));
             message.extend(row);
@@ -490,8 +509,8 @@ fn route(output: &StepOutput, events: &[&Event], outputs: &mut Outputs) -> anyho
                 kafka.kpi(&key, &serde_json::to_vec(&message)?);
             }
         }
-        if kpi.kpi.dataset.as_deref() == Some(LOT_KPIS) {
-            store_lot_kpis(kpi, &changed, outputs)?;
+        if lot_rows {
+            store_lot_kpis(batches, &changed, outputs)?;
         }
     }
     if !output.late.is_empty() {
@@ -521,10 +540,14 @@ fn push_live(hub: &Hub, sqal: bool, message: &Map<String, Value>) {
 /// `lot_kpis` rows whose values changed (`changed`, one flag per row in order), stamped
 /// with `_computed_at` (the latest row of a lot wins), partitioned by site and the day they
 /// were computed.
-fn store_lot_kpis(kpi: &KpiRows, changed: &[bool], outputs: &mut Outputs) -> anyhow::Result<()> {
+fn store_lot_kpis(
+    batches: &[RecordBatch],
+    changed: &[bool],
+    outputs: &mut Outputs,
+) -> anyhow::Result<()> {
     let now = chrono::Utc::now();
     let mut flags = changed.iter().copied();
-    for batch in &kpi.batches {
+    for batch in batches {
         let mask: arrow::array::BooleanArray = (0..batch.num_rows())
             .map(|_| Some(flags.next().unwrap_or(true)))
             .collect();
@@ -580,6 +603,73 @@ fn store_late(
         writer.append(LATE, partition, batch);
     }
     Ok(())
+}
+
+/// A batch of lot rows with `itm_pred` and `poids_foie_pred`: the outcome `model` predicts
+/// from each row's feeding so far (null before a lot's first meal). A lot query without the
+/// columns the model reads (a configured one) gets no prediction.
+fn with_predicted_outcome(
+    batch: &RecordBatch,
+    model: &OutcomeModel,
+) -> Result<RecordBatch, arrow::error::ArrowError> {
+    use arrow::array::Float64Array;
+    use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
+    let column = |name: &str| batch.column_by_name(name);
+    let (Some(site), Some(first), Some(jours), Some(repas), Some(real), Some(planned), Some(gap)) = (
+        column("site").and_then(|c| c.as_string_opt::<i32>()),
+        column("premier_repas").and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>()),
+        column("jours").and_then(|c| c.as_primitive_opt::<Int64Type>()),
+        column("repas").and_then(|c| c.as_primitive_opt::<Int64Type>()),
+        column("mais_total_g").and_then(|c| c.as_primitive_opt::<Float64Type>()),
+        column("mais_theorique_total_g").and_then(|c| c.as_primitive_opt::<Float64Type>()),
+        column("ecart_moyen_pct").and_then(|c| c.as_primitive_opt::<Float64Type>()),
+    ) else {
+        return Ok(batch.clone());
+    };
+    let predicted: Vec<_> = (0..batch.num_rows())
+        .map(|row| {
+            if first.is_null(row) || site.is_null(row) {
+                return None;
+            }
+            let month = chrono::DateTime::from_timestamp_micros(first.value(row))
+                .map_or(1, |t| chrono::Datelike::month(&t));
+            model.predict(&LotSoFar {
+                site: site.value(row),
+                month,
+                jours: jours.value(row),
+                repas: repas.value(row),
+                mais_total_g: real.value(row),
+                mais_theorique_total_g: planned.value(row),
+                ecart_moyen_pct: (!gap.is_null(row)).then(|| gap.value(row)),
+            })
+        })
+        .collect();
+    let itm: Float64Array = predicted.iter().map(|p| p.map(|p| p.itm)).collect();
+    let foie: Float64Array = predicted
+        .iter()
+        .map(|p| p.map(|p| p.poids_foie_g))
+        .collect();
+    // Nullable whatever this batch holds, so every file of the dataset has one schema.
+    let mut fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new(
+        "itm_pred",
+        arrow::datatypes::DataType::Float64,
+        true,
+    ));
+    fields.push(Field::new(
+        "poids_foie_pred",
+        arrow::datatypes::DataType::Float64,
+        true,
+    ));
+    let mut columns = batch.columns().to_vec();
+    columns.push(Arc::new(itm));
+    columns.push(Arc::new(foie));
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
 }
 
 fn with_column(

@@ -22,6 +22,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use meal_model::MealModel;
+use outcome::OutcomeModel;
 use sqal_model::SqalModel;
 
 /// The meal model trained on `../shared/data` (model parameters only, no data rows),
@@ -29,8 +30,12 @@ use sqal_model::SqalModel;
 /// operators/models/gavage_meal.json`.
 pub const DEFAULT_MEAL_MODEL: &str = include_str!("../../models/gavage_meal.json");
 /// The SQAL model trained on the simulator's stations, reproduced byte for byte by
-/// `gaveurs model train --sqal --out operators/models/sqal_sample.json`.
+/// `gaveurs model train --model sqal --out operators/models/sqal_sample.json`.
 pub const DEFAULT_SQAL_MODEL: &str = include_str!("../../models/sqal_sample.json");
+/// The early lot outcome model trained on `../shared/data`, reproduced byte for byte by
+/// `gaveurs model train --model outcome --data ../shared/data --out
+/// operators/models/lot_outcome.json`.
+pub const DEFAULT_OUTCOME_MODEL: &str = include_str!("../../models/lot_outcome.json");
 
 /// `[ml]`: anomaly scoring.
 ///
@@ -41,6 +46,7 @@ pub const DEFAULT_SQAL_MODEL: &str = include_str!("../../models/sqal_sample.json
 /// threshold = 3.5                       # default: the artifact's own
 /// sqal_model = "models/sqal_sample.json" # default: the model built into the binary
 /// sqal_threshold = 12.0                 # default: the artifact's own
+/// outcome_model = "models/lot_outcome.json" # default: the model built into the binary
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -50,10 +56,13 @@ pub struct MlConfig {
     pub meal_model: Option<PathBuf>,
     /// Overrides the meal model artifact's threshold.
     pub threshold: Option<f64>,
-    /// A SQAL model artifact written by `gaveurs model train --sqal`; default the built-in one.
+    /// A SQAL model artifact written by `gaveurs model train --model sqal`; default the built-in one.
     pub sqal_model: Option<PathBuf>,
     /// Overrides the SQAL model artifact's threshold.
     pub sqal_threshold: Option<f64>,
+    /// A lot outcome model artifact written by `gaveurs model train --model outcome`; default
+    /// the built-in one.
+    pub outcome_model: Option<PathBuf>,
     /// Lots whose track is kept (default 50000); past it the least recently fed are
     /// forgotten and scored by the cold models if they come back.
     pub max_lots: usize,
@@ -69,6 +78,7 @@ impl Default for MlConfig {
             threshold: None,
             sqal_model: None,
             sqal_threshold: None,
+            outcome_model: None,
             max_lots: 50_000,
             state_save_interval_ms: 1000,
         }
@@ -104,12 +114,14 @@ impl MlConfig {
             sqal: self
                 .sqal_model(base)
                 .map_err(|e| e.context("[ml] sqal_model"))?,
+            outcome: artifact(self.outcome_model.as_deref(), DEFAULT_OUTCOME_MODEL, base)
+                .map_err(|e| e.context("[ml] outcome_model"))?,
         })
     }
 
     /// The artifact files this configuration names (the built-in models have none).
     pub fn artifact_paths(&self, base: &Path) -> Vec<PathBuf> {
-        [&self.meal_model, &self.sqal_model]
+        [&self.meal_model, &self.sqal_model, &self.outcome_model]
             .into_iter()
             .flatten()
             .map(|p| base.join(p))
@@ -122,6 +134,8 @@ impl MlConfig {
 pub struct Models {
     pub meal: MealModel,
     pub sqal: SqalModel,
+    /// Predicts a lot's ITM and liver weight on its KPI row (the analytics operator).
+    pub outcome: OutcomeModel,
 }
 
 fn override_threshold(value: Option<f64>, key: &str) -> anyhow::Result<Option<f64>> {
@@ -144,6 +158,13 @@ impl Artifact for MealModel {
     const KIND: &'static str = "meal model";
     fn check(&self) -> Result<(), String> {
         MealModel::check(self)
+    }
+}
+
+impl Artifact for OutcomeModel {
+    const KIND: &'static str = "lot outcome model";
+    fn check(&self) -> Result<(), String> {
+        OutcomeModel::check(self)
     }
 }
 

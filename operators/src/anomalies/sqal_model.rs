@@ -211,7 +211,7 @@ pub struct Evaluation {
     pub flagged_share: f64,
 }
 
-/// The SQAL model's artifact, as written by `gaveurs model train --sqal` (JSON).
+/// The SQAL model's artifact, as written by `gaveurs model train --model sqal` (JSON).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SqalModel {
     pub model: String,

@@ -162,3 +162,60 @@ fn an_artifact_read_back_from_its_file_keeps_its_version() {
         assert_eq!(read, model);
     }
 }
+
+#[test]
+fn the_outcome_model_predicts_from_a_lots_feeding_so_far_and_checks_its_artifact() {
+    use super::outcome::{LotSoFar, OutcomeModel, train};
+    use super::parse_artifact;
+    let lots = population(200);
+    // ITM rises with the lot's level of feeding; liver weight falls with it.
+    let outcomes = lots
+        .iter()
+        .map(|lot| {
+            let level = lot.meals[0].dose_theorique / 210.0;
+            (
+                lot.code_lot.clone(),
+                (4.0 + 2.0 * level, 700.0 - 100.0 * level),
+            )
+        })
+        .collect();
+    let all: Vec<&TrainingLot> = lots.iter().collect();
+    let model = train(&all, &outcomes, "test").unwrap();
+    assert_eq!(train(&all, &outcomes, "test").unwrap(), model);
+    let lot = |level: f64| LotSoFar {
+        site: "LL",
+        month: 1,
+        jours: 2,
+        repas: 4,
+        mais_total_g: 4.0 * 220.0 * level,
+        mais_theorique_total_g: 4.0 * 220.0 * level,
+        ecart_moyen_pct: Some(0.0),
+    };
+    let (low, high) = (
+        model.predict(&lot(0.9)).unwrap(),
+        model.predict(&lot(1.1)).unwrap(),
+    );
+    assert!(
+        high.itm > low.itm && high.poids_foie_g < low.poids_foie_g,
+        "{low:?} {high:?}"
+    );
+    assert!(
+        model
+            .predict(&LotSoFar {
+                repas: 0,
+                ..lot(1.0)
+            })
+            .is_none()
+    );
+
+    let read: OutcomeModel =
+        parse_artifact(serde_json::to_string_pretty(&model).unwrap().as_bytes()).unwrap();
+    assert_eq!(read, model);
+    let mut edited = model.clone();
+    edited.days[0].itm.intercept += 1.0;
+    let refused =
+        parse_artifact::<OutcomeModel>(serde_json::to_string(&edited).unwrap().as_bytes());
+    assert!(refused.unwrap_err().contains("does not match its contents"));
+    let built_in: OutcomeModel = parse_artifact(super::DEFAULT_OUTCOME_MODEL.as_bytes()).unwrap();
+    assert_eq!(built_in.training.lots, 2295, "trained on ../shared/data");
+}
