@@ -541,6 +541,14 @@ async fn a_sample_with_dead_tof_zones_is_an_anomaly_and_clean_samples_are_not() 
     assert_eq!(row["code_lot"], "LLSQAL0001");
     assert_eq!(row["gaveur_id"], 1);
     assert!(row.get("jour").is_none_or(Value::is_null), "{row:?}");
+    // The same score opened the `anomalie` rule's alert on the station.
+    let alerts = read_rows(&root, "alerts");
+    assert!(
+        alerts.iter().any(|a| a["rule"] == "anomalie"
+            && a["device_id"] == device_id
+            && a["severity"] == "warning"),
+        "{alerts:#?}"
+    );
     assert!(
         row["model_version"]
             .as_str()

@@ -458,7 +458,7 @@ impl AlertDesk {
                 }
                 let changes = shard.snapshot.book.evaluate_scored(
                     &state.rules,
-                    model.as_deref().map(|m| &m.meal),
+                    model.as_deref(),
                     event,
                     state.text_from,
                     now,

@@ -30,7 +30,9 @@ use gaveurs_schemas::event::Event;
 use gaveurs_schemas::records::{GavageMeal, LotOutcome, Record, SqalSample};
 use serde::{Deserialize, Serialize};
 
-use crate::anomalies::meal_model::{LotTrack, MealModel};
+use crate::anomalies::Models;
+use crate::anomalies::meal_model::LotTrack;
+use crate::anomalies::sqal_model::DeviceTrack;
 use rules::{
     ANOMALIE, Metric, QUALITY_CRITICAL, QUALITY_LOW, REFUS_ALIMENTAIRE, Rule, RuleSet, Subject,
 };
@@ -106,6 +108,9 @@ pub enum AckError {
 pub struct AlertBook {
     keys: HashMap<String, KeyState>,
     lots: HashMap<String, LotContext>,
+    /// Each station's SQAL model track, for the `anomalie` rule on samples.
+    #[serde(default)]
+    stations: HashMap<String, DeviceTrack>,
     /// The book's clock: the newest event time evaluated, never ahead of the wall clock (a
     /// record dated in the future must not make everything look quiet).
     #[serde(default)]
@@ -118,6 +123,9 @@ pub struct AlertBook {
 
 /// How many evaluations pass between two looks for what can be forgotten.
 const FORGET_EVERY: u64 = 4096;
+/// Stations whose SQAL track is kept; past it every track starts again from zero (a gain
+/// CUSUM restarted misses at most a drift's first samples).
+const MAX_STATIONS: usize = 10_000;
 
 fn key_of(rule: &str, subject: Subject, name: &str) -> String {
     let kind = match subject {
@@ -138,6 +146,8 @@ fn alert_id(key: &str, opened_at: DateTime<Utc>) -> String {
 /// One evaluation of one rule on one record.
 struct Observation<'a> {
     rule: &'a Rule,
+    /// What the alert is about: the rule's subject, but a sample's for `anomalie`.
+    subject: Subject,
     subject_name: &'a str,
     /// `Some` when the condition holds: severity and the threshold crossed.
     level: Option<(Severity, f64)>,
@@ -187,12 +197,12 @@ impl AlertBook {
         self.evaluate_scored(rules, None, event, text_from, now)
     }
 
-    /// [`AlertBook::evaluate`] with the meal model for the `anomalie` rule (`None` when
+    /// [`AlertBook::evaluate`] with the anomaly models for the `anomalie` rule (`None` when
     /// scoring is off: the rule is then not evaluated).
     pub fn evaluate_scored(
         &mut self,
         rules: &RuleSet,
-        model: Option<&MealModel>,
+        models: Option<&Models>,
         event: &Event,
         text_from: Severity,
         now: DateTime<Utc>,
@@ -214,10 +224,16 @@ impl AlertBook {
                     text_from,
                     now,
                 };
-                self.evaluate_meal(rules, model, meal, judged, &mut raised)
+                self.evaluate_meal(rules, models, meal, judged, &mut raised)
             }
             Record::Sqal(sample) => {
-                self.evaluate_sample(rules, sample, at, backfill, text_from, now, &mut raised)
+                let judged = Judged {
+                    at,
+                    backfill,
+                    text_from,
+                    now,
+                };
+                self.evaluate_sample(rules, models, sample, judged, &mut raised)
             }
             Record::LotOutcome(outcome) => self.finish_lot(outcome, now, &mut raised),
         }
@@ -227,7 +243,7 @@ impl AlertBook {
     fn evaluate_meal(
         &mut self,
         rules: &RuleSet,
-        model: Option<&MealModel>,
+        models: Option<&Models>,
         meal: &GavageMeal,
         judged: Judged,
         raised: &mut Vec<Raised>,
@@ -241,7 +257,8 @@ impl AlertBook {
         let lot = self.lots.entry(meal.code_lot.clone()).or_default();
         // The same model on the same records in the same order as the anomaly desk, so the
         // rule opens on the meals the `anomalies` dataset holds.
-        let anomaly = model
+        let anomaly = models
+            .map(|m| &m.meal)
             .filter(|_| rules.get(ANOMALIE).is_some())
             .and_then(|model| {
                 let facts = crate::anomalies::meal_model::MealFacts {
@@ -314,6 +331,7 @@ impl AlertBook {
             };
             let observation = Observation {
                 rule,
+                subject: Subject::Lot,
                 subject_name: &meal.code_lot,
                 level: rule.level(value),
                 value,
@@ -322,17 +340,33 @@ impl AlertBook {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn evaluate_sample(
         &mut self,
         rules: &RuleSet,
+        models: Option<&Models>,
         sample: &SqalSample,
-        at: DateTime<Utc>,
-        backfill: bool,
-        text_from: Severity,
-        now: DateTime<Utc>,
+        judged: Judged,
         raised: &mut Vec<Raised>,
     ) {
+        let Judged {
+            at,
+            backfill,
+            text_from,
+            now,
+        } = judged;
+        // The SQAL model on the same samples in the same order as the anomaly desk.
+        let anomaly = models
+            .map(|m| &m.sqal)
+            .zip(rules.get(ANOMALIE))
+            .map(|(model, rule)| {
+                if self.stations.len() >= MAX_STATIONS
+                    && !self.stations.contains_key(&sample.device_id)
+                {
+                    self.stations.clear();
+                }
+                let track = self.stations.entry(sample.device_id.clone()).or_default();
+                (model.score(track, sample).score / model.threshold, rule)
+            });
         let gaveur_id = sample
             .code_lot
             .as_deref()
@@ -368,8 +402,19 @@ impl AlertBook {
             }
             let observation = Observation {
                 rule,
+                subject: Subject::Device,
                 subject_name: &sample.device_id,
                 level,
+                value,
+            };
+            self.observe(observation, &owner, at, backfill, text_from, now, raised);
+        }
+        if let Some((value, rule)) = anomaly.filter(|(v, _)| v.is_finite()) {
+            let observation = Observation {
+                rule,
+                subject: Subject::Device,
+                subject_name: &sample.device_id,
+                level: rule.level(value),
                 value,
             };
             self.observe(observation, &owner, at, backfill, text_from, now, raised);
@@ -478,7 +523,7 @@ impl AlertBook {
         raised: &mut Vec<Raised>,
     ) {
         let rule = observation.rule;
-        let key = key_of(rule.name, rule.subject, observation.subject_name);
+        let key = key_of(rule.name, observation.subject, observation.subject_name);
         let state = match observation.level {
             Some(_) => self.keys.entry(key.clone()).or_default(),
             None => match self.keys.get_mut(&key) {
@@ -676,6 +721,9 @@ fn message(rule: &Rule, owner: &Owner<'_>, value: f64, threshold: f64) -> String
         "mortalite_lot" => format!("Mortalité lot {lot}: {value:.1} % (seuil {threshold} %)"),
         "poids_perte" => format!(
             "Perte de poids lot {lot}: {value:.0} g depuis le repas précédent (seuil {threshold} g)"
+        ),
+        "anomalie" if owner.device_id.is_some() => format!(
+            "Anomalie station {device}: mesure {value:.1} fois le seuil du modèle (anomalies pour le détail)"
         ),
         "anomalie" => format!(
             "Anomalie lot {lot}: repas {value:.1} fois le seuil du modèle (anomalies pour le détail)"

@@ -34,7 +34,7 @@
 //! | `humidite` | `humidite_stabule` % | ≤ low or ≥ high | warning 50/75 |
 //! | `mortalite_lot` | `taux_mortalite` % | ≥ threshold | critical 5 |
 //! | `poids_perte` | drop of `poids_moyen` since the lot's previous meal, g | ≥ threshold | warning 80, critical 150 |
-//! | `anomalie` | a meal's anomaly score ÷ the meal model's threshold (`[ml]`) | ≥ threshold | warning 1 |
+//! | `anomalie` | a meal's (per lot) or a SQAL sample's (per station) anomaly score ÷ its model's threshold (`[ml]`) | ≥ threshold | warning 1 |
 //!
 //! A rule whose field is absent from a record is not evaluated for it (neither true nor
 //! false); `anomalie` is not evaluated when scoring is off (`[ml] enabled = false`).
