@@ -562,6 +562,7 @@ fn store_lot_kpis(
                 TimestampMicrosecondArray::from(vec![now.timestamp_micros(); batch.num_rows()])
                     .with_timezone("UTC"),
             ),
+            false,
         )?;
         for (site, rows) in split_by_site(&batch)? {
             outputs.writer.append(
@@ -599,6 +600,7 @@ fn store_late(
             &batch,
             "_lateness_s",
             Arc::new(arrow::array::Float64Array::from(lateness)),
+            false,
         )?;
         writer.append(LATE, partition, batch);
     }
@@ -650,32 +652,16 @@ fn with_predicted_outcome(
         .map(|p| p.map(|p| p.poids_foie_g))
         .collect();
     // Nullable whatever this batch holds, so every file of the dataset has one schema.
-    let mut fields: Vec<Field> = batch
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone())
-        .collect();
-    fields.push(Field::new(
-        "itm_pred",
-        arrow::datatypes::DataType::Float64,
-        true,
-    ));
-    fields.push(Field::new(
-        "poids_foie_pred",
-        arrow::datatypes::DataType::Float64,
-        true,
-    ));
-    let mut columns = batch.columns().to_vec();
-    columns.push(Arc::new(itm));
-    columns.push(Arc::new(foie));
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+    let batch = with_column(batch, "itm_pred", Arc::new(itm), true)?;
+    with_column(&batch, "poids_foie_pred", Arc::new(foie), true)
 }
 
+/// `batch` with `column` added as `name` (nullable if asked, or if it holds a null).
 fn with_column(
     batch: &RecordBatch,
     name: &str,
     column: Arc<dyn Array>,
+    nullable: bool,
 ) -> Result<RecordBatch, arrow::error::ArrowError> {
     let mut fields: Vec<Field> = batch
         .schema()
@@ -683,7 +669,7 @@ fn with_column(
         .iter()
         .map(|f| f.as_ref().clone())
         .collect();
-    let nullable = column.null_count() > 0;
+    let nullable = nullable || column.null_count() > 0;
     fields.push(Field::new(name, column.data_type().clone(), nullable));
     let mut columns = batch.columns().to_vec();
     columns.push(column);

@@ -147,6 +147,36 @@ fn override_threshold(value: Option<f64>, key: &str) -> anyhow::Result<Option<f6
     }
 }
 
+/// The checks every artifact starts with: its model's name and the layout this binary reads.
+pub(crate) fn check_header(
+    model: &str,
+    format: u32,
+    expected: &str,
+    expected_format: u32,
+    kind: &str,
+) -> Result<(), String> {
+    if model != expected {
+        return Err(format!("model {model:?} is not the {kind} {expected:?}"));
+    }
+    if format != expected_format {
+        return Err(format!(
+            "artifact format {format} is not {expected_format}, the one this binary reads"
+        ));
+    }
+    Ok(())
+}
+
+/// The version a trained model gets: `<name>-` and 12 hex digits of the SHA-256 of its JSON
+/// with an empty version, so the same training gives the same version.
+pub(crate) fn version_digest(name: &str, unversioned: &impl Serialize) -> String {
+    use sha2::Digest;
+    let bytes = serde_json::to_vec(unversioned).expect("a model serialises");
+    format!(
+        "{name}-{}",
+        &hex::encode(sha2::Sha256::digest(&bytes))[..12]
+    )
+}
+
 /// An artifact a loader can check before trusting it.
 pub trait Artifact: DeserializeOwned {
     /// What the artifact is, for errors: "meal model".

@@ -165,18 +165,13 @@ impl OutcomeModel {
     }
 
     pub fn check(&self) -> Result<(), String> {
-        if self.model != MODEL_NAME {
-            return Err(format!(
-                "model {:?} is not the lot outcome model {MODEL_NAME:?}",
-                self.model
-            ));
-        }
-        if self.format != FORMAT {
-            return Err(format!(
-                "artifact format {} is not {FORMAT}, the one this binary reads",
-                self.format
-            ));
-        }
+        super::check_header(
+            &self.model,
+            self.format,
+            MODEL_NAME,
+            FORMAT,
+            "lot outcome model",
+        )?;
         if self.features != FEATURES {
             return Err(format!("features {:?} are not {FEATURES:?}", self.features));
         }
@@ -204,14 +199,9 @@ impl OutcomeModel {
     }
 
     pub fn digest(&self) -> String {
-        use sha2::Digest;
         let mut unversioned = self.clone();
         unversioned.version = String::new();
-        let bytes = serde_json::to_vec(&unversioned).expect("a model serialises");
-        format!(
-            "{MODEL_NAME}-{}",
-            &hex::encode(sha2::Sha256::digest(&bytes))[..12]
-        )
+        super::version_digest(MODEL_NAME, &unversioned)
     }
 }
 

@@ -311,18 +311,7 @@ impl SqalModel {
 
     /// Checks what a loader must not trust blindly: the layout and that every number is one.
     pub fn check(&self) -> Result<(), String> {
-        if self.model != MODEL_NAME {
-            return Err(format!(
-                "model {:?} is not the SQAL model {MODEL_NAME:?}",
-                self.model
-            ));
-        }
-        if self.format != FORMAT {
-            return Err(format!(
-                "artifact format {} is not {FORMAT}, the one this binary reads",
-                self.format
-            ));
-        }
+        super::check_header(&self.model, self.format, MODEL_NAME, FORMAT, "SQAL model")?;
         if self.features != FEATURES {
             return Err(format!("features {:?} are not {FEATURES:?}", self.features));
         }
@@ -359,14 +348,9 @@ impl SqalModel {
 
     /// The version a trained model gets: a digest of its parameters, threshold and training.
     pub fn digest(&self) -> String {
-        use sha2::Digest;
         let mut unversioned = self.clone();
         unversioned.version = String::new();
-        let bytes = serde_json::to_vec(&unversioned).expect("a model serialises");
-        format!(
-            "{MODEL_NAME}-{}",
-            &hex::encode(sha2::Sha256::digest(&bytes))[..12]
-        )
+        super::version_digest(MODEL_NAME, &unversioned)
     }
 }
 
