@@ -99,6 +99,23 @@ cmp "$WORK/sqal_sample.json" operators/models/sqal_sample.json \
 "$GAVEURS_BIN" model train --model outcome --data "$DATA" --out "$WORK/lot_outcome.json" >&2
 cmp "$WORK/lot_outcome.json" operators/models/lot_outcome.json \
   || { echo "real-data check: gaveurs model train --model outcome does not reproduce operators/models/lot_outcome.json" >&2; exit 1; }
+# Trained from the replay's Parquet datasets instead of the CSV files, the meal model learns
+# the same parameters (the rows are the same meals; only the order of sums may differ).
+"$GAVEURS_BIN" model train --data "$WORK/data" --out "$WORK/gavage_meal_parquet.json" >&2
+python3 - "$WORK/gavage_meal_parquet.json" operators/models/gavage_meal.json <<'PY'
+import json, math, sys
+parquet, csv = (json.load(open(p)) for p in sys.argv[1:])
+assert (parquet["training"]["lots"], parquet["training"]["meals"]) == (csv["training"]["lots"], csv["training"]["meals"]), \
+    f"from Parquet {parquet['training']}, from CSV {csv['training']}"
+def numbers(v):
+    if isinstance(v, dict): return [x for k in sorted(v) for x in numbers(v[k])]
+    if isinstance(v, list): return [x for i in v for x in numbers(i)]
+    return [v] if isinstance(v, float) else []
+a, b = numbers(parquet["steps"]) + [parquet["threshold"]], numbers(csv["steps"]) + [csv["threshold"]]
+worst = max(abs(x - y) / max(abs(y), 1e-3) for x, y in zip(a, b))
+print(f"real-data check: the meal model trained from Parquet differs from the CSV one by at most {worst:.1e} (relative)", file=sys.stderr)
+assert len(a) == len(b) and worst < 1e-6, "the meal model trained from Parquet is not the CSV one"
+PY
 # Every replayed record is flagged backfill, so every alert it opened must be too (never texted).
 python3 - "$WORK/alerts.csv" <<'PY'
 import csv, sys

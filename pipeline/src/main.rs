@@ -279,8 +279,9 @@ enum ModelAction {
     Train {
         #[arg(long, value_enum, default_value_t = TrainedModel::Meal)]
         model: TrainedModel,
-        /// A folder with lots*.csv[.gz] and meals*.csv[.gz], as ../shared/data (meal and
-        /// outcome models).
+        /// A folder with lots*.csv[.gz] and meals*.csv[.gz], as ../shared/data, or a
+        /// pipeline's data dir (its Parquet gavage_meals and lot_outcomes), for the meal and
+        /// outcome models.
         #[arg(long, required_if_eq_any = [("model", "meal"), ("model", "outcome")])]
         data: Option<PathBuf>,
         #[arg(long)]
@@ -296,6 +297,7 @@ enum ModelAction {
     /// early lot outcome's error, and the SQAL model's recall of dead ToF zones and spectral
     /// gain drifts injected into simulated samples.
     Eval {
+        /// As for `train`: CSV files or a pipeline's data dir.
         #[arg(long)]
         data: PathBuf,
         #[arg(long, default_value_t = 2023)]

@@ -45,6 +45,174 @@ fn data_files(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     }
 }
 
+/// Where a pipeline keeps its Parquet datasets under `dir` (a data dir, its `parquet`
+/// folder, or the folder that holds `gavage_meals`), if it is one.
+fn parquet_root(dir: &Path) -> Option<PathBuf> {
+    [
+        dir.join("parquet"),
+        dir.join("data/parquet"),
+        dir.to_path_buf(),
+    ]
+    .into_iter()
+    .find(|root| root.join("gavage_meals").is_dir())
+}
+
+/// Training data: lots with their meals in feeding order, each lot's outcome (ITM, mean
+/// liver weight g) where known, and a SHA-256 of what was read.
+pub struct Recorded {
+    pub lots: Vec<TrainingLot>,
+    pub outcomes: std::collections::HashMap<String, (f64, f64)>,
+    pub digest: String,
+}
+
+/// The recorded lots of `dir`: the CSV files of `../shared/data`, or a pipeline's Parquet
+/// datasets (`gavage_meals`, `lot_outcomes`).
+pub fn read_recorded(dir: &Path) -> anyhow::Result<Recorded> {
+    if let Some(root) = parquet_root(dir) {
+        return read_parquet(&root);
+    }
+    let (lots, digest) = read_lots(dir)?;
+    let (lots_file, _) = data_files(dir)?;
+    Ok(Recorded {
+        lots,
+        outcomes: read_outcomes(&lots_file)?,
+        digest,
+    })
+}
+
+/// Lots from the `gavage_meals` and `lot_outcomes` datasets under `root`; the digest is of
+/// the rows read, in their order (so it does not depend on how rows fell into files). A lot's
+/// ITM is its meals' `dose_reelle` sum over its outcome's mean liver weight (SPEC §4).
+fn read_parquet(root: &Path) -> anyhow::Result<Recorded> {
+    use gaveurs_query::arrow::array::{Array, AsArray};
+    use gaveurs_query::arrow::datatypes::{Float64Type, Int64Type};
+    let (meals, outcomes) = gaveurs_query::runtime().block_on(async {
+        let catalog = gaveurs_query::Catalog::open(root).await?;
+        let meals = catalog
+            .sql(
+                "SELECT code_lot, site, genetique, CAST(date_part('month', \"timestamp\") AS BIGINT) AS month, \
+                 jour, moment, dose_theorique, dose_reelle FROM gavage_meals \
+                 ORDER BY code_lot, jour, moment, \"timestamp\"",
+            )
+            .await?
+            .collect()
+            .await?;
+        let outcomes = catalog
+            .sql(
+                "SELECT o.code_lot, m.total / o.poids_foie_moyen_g AS itm, o.poids_foie_moyen_g \
+                 FROM lot_outcomes o JOIN (SELECT code_lot, sum(dose_reelle) AS total \
+                 FROM gavage_meals GROUP BY code_lot) m ON m.code_lot = o.code_lot \
+                 WHERE o.poids_foie_moyen_g > 0 ORDER BY o.code_lot",
+            )
+            .await
+            .map(|df| df.collect());
+        let outcomes = match outcomes {
+            Ok(collecting) => collecting.await?,
+            // No outcome published yet: no table to read.
+            Err(_) => Vec::new(),
+        };
+        anyhow::Ok((meals, outcomes))
+    })?;
+    let mut hasher = sha2::Sha256::new();
+    let mut rows = Vec::new();
+    for batch in &meals {
+        let text = |name: &str| batch.column_by_name(name).map(|c| c.as_string::<i32>());
+        let int = |name: &str| {
+            batch
+                .column_by_name(name)
+                .map(|c| c.as_primitive::<Int64Type>())
+        };
+        let float = |name: &str| {
+            batch
+                .column_by_name(name)
+                .map(|c| c.as_primitive::<Float64Type>())
+        };
+        let (
+            Some(code),
+            Some(site),
+            Some(strain),
+            Some(month),
+            Some(jour),
+            Some(moment),
+            Some(planned),
+            Some(real),
+        ) = (
+            text("code_lot"),
+            text("site"),
+            text("genetique"),
+            int("month"),
+            int("jour"),
+            text("moment"),
+            float("dose_theorique"),
+            float("dose_reelle"),
+        )
+        else {
+            anyhow::bail!(
+                "{}: gavage_meals lacks a column training reads",
+                root.display()
+            );
+        };
+        for i in 0..batch.num_rows() {
+            let meal = TrainingMeal {
+                site: site.value(i).to_string(),
+                genetique: (!strain.is_null(i)).then(|| strain.value(i).to_string()),
+                month: month.value(i) as u32,
+                jour: jour.value(i),
+                moment: if moment.value(i) == "soir" {
+                    gaveurs_schemas::records::Moment::Soir
+                } else {
+                    gaveurs_schemas::records::Moment::Matin
+                },
+                dose_theorique: planned.value(i),
+                dose_reelle: real.value(i),
+            };
+            hasher.update(
+                format!(
+                    "{}\u{1f}{}\u{1f}{:?}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}\n",
+                    code.value(i),
+                    meal.site,
+                    meal.genetique,
+                    meal.month,
+                    meal.jour,
+                    meal.moment,
+                    meal.dose_theorique,
+                    meal.dose_reelle
+                )
+                .as_bytes(),
+            );
+            rows.push((code.value(i).to_string(), meal));
+        }
+    }
+    let mut known = std::collections::HashMap::new();
+    for batch in &outcomes {
+        let code = batch.column(0).as_string::<i32>();
+        let (itm, foie) = (
+            batch.column(1).as_primitive::<Float64Type>(),
+            batch.column(2).as_primitive::<Float64Type>(),
+        );
+        for i in 0..batch.num_rows() {
+            hasher.update(
+                format!(
+                    "{}\u{1f}{}\u{1f}{}\n",
+                    code.value(i),
+                    itm.value(i),
+                    foie.value(i)
+                )
+                .as_bytes(),
+            );
+            known.insert(code.value(i).to_string(), (itm.value(i), foie.value(i)));
+        }
+    }
+    if rows.is_empty() {
+        anyhow::bail!("{} holds no gavage meal", root.display());
+    }
+    Ok(Recorded {
+        lots: training::group_by_lot(rows),
+        outcomes: known,
+        digest: hex::encode(hasher.finalize()),
+    })
+}
+
 /// The recorded lots of `dir`, and the SHA-256 of the files read.
 pub fn read_lots(dir: &Path) -> anyhow::Result<(Vec<TrainingLot>, String)> {
     let (lots_file, meals_file) = data_files(dir)?;
@@ -75,10 +243,9 @@ pub fn read_lots(dir: &Path) -> anyhow::Result<(Vec<TrainingLot>, String)> {
 /// `gaveurs model train --model outcome`: writes the early lot outcome model trained on every
 /// lot of `data` with an outcome.
 pub fn train_outcome(data: &Path, out: &Path) -> anyhow::Result<String> {
-    let (lots, digest) = read_lots(data)?;
-    let (lots_file, _) = data_files(data)?;
-    let all: Vec<&TrainingLot> = lots.iter().collect();
-    let model = outcome::train(&all, &read_outcomes(&lots_file)?, &digest)?;
+    let recorded = read_recorded(data)?;
+    let all: Vec<&TrainingLot> = recorded.lots.iter().collect();
+    let model = outcome::train(&all, &recorded.outcomes, &recorded.digest)?;
     write_artifact(out, &model)?;
     Ok(format!(
         "{}: {} trained on {} lots with an outcome ({} day models)",
@@ -98,7 +265,7 @@ fn write_artifact(out: &Path, model: &impl serde::Serialize) -> anyhow::Result<(
 /// `gaveurs model train`: writes the meal model trained on `data` to `out` and returns a
 /// summary for the terminal.
 pub fn train(data: &Path, out: &Path, seed: u64) -> anyhow::Result<String> {
-    let (lots, digest) = read_lots(data)?;
+    let Recorded { lots, digest, .. } = read_recorded(data)?;
     let options = TrainingOptions {
         seed,
         ..TrainingOptions::default()
@@ -164,12 +331,11 @@ pub fn train_sqal(out: &Path, seed: u64) -> anyhow::Result<String> {
 /// `gaveurs model eval`: the report of [`evaluation::evaluate`], then the early lot outcome's
 /// ([`outcome::evaluate`]), then the SQAL model's ([`sqal_evaluation::evaluate`]).
 pub fn eval(data: &Path, seed: u64) -> anyhow::Result<String> {
-    let (lots, _) = read_lots(data)?;
-    let mut report = evaluation::evaluate(&lots, seed, 0.3)?.render();
-    let (lots_file, _) = data_files(data)?;
+    let recorded = read_recorded(data)?;
+    let mut report = evaluation::evaluate(&recorded.lots, seed, 0.3)?.render();
     report.push_str(&outcome::evaluate(
-        &lots,
-        &read_outcomes(&lots_file)?,
+        &recorded.lots,
+        &recorded.outcomes,
         seed,
         0.3,
     )?);

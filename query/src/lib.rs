@@ -49,6 +49,7 @@ use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::{StreamExt, TryStreamExt};
 use gaveurs_schemas::datasets::Dataset;
 
+pub use datafusion::arrow;
 pub use format::{BatchWriter, Format, sql_type};
 
 /// Hive partition columns, in folder order: `date=YYYY-MM-DD/site=XX/`.
