@@ -39,6 +39,7 @@ fn scoring(c: &mut Criterion) {
                         },
                         dose_theorique: planned,
                         dose_reelle: planned * (1.0 + 0.01 * ((lot + i) % 5) as f64 - 0.02),
+                        conditions: Default::default(),
                     }
                 })
                 .collect()

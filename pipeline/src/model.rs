@@ -10,7 +10,7 @@ use anyhow::Context;
 use gaveurs_loadgen::replay::records::{Kind, plan};
 use gaveurs_operators::anomalies::sqal_model::{self, Stations};
 use gaveurs_operators::anomalies::training::{self, TrainingLot, TrainingMeal, TrainingOptions};
-use gaveurs_operators::anomalies::{evaluation, outcome, sqal_evaluation};
+use gaveurs_operators::anomalies::{conditions, evaluation, outcome, sqal_evaluation};
 use gaveurs_schemas::records::{GavageMeal, SqalSample};
 use gaveurs_schemas::time::SiteTimeZones;
 use sha2::Digest;
@@ -268,6 +268,7 @@ pub fn train(data: &Path, out: &Path, seed: u64) -> anyhow::Result<String> {
     let Recorded { lots, digest, .. } = read_recorded(data)?;
     let options = TrainingOptions {
         seed,
+        conditions: simulated_conditions(seed)?,
         ..TrainingOptions::default()
     };
     let model = training::train(&lots, &digest, &options)?;
@@ -306,6 +307,40 @@ pub fn simulated_stations(seed: u64, samples: usize) -> anyhow::Result<Stations>
             .push(sample);
     }
     Ok(stations.into_values().collect())
+}
+
+/// Meals of the simulator's farms the conditions learn from.
+const CONDITION_MEALS: usize = 20_000;
+
+/// The meal model's conditions (weight gain, mortality rise, barn climate), learnt from the
+/// simulator's farms (`gaveurs simulate`'s, seeded): `../shared/data` has none of these fields.
+pub fn simulated_conditions(seed: u64) -> anyhow::Result<conditions::ConditionModel> {
+    let day = chrono::NaiveDate::from_ymd_opt(2026, 1, 5).expect("a date");
+    let mut farm = gaveurs_loadgen::simulate::Farm::new(seed, 60, 20, 0, day);
+    let zones = SiteTimeZones::default();
+    let mut by_lot: std::collections::BTreeMap<String, Vec<(i64, conditions::Conditions)>> =
+        Default::default();
+    let mut meals = 0;
+    while meals < CONDITION_MEALS {
+        for outgoing in farm.next_meal() {
+            if !outgoing.topic.ends_with("/gavage") {
+                continue;
+            }
+            let meal = GavageMeal::decode(&serde_json::to_vec(&outgoing.body)?, &zones)
+                .map_err(|e| anyhow::anyhow!("a simulated meal does not validate: {e}"))?;
+            meals += 1;
+            by_lot.entry(meal.code_lot.clone()).or_default().push((
+                meal.jour,
+                conditions::Conditions {
+                    poids_moyen: meal.poids_moyen,
+                    taux_mortalite: meal.taux_mortalite,
+                    temperature_stabule: meal.temperature_stabule,
+                    humidite_stabule: meal.humidite_stabule,
+                },
+            ));
+        }
+    }
+    conditions::train(&by_lot.into_values().collect::<Vec<_>>())
 }
 
 /// Simulated samples the SQAL model fits on; half as many more set its threshold.

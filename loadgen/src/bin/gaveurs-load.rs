@@ -130,10 +130,12 @@ impl Lifecycle {
             + chrono::Duration::days(jour as i64 - 1)
             + chrono::Duration::hours(if matin { 6 } else { 17 });
         let body = format!(
-            r#"{{"code_lot":"{lot}","gaveur_id":1,"gaveur_nom":"Jean Martin","site":"LL","genetique":"Mulard","jour":{jour},"moment":"{moment}","dose_theorique":{theo:.1},"dose_reelle":{reelle:.1},"poids_moyen":5820.0,"nb_canards_vivants":996,"taux_mortalite":0.4,"temperature_stabule":21.3,"humidite_stabule":63.0,"timestamp":"{timestamp}","pret_abattage":{last}}}"#,
+            r#"{{"code_lot":"{lot}","gaveur_id":1,"gaveur_nom":"Jean Martin","site":"LL","genetique":"Mulard","jour":{jour},"moment":"{moment}","dose_theorique":{theo:.1},"dose_reelle":{reelle:.1},"poids_moyen":{poids:.1},"nb_canards_vivants":996,"taux_mortalite":0.4,"temperature_stabule":21.3,"humidite_stabule":63.0,"timestamp":"{timestamp}","pret_abattage":{last}}}"#,
             moment = if matin { "matin" } else { "soir" },
             theo = 200.0 + 20.0 * jour as f64,
             reelle = 198.0 + 20.0 * jour as f64,
+            // Ducks gain weight as farms' do (the anomaly model reads the gain).
+            poids = 4600.0 + 75.0 * jour as f64,
             timestamp = timestamp.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             last = served == 27,
         );

@@ -269,6 +269,12 @@ impl AlertBook {
                     moment: meal.moment,
                     dose_theorique: meal.dose_theorique,
                     dose_reelle: meal.dose_reelle,
+                    conditions: crate::anomalies::conditions::Conditions {
+                        poids_moyen: meal.poids_moyen,
+                        taux_mortalite: meal.taux_mortalite,
+                        temperature_stabule: meal.temperature_stabule,
+                        humidite_stabule: meal.humidite_stabule,
+                    },
                 };
                 model
                     .score(&mut lot.track, &facts)

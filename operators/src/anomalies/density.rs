@@ -255,9 +255,9 @@ mod tests {
         assert!(far > near + 4.0, "near {near}, far {far}");
         assert!((mixture.least_surprise() - near).abs() < 1e-6);
         let parts = mixture
-            .assess(&[1.0, 2.0, 0.0, 0.0])
+            .assess(&[1.0, 2.0, 0.0, 0.0, 0.0])
             .1
-            .quadratic_parts(&[1.0, 2.0, 0.0, 0.0]);
+            .quadratic_parts(&[1.0, 2.0, 0.0, 0.0, 0.0]);
         assert!(parts[1] > parts[0] && parts[0] > 0.0, "{parts:?}");
         let twice: Vec<Vec<f64>> = (0..D)
             .map(|i| (0..D).map(|j| if i == j { 2.0 } else { 0.0 }).collect())

@@ -403,6 +403,12 @@ fn score_meal(
         moment: meal.moment,
         dose_theorique: meal.dose_theorique,
         dose_reelle: meal.dose_reelle,
+        conditions: crate::anomalies::conditions::Conditions {
+            poids_moyen: meal.poids_moyen,
+            taux_mortalite: meal.taux_mortalite,
+            temperature_stabule: meal.temperature_stabule,
+            humidite_stabule: meal.humidite_stabule,
+        },
     };
     let score = model.score(&mut tracked.track, &facts)?;
     (score.score >= model.threshold).then(|| Anomaly {

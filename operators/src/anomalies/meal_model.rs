@@ -17,7 +17,10 @@
 //!   drops, refusals);
 //! - `tendance`: a two-sided CUSUM of the ratio's deviation from the population's, within the
 //!   lot, so a slow drift adds up until it shows;
-//! - `sequence`: meals missing before this one, or a meal that comes again or out of order.
+//! - `sequence`: meals missing before this one, or a meal that comes again or out of order;
+//! - `conditions`: where the record carries them, the weight gain since the last weighing,
+//!   the rise of mortality, the barn's temperature and humidity (`conditions.rs`; learnt from
+//!   the simulator's farms: the real year has none of these fields).
 //!
 //! The features are what a record and the earlier records of its lot carry (site, strain,
 //! day, moment, doses, the month of its timestamp), nothing only the training CSV has.
@@ -26,6 +29,8 @@ use serde::{Deserialize, Serialize};
 
 use gaveurs_schemas::anomaly::Contribution;
 use gaveurs_schemas::records::Moment;
+
+use super::conditions::{ConditionModel, ConditionTrack, Conditions};
 
 /// The model's name in artifacts and in the `anomalies` dataset.
 pub const MODEL_NAME: &str = "gavage_meal";
@@ -57,6 +62,7 @@ pub struct MealFacts<'a> {
     pub moment: Moment,
     pub dose_theorique: f64,
     pub dose_reelle: f64,
+    pub conditions: Conditions,
 }
 
 impl MealFacts<'_> {
@@ -198,6 +204,7 @@ pub struct MealModel {
     pub features: Vec<String>,
     pub steps: Vec<StepModels>,
     pub trend: TrendSettings,
+    pub conditions: ConditionModel,
     /// A meal whose score reaches this is an anomaly.
     pub threshold: f64,
     pub training: Provenance,
@@ -205,14 +212,23 @@ pub struct MealModel {
 }
 
 /// The evidence names, in the order of [`Score::parts`].
-pub const EVIDENCE: [&str; 4] = ["dose_theorique", "dose_reelle", "tendance", "sequence"];
+pub const EVIDENCE: [&str; 5] = [
+    "dose_theorique",
+    "dose_reelle",
+    "tendance",
+    "sequence",
+    "conditions",
+];
 
 /// One meal's score and its evidence.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Score {
     pub score: f64,
-    /// (value, expected, z) per [`EVIDENCE`].
-    pub parts: [(f64, f64, f64); 4],
+    /// (value, expected, z) per [`EVIDENCE`]; the conditions' part is the length of their
+    /// evidence, its value and expected value the strongest one's.
+    pub parts: [(f64, f64, f64); 5],
+    /// Which condition is the strongest (an index of `conditions::NAMES`).
+    pub condition: Option<usize>,
 }
 
 impl Score {
@@ -232,7 +248,10 @@ impl Score {
             .into_iter()
             .take(3)
             .map(|(i, z2)| Contribution {
-                feature: EVIDENCE[i].to_string(),
+                feature: match (i, self.condition) {
+                    (4, Some(c)) => super::conditions::NAMES[c].to_string(),
+                    _ => EVIDENCE[i].to_string(),
+                },
                 value: self.parts[i].0,
                 expected: self.parts[i].1,
                 contribution: if total > 0.0 {
@@ -263,6 +282,9 @@ pub struct LotTrack {
     /// The lot's ratios so far, for the trend's reference.
     pub ratio_sum: f64,
     pub ratios: u32,
+    /// Written by versions that read conditions; empty in older states.
+    #[serde(default)]
+    pub conditions: ConditionTrack,
 }
 
 fn step_index(step: i64) -> usize {
@@ -339,9 +361,19 @@ impl MealModel {
             }
             None => (0.0, step as f64),
         };
-        let score =
-            (z_planned * z_planned + z_real * z_real + z_trend * z_trend + z_sequence * z_sequence)
-                .sqrt();
+        let observed = self
+            .conditions
+            .observe(&mut track.conditions, meal.jour, &meal.conditions);
+        let z_conditions = observed.iter().map(|o| o.3 * o.3).sum::<f64>().sqrt();
+        let strongest = observed
+            .iter()
+            .max_by(|a, b| a.3.abs().total_cmp(&b.3.abs()));
+        let score = (z_planned * z_planned
+            + z_real * z_real
+            + z_trend * z_trend
+            + z_sequence * z_sequence
+            + z_conditions * z_conditions)
+            .sqrt();
         let remembered = Remembered {
             step,
             dose_theorique: meal.dose_theorique,
@@ -363,7 +395,13 @@ impl MealModel {
                 (meal.dose_reelle, real_expected, z_real),
                 (cusum, 0.0, z_trend),
                 (step as f64, expected_step, z_sequence),
+                (
+                    strongest.map_or(0.0, |o| o.1),
+                    strongest.map_or(0.0, |o| o.2),
+                    z_conditions,
+                ),
             ],
+            condition: strongest.map(|o| o.0),
         })
     }
 
@@ -414,6 +452,7 @@ impl MealModel {
                 }
             }
         }
+        self.conditions.check()?;
         if self.version != self.digest() {
             return Err("its version does not match its contents (edited by hand?)".into());
         }

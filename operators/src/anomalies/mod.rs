@@ -2,6 +2,7 @@
 //! ([`training`]), scored on every record ([`meal_model`]), and measured on injected
 //! anomalies ([`evaluation`]).
 
+pub mod conditions;
 pub mod density;
 pub mod desk;
 pub mod evaluation;

@@ -219,3 +219,86 @@ fn the_outcome_model_predicts_from_a_lots_feeding_so_far_and_checks_its_artifact
     let built_in: OutcomeModel = parse_artifact(super::DEFAULT_OUTCOME_MODEL.as_bytes()).unwrap();
     assert_eq!(built_in.training.lots, 2295, "trained on ../shared/data");
 }
+
+#[test]
+fn weight_mortality_and_climate_count_where_a_meal_carries_them() {
+    use super::conditions::{self, Conditions};
+    // Farms that gain 70–80 g a day, lose a duck now and then, in a 20–23 °C, 55–70 % barn.
+    let farms: Vec<Vec<(i64, Conditions)>> = (0..40)
+        .map(|lot| {
+            (1..=11)
+                .map(|jour| {
+                    let wobble = ((lot * 7 + jour * 3) % 11) as f64 / 10.0;
+                    (
+                        jour,
+                        Conditions {
+                            poids_moyen: Some(4500.0 + (70.0 + 10.0 * wobble) * jour as f64),
+                            taux_mortalite: Some(0.1 * (jour / 3) as f64),
+                            temperature_stabule: Some(20.0 + 3.0 * wobble),
+                            humidite_stabule: Some(55.0 + 15.0 * wobble),
+                        },
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    let options = TrainingOptions {
+        conditions: conditions::train(&farms).unwrap(),
+        ..TrainingOptions::default()
+    };
+    let model = training::train(&population(400), "test", &options).unwrap();
+    assert_eq!(model.check(), Ok(()));
+    let lot = &population(401)[400];
+    let score_day_3 = |day_3: Conditions| {
+        let mut track = LotTrack::default();
+        let mut last = None;
+        for (i, meal) in lot.meals.iter().take(5).enumerate() {
+            let mut facts = meal.facts();
+            facts.conditions = Conditions {
+                poids_moyen: Some(4500.0 + 75.0 * facts.jour as f64),
+                taux_mortalite: Some(0.1),
+                temperature_stabule: Some(21.5),
+                humidite_stabule: Some(62.0),
+            };
+            if i == 4 {
+                facts.conditions = day_3;
+            }
+            last = model.score(&mut track, &facts);
+        }
+        last.unwrap()
+    };
+    let usual = Conditions {
+        poids_moyen: Some(4725.0),
+        taux_mortalite: Some(0.1),
+        temperature_stabule: Some(21.5),
+        humidite_stabule: Some(62.0),
+    };
+    assert!(score_day_3(usual).score < model.threshold);
+    for (unusual, named) in [
+        (
+            Conditions {
+                poids_moyen: Some(4500.0),
+                ..usual
+            },
+            "gain_poids_g_jour",
+        ),
+        (
+            Conditions {
+                taux_mortalite: Some(2.5),
+                ..usual
+            },
+            "hausse_mortalite_pct",
+        ),
+        (
+            Conditions {
+                temperature_stabule: Some(31.0),
+                ..usual
+            },
+            "temperature_stabule",
+        ),
+    ] {
+        let score = score_day_3(unusual);
+        assert!(score.score >= model.threshold, "{named}: {score:?}");
+        assert_eq!(score.explanation()[0].feature, named);
+    }
+}

@@ -55,6 +55,8 @@ impl TrainingMeal {
             moment: self.moment,
             dose_theorique: self.dose_theorique,
             dose_reelle: self.dose_reelle,
+            // The recorded year carries no weight, mortality or climate.
+            conditions: Default::default(),
         }
     }
 }
@@ -88,6 +90,8 @@ pub struct TrainingOptions {
     /// Share of held-out meals allowed at or above the threshold.
     pub flag_rate: f64,
     pub trend: TrendSettings,
+    /// The conditions' model (trained apart, on data that has conditions).
+    pub conditions: super::conditions::ConditionModel,
 }
 
 impl Default for TrainingOptions {
@@ -97,6 +101,7 @@ impl Default for TrainingOptions {
             validation_share: 0.2,
             flag_rate: 0.01,
             trend: TrendSettings::default(),
+            conditions: super::conditions::ConditionModel::default(),
         }
     }
 }
@@ -380,6 +385,7 @@ pub fn train(
         features: feature_names(),
         steps: fit_steps(&fitting)?,
         trend: options.trend.clone(),
+        conditions: options.conditions.clone(),
         threshold: f64::INFINITY,
         training: Provenance {
             data_sha256: data_sha256.to_string(),
