@@ -3,11 +3,13 @@
 //! swap costs).
 //!
 //! 400 lots of 22 meals each, fed in turn, so every lot's track is warm and the lots' tracks
-//! do not all sit in one cache line.
+//! do not all sit in one cache line; each meal carries weight, mortality and climate, so the
+//! conditions are scored too.
 
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use gaveurs_operators::anomalies::conditions::Conditions;
 use gaveurs_operators::anomalies::meal_model::{LotTrack, MealFacts};
 use gaveurs_operators::anomalies::sqal_model::{DeviceTrack, SqalModel};
 use gaveurs_operators::anomalies::{
@@ -39,7 +41,13 @@ fn scoring(c: &mut Criterion) {
                         },
                         dose_theorique: planned,
                         dose_reelle: planned * (1.0 + 0.01 * ((lot + i) % 5) as f64 - 0.02),
-                        conditions: Default::default(),
+                        // Weighed every meal, the barn and mortality steady.
+                        conditions: Conditions {
+                            poids_moyen: Some(4500.0 + 75.0 * (i / 2) as f64),
+                            taux_mortalite: Some(0.2),
+                            temperature_stabule: Some(21.5),
+                            humidite_stabule: Some(62.0),
+                        },
                     }
                 })
                 .collect()

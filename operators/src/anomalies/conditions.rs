@@ -67,8 +67,9 @@ pub struct ConditionTrack {
     pub mortality: Option<f64>,
 }
 
-/// One meal's condition residuals: (condition index, value, expected value, evidence).
-pub type Observed = Vec<(usize, f64, f64, f64)>;
+/// One meal's condition residuals per [`NAMES`]: (value, expected value, evidence), where the
+/// meal lets one judge it.
+pub type Observed = [Option<(f64, f64, f64)>; 4];
 
 impl ConditionModel {
     fn models(&self) -> [&Linear; 4] {
@@ -104,20 +105,17 @@ impl ConditionModel {
 
     /// Evidence of each condition the meal lets one judge.
     pub fn observe(&self, track: &mut ConditionTrack, jour: i64, c: &Conditions) -> Observed {
-        Self::values(track, jour, c)
-            .into_iter()
-            .zip(self.models())
-            .enumerate()
-            .filter_map(|(i, (value, model))| {
-                let value = value.filter(|v| v.is_finite())?;
-                Some((
-                    i,
-                    value,
-                    model.intercept,
-                    model.evidence(value - model.intercept),
-                ))
-            })
-            .collect()
+        let values = Self::values(track, jour, c);
+        let models = self.models();
+        std::array::from_fn(|i| {
+            let value = values[i].filter(|v| v.is_finite())?;
+            let model = models[i];
+            Some((
+                value,
+                model.intercept,
+                model.evidence(value - model.intercept),
+            ))
+        })
     }
 
     pub fn check(&self) -> Result<(), String> {

@@ -364,9 +364,16 @@ impl MealModel {
         let observed = self
             .conditions
             .observe(&mut track.conditions, meal.jour, &meal.conditions);
-        let z_conditions = observed.iter().map(|o| o.3 * o.3).sum::<f64>().sqrt();
+        let z_conditions = observed
+            .iter()
+            .flatten()
+            .map(|o| o.2 * o.2)
+            .sum::<f64>()
+            .sqrt();
         let strongest = observed
             .iter()
+            .enumerate()
+            .filter_map(|(i, o)| o.map(|o| (i, o.0, o.1, o.2)))
             .max_by(|a, b| a.3.abs().total_cmp(&b.3.abs()));
         let score = (z_planned * z_planned
             + z_real * z_real
