@@ -124,14 +124,13 @@ impl Linear {
     }
 
     pub fn predict(&self, x: &[f64]) -> f64 {
-        self.intercept
-            + self
-                .coefficients
-                .iter()
-                .zip(x)
-                .map(|(c, v)| c * v)
-                .sum::<f64>()
+        affine(self.intercept, &self.coefficients, x)
     }
+}
+
+/// `intercept + Σ coefficients · x`.
+pub(crate) fn affine(intercept: f64, coefficients: &[f64], x: &[f64]) -> f64 {
+    intercept + coefficients.iter().zip(x).map(|(c, v)| c * v).sum::<f64>()
 }
 
 /// The four models of one step.

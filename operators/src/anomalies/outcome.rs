@@ -107,13 +107,7 @@ pub struct Linear {
 
 impl Linear {
     fn predict(&self, x: &[f64]) -> f64 {
-        self.intercept
-            + self
-                .coefficients
-                .iter()
-                .zip(x)
-                .map(|(c, v)| c * v)
-                .sum::<f64>()
+        super::meal_model::affine(self.intercept, &self.coefficients, x)
     }
 }
 
