@@ -511,13 +511,18 @@ fn forget_beyond<T: LastSeen>(lots: &mut HashMap<String, T>, max: usize) -> u64 
     }
     // Down to 90 % at once, so a full table does not sort on every batch.
     let keep = max - max / 10;
-    let mut by_age: Vec<(DateTime<Utc>, String)> = lots
-        .iter()
-        .map(|(code, tracked)| (tracked.last_seen(), code.clone()))
-        .collect();
-    by_age.sort();
     let forget = lots.len() - keep;
-    for (_, code) in by_age.into_iter().take(forget) {
+    let mut by_age: Vec<(DateTime<Utc>, &String)> = lots
+        .iter()
+        .map(|(code, tracked)| (tracked.last_seen(), code))
+        .collect();
+    // The `forget` oldest, without sorting the rest (keys are unique, so the set is fixed).
+    by_age.select_nth_unstable(forget - 1);
+    let oldest: Vec<String> = by_age[..forget]
+        .iter()
+        .map(|(_, code)| (*code).clone())
+        .collect();
+    for code in oldest {
         lots.remove(&code);
     }
     forget as u64
@@ -666,5 +671,38 @@ pub async fn watch_model_file(
             last = now;
             desk.reload(&config, &base, "artifact file changed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn past_the_bound_the_least_recently_heard_of_go_first() {
+        let start = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let mut lots: HashMap<String, Station> = (0..20)
+            .map(|i| {
+                // Two stations per second: the code breaks the tie.
+                let last_seen = start + chrono::Duration::seconds(i / 2);
+                (
+                    format!("S{i:02}"),
+                    Station {
+                        track: DeviceTrack::default(),
+                        last_seen,
+                    },
+                )
+            })
+            .collect();
+        assert_eq!(forget_beyond(&mut lots, 20), 0);
+        assert_eq!(
+            forget_beyond(&mut lots, 11),
+            10,
+            "down to 90 % of 11: 10 kept"
+        );
+        let mut kept: Vec<&String> = lots.keys().collect();
+        kept.sort();
+        assert_eq!(kept.first().map(|k| k.as_str()), Some("S10"));
+        assert_eq!(kept.len(), 10);
     }
 }
