@@ -382,16 +382,7 @@ fn main() -> ExitCode {
             let salvaged = Config::load(config.as_deref()).and_then(|loaded| {
                 gaveurs_pipeline::log_salvage::run(&loaded, &std::env::current_dir()?)
             });
-            match salvaged {
-                Ok(report) => {
-                    println!("{report}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            print_report(salvaged)
         }
         Command::Model { action } => {
             telemetry::init_console_only();
@@ -422,16 +413,7 @@ fn main() -> ExitCode {
                     acceptance: Some(out),
                 } => gaveurs_pipeline::model::acceptance(&data, &out, seed),
             };
-            match outcome {
-                Ok(report) => {
-                    println!("{report}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            print_report(outcome)
         }
         Command::Check { config } => {
             telemetry::init_console_only();
@@ -679,6 +661,20 @@ fn replay(
     println!("{}", summary.line());
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A command's report on standard output, or its error on standard error, as the exit code.
+fn print_report(outcome: anyhow::Result<String>) -> ExitCode {
+    match outcome {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

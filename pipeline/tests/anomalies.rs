@@ -556,3 +556,42 @@ async fn a_sample_with_dead_tof_zones_is_an_anomaly_and_clean_samples_are_not() 
             .starts_with("sqal_sample-")
     );
 }
+
+/// Weight, mortality and barn climate count where a record carries them: a lot that follows
+/// the protocol, weighed every morning, raises nothing until one meal is fed in a 31 °C barn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_barn_is_an_anomaly_named_by_its_temperature() {
+    let dir = tempfile::tempdir().unwrap();
+    let gaveurs = Gaveurs::start(dir.path(), "[storage]\nroll_interval_s = 1\n");
+    const HOT: usize = 9;
+    let messages: Vec<(String, Vec<u8>, u8)> = PROTOCOL
+        .iter()
+        .enumerate()
+        .map(|(i, planned)| {
+            let jour = i / 2 + 1;
+            let record = json!({
+                "code_lot": "LLCLIMAT01", "gaveur_id": 1, "site": "LL",
+                "jour": jour, "moment": if i % 2 == 0 { "matin" } else { "soir" },
+                "dose_theorique": planned, "dose_reelle": planned + WOBBLE[i],
+                "poids_moyen": 4500.0 + 75.0 * jour as f64, "taux_mortalite": 0.2,
+                "temperature_stabule": if i == HOT { 31.0 } else { 21.5 },
+                "humidite_stabule": 62.0,
+                "timestamp": format!("2026-01-{:02}T{}:00:00", 5 + i / 2, if i % 2 == 0 { "07" } else { "18" }),
+            });
+            ("gaveurs/LL/1/gavage".to_string(), record.to_string().into_bytes(), 1)
+        })
+        .collect();
+    let codes = publish_each(gaveurs.mqtt(), MqttVersion::V5, &gaveurs.admin, &messages).await;
+    assert!(codes.iter().all(|c| *c == 0), "refused: {codes:?}");
+    let root = gaveurs.parquet_root();
+    gaveurs.stop_cleanly();
+    let rows = read_rows(&root, "anomalies");
+    assert_eq!(rows.len(), 1, "only the hot meal: {rows:#?}");
+    assert_eq!(
+        key(&rows[0]),
+        ("LLCLIMAT01".to_string(), 5, "soir".to_string())
+    );
+    let lead = &rows[0]["explanation"][0];
+    assert_eq!(lead["feature"], "temperature_stabule", "{lead}");
+    assert_eq!(lead["value"], 31.0);
+}

@@ -261,21 +261,7 @@ impl AlertBook {
             .map(|m| &m.meal)
             .filter(|_| rules.get(ANOMALIE).is_some())
             .and_then(|model| {
-                let facts = crate::anomalies::meal_model::MealFacts {
-                    site: meal.site.as_str(),
-                    genetique: meal.genetique.as_deref(),
-                    month: chrono::Datelike::month(&meal.timestamp),
-                    jour: meal.jour,
-                    moment: meal.moment,
-                    dose_theorique: meal.dose_theorique,
-                    dose_reelle: meal.dose_reelle,
-                    conditions: crate::anomalies::conditions::Conditions {
-                        poids_moyen: meal.poids_moyen,
-                        taux_mortalite: meal.taux_mortalite,
-                        temperature_stabule: meal.temperature_stabule,
-                        humidite_stabule: meal.humidite_stabule,
-                    },
-                };
+                let facts = crate::anomalies::meal_model::MealFacts::from(meal);
                 model
                     .score(&mut lot.track, &facts)
                     .map(|score| score.score / model.threshold)

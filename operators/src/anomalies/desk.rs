@@ -23,7 +23,7 @@ use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Datelike, Utc};
+use chrono::{DateTime, Utc};
 use gaveurs_schemas::anomaly::Anomaly;
 use gaveurs_schemas::datasets::anomalies as dataset;
 use gaveurs_schemas::event::Event;
@@ -395,21 +395,7 @@ fn score_meal(
         });
     tracked.last_seen = tracked.last_seen.max(at);
     tracked.gaveur_id = Some(meal.gaveur_id);
-    let facts = MealFacts {
-        site: meal.site.as_str(),
-        genetique: meal.genetique.as_deref(),
-        month: meal.timestamp.month(),
-        jour: meal.jour,
-        moment: meal.moment,
-        dose_theorique: meal.dose_theorique,
-        dose_reelle: meal.dose_reelle,
-        conditions: crate::anomalies::conditions::Conditions {
-            poids_moyen: meal.poids_moyen,
-            taux_mortalite: meal.taux_mortalite,
-            temperature_stabule: meal.temperature_stabule,
-            humidite_stabule: meal.humidite_stabule,
-        },
-    };
+    let facts = MealFacts::from(meal);
     let score = model.score(&mut tracked.track, &facts)?;
     (score.score >= model.threshold).then(|| Anomaly {
         model: MODEL_NAME.to_string(),

@@ -28,7 +28,7 @@
 use serde::{Deserialize, Serialize};
 
 use gaveurs_schemas::anomaly::Contribution;
-use gaveurs_schemas::records::Moment;
+use gaveurs_schemas::records::{GavageMeal, Moment};
 
 use super::conditions::{ConditionModel, ConditionTrack, Conditions};
 
@@ -65,6 +65,37 @@ pub struct MealFacts<'a> {
     pub conditions: Conditions,
 }
 
+/// The season of a month (1–12): 0 winter, 1 spring, 2 summer, 3 autumn.
+pub(crate) fn season(month: u32) -> u8 {
+    match month {
+        3..=5 => 1,
+        6..=8 => 2,
+        9..=11 => 3,
+        _ => 0,
+    }
+}
+
+impl<'a> From<&'a GavageMeal> for MealFacts<'a> {
+    /// What a validated record gives the model: the features exist at run time.
+    fn from(meal: &'a GavageMeal) -> Self {
+        MealFacts {
+            site: meal.site.as_str(),
+            genetique: meal.genetique.as_deref(),
+            month: chrono::Datelike::month(&meal.timestamp),
+            jour: meal.jour,
+            moment: meal.moment,
+            dose_theorique: meal.dose_theorique,
+            dose_reelle: meal.dose_reelle,
+            conditions: Conditions {
+                poids_moyen: meal.poids_moyen,
+                taux_mortalite: meal.taux_mortalite,
+                temperature_stabule: meal.temperature_stabule,
+                humidite_stabule: meal.humidite_stabule,
+            },
+        }
+    }
+}
+
 impl MealFacts<'_> {
     /// The meal's place in the protocol, from 0 (day 1, morning); `None` before day 1 (the
     /// preparation day is not fed by the protocol).
@@ -78,12 +109,7 @@ impl MealFacts<'_> {
 
     pub fn context(&self) -> [f64; CONTEXT_FEATURES.len()] {
         let strain = self.genetique.map(str::to_ascii_uppercase);
-        let season = match self.month {
-            3..=5 => 1,
-            6..=8 => 2,
-            9..=11 => 3,
-            _ => 0,
-        };
+        let season = season(self.month);
         let flag = |b: bool| if b { 1.0 } else { 0.0 };
         [
             flag(self.site == "LS"),

@@ -58,12 +58,7 @@ impl LotSoFar<'_> {
         if self.repas <= 0 || self.jours <= 0 {
             return None;
         }
-        let season = match self.month {
-            3..=5 => 1,
-            6..=8 => 2,
-            9..=11 => 3,
-            _ => 0,
-        };
+        let season = super::meal_model::season(self.month);
         let n = self.repas as f64;
         Some([
             f64::from(u8::from(self.site == "LS")),
