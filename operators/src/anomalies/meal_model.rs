@@ -15,8 +15,10 @@
 //!   curve off the protocol, which no rule sees when the real dose follows it);
 //! - `dose_reelle`: the real dose against what the plan and the lot's habit predict (spikes,
 //!   drops, refusals);
-//! - `tendance`: a two-sided CUSUM of the ratio's deviation from the population's, within the
-//!   lot, so a slow drift adds up until it shows;
+//! - `tendance`: the lot's ratio against its own course: a run of two or three meals all fed
+//!   short (or over) of the median of the lot's earlier ratios, so a level shift shows by its
+//!   second meal although one meal that far off is common, and a two-sided CUSUM of the
+//!   ratio's deviation from that, so a slow drift adds up until it shows;
 //! - `sequence`: meals missing before this one, or a meal that comes again or out of order;
 //! - `conditions`: where the record carries them, the weight gain since the last weighing,
 //!   the rise of mortality, the barn's temperature and humidity (`conditions.rs`; learnt from
@@ -103,7 +105,7 @@ impl MealFacts<'_> {
         (self.jour >= 1).then(|| 2 * (self.jour - 1) + i64::from(self.moment == Moment::Soir))
     }
 
-    fn ratio(&self) -> Option<f64> {
+    pub(crate) fn ratio(&self) -> Option<f64> {
         (self.dose_theorique > 0.0).then(|| self.dose_reelle / self.dose_theorique)
     }
 
@@ -183,6 +185,14 @@ pub struct TrendSettings {
     pub cusum_tail: f64,
     /// Evidence of one missing, repeated or swapped meal, in tails.
     pub sequence_weight: f64,
+    /// The departure from the lot's course (a share of it) that is one unit of evidence, for
+    /// runs of two and of three meals: the run's 99.8th percentile on the training lots over
+    /// the threshold the model has without runs, so a run that rare reaches the threshold on
+    /// its own. (Runs are not heavy-tailed like single residuals: counted in their 99.5th
+    /// percentile, as the others, a run would need to be twice that far off to show.) Zero in
+    /// artifacts made before runs were scored, which then score none.
+    #[serde(default)]
+    pub run_units: [f64; 2],
 }
 
 impl Default for TrendSettings {
@@ -191,6 +201,7 @@ impl Default for TrendSettings {
             cusum_allowance: 1.0,
             cusum_tail: 1.0,
             sequence_weight: 5.0,
+            run_units: [0.0; 2],
         }
     }
 }
@@ -249,8 +260,10 @@ pub const EVIDENCE: [&str; 5] = [
 #[derive(Debug, Clone, PartialEq)]
 pub struct Score {
     pub score: f64,
-    /// (value, expected, z) per [`EVIDENCE`]; the conditions' part is the length of their
-    /// evidence, its value and expected value the strongest one's.
+    /// (value, expected, z) per [`EVIDENCE`]; the trend's value is the meal's ratio and its
+    /// expected value the lot's course (the median of its earlier ratios); the conditions'
+    /// part is the length of their evidence, its value and expected value the strongest
+    /// one's.
     pub parts: [(f64, f64, f64); 5],
     /// Which condition is the strongest (an index of `conditions::NAMES`).
     pub condition: Option<usize>,
@@ -307,9 +320,74 @@ pub struct LotTrack {
     /// The lot's ratios so far, for the trend's reference.
     pub ratio_sum: f64,
     pub ratios: u32,
+    /// The lot's last [`RATIO_HISTORY`] ratios, oldest first, in ten-thousandths (a state of
+    /// 50,000 lots keeps a million of them): the reference of its runs. Empty in states saved
+    /// before runs were scored.
+    #[serde(default)]
+    pub ratio_history: Vec<u16>,
     /// Written by versions that read conditions; empty in older states.
     #[serde(default)]
     pub conditions: ConditionTrack,
+}
+
+/// Ratios a lot's track keeps for the runs' reference: more than a lot has meals, so the
+/// bound only keeps a lot that never ends from growing its track.
+pub const RATIO_HISTORY: usize = 40;
+/// Earlier ratios a run's reference needs before a run counts.
+const RUN_REFERENCE_MIN: usize = 3;
+/// What one unit of a kept ratio is worth.
+const KEPT_RATIO_UNITS: f64 = 10_000.0;
+
+/// A ratio as a track keeps it, in ten-thousandths (ratios past 6.5535 are kept as that).
+fn kept_ratio(ratio: f64) -> u16 {
+    (ratio * KEPT_RATIO_UNITS)
+        .round()
+        .clamp(0.0, f64::from(u16::MAX)) as u16
+}
+
+/// How far the last `run` ratios (the newest is `latest`, the others the end of `history`)
+/// all are on one side of the median of the ratios before them, as a share of that median:
+/// the smallest departure of the run, on the side where it is largest; 0 without enough
+/// history.
+pub(crate) fn run_departure(history: &[u16], latest: f64, run: usize) -> (f64, f64) {
+    let earlier = run - 1;
+    if history.len() < earlier + RUN_REFERENCE_MIN {
+        return (0.0, 0.0);
+    }
+    let (before, in_run) = history.split_at(history.len() - earlier);
+    let reference = median(before);
+    if reference <= 0.0 {
+        return (0.0, 0.0);
+    }
+    let departures = in_run
+        .iter()
+        .map(|r| f64::from(*r) / KEPT_RATIO_UNITS)
+        .chain(std::iter::once(latest))
+        .map(|r| r / reference - 1.0);
+    let (low, high) = departures.fold((f64::INFINITY, f64::INFINITY), |(low, high), d| {
+        (low.min(-d), high.min(d))
+    });
+    (low.max(high).max(0.0), reference)
+}
+
+/// The median of kept ratios, as a ratio.
+fn median(kept: &[u16]) -> f64 {
+    if kept.is_empty() {
+        return 0.0;
+    }
+    let mut copy = [0u16; RATIO_HISTORY];
+    let values = &mut copy[..kept.len()];
+    values.copy_from_slice(kept);
+    let mid = values.len() / 2;
+    let (lower, upper, _) = values.select_nth_unstable(mid);
+    let upper = f64::from(*upper);
+    let median = if kept.len() % 2 == 1 {
+        upper
+    } else {
+        let lower = lower.iter().copied().max().unwrap_or_default();
+        (f64::from(lower) + upper) / 2.0
+    };
+    median / KEPT_RATIO_UNITS
 }
 
 fn step_index(step: i64) -> usize {
@@ -362,9 +440,23 @@ impl MealModel {
             None if meal.dose_reelle > 0.0 => (self.trend.sequence_weight, 0.0),
             None => (0.0, 0.0),
         };
-        // Within-lot trend: the ratio against the lot's own mean so far (a lot fed 2 % over
-        // its plan all along is not drifting), in the step's scales.
+        // Within-lot trend: the ratio against the lot's own course (a lot fed 2 % over its
+        // plan all along is not drifting). A run of meals all off that course, counted by its
+        // least departure, is rare in real lots even where single meals that far off are not.
+        let mut run_evidence = 0.0;
+        let mut course = None;
         if let Some(r) = ratio {
+            for (run, unit) in [2, 3].into_iter().zip(self.trend.run_units) {
+                let (departure, reference) = run_departure(&track.ratio_history, r, run);
+                if unit > 0.0 && reference > 0.0 {
+                    course = course.or(Some(reference));
+                    run_evidence = f64::max(run_evidence, departure / unit);
+                }
+            }
+            if track.ratio_history.len() == RATIO_HISTORY {
+                track.ratio_history.remove(0);
+            }
+            track.ratio_history.push(kept_ratio(r));
             if track.ratios > 0 {
                 let mean = track.ratio_sum / f64::from(track.ratios);
                 let u = (r - mean) / models.ratio_cold.scale;
@@ -376,7 +468,7 @@ impl MealModel {
             track.ratios += 1;
         }
         let cusum = track.cusum_low.max(track.cusum_high);
-        let z_trend = cusum / self.trend.cusum_tail;
+        let z_trend = f64::max(cusum / self.trend.cusum_tail, run_evidence);
         // Sequence: the step after the previous one is expected.
         let (z_sequence, expected_step) = match track.last {
             Some(last) => {
@@ -425,7 +517,11 @@ impl MealModel {
             parts: [
                 (meal.dose_theorique, planned_expected, z_planned),
                 (meal.dose_reelle, real_expected, z_real),
-                (cusum, 0.0, z_trend),
+                (
+                    ratio.unwrap_or(0.0),
+                    course.unwrap_or_else(|| ratio.unwrap_or(0.0)),
+                    z_trend,
+                ),
                 (step as f64, expected_step, z_sequence),
                 (
                     strongest.map_or(0.0, |o| o.1),

@@ -16,7 +16,7 @@ use ndarray::{Array1, Array2};
 
 use super::meal_model::{
     CONTEXT_FEATURES, Evaluation, FORMAT, Linear, LotTrack, MODEL_NAME, MealFacts, MealModel,
-    Provenance, STEPS, StepModels, TrendSettings, warm_planned_features,
+    Provenance, STEPS, StepModels, TrendSettings, run_departure, warm_planned_features,
 };
 use chrono::Datelike;
 use gaveurs_schemas::records::{GavageMeal, Moment};
@@ -25,6 +25,8 @@ use gaveurs_schemas::records::{GavageMeal, Moment};
 const TRIM_SCALES: f64 = 5.0;
 /// The share of a model's residuals beyond its tail, on each side.
 const TAIL_RATE: f64 = 0.005;
+/// Share of the training meals whose run off their lot's course is, alone, an anomaly.
+const RUN_RATE: f64 = 0.002;
 /// A tail is at least this many scales: a step whose residuals are all tight must still
 /// take a clear departure to count as one unit.
 const MIN_TAIL_SCALES: f64 = 3.0;
@@ -402,18 +404,29 @@ pub fn train(
             ratio_mae: 0.0,
         },
     };
-    // The CUSUM's unit: its tail over the fitting lots.
+    // The trend's units: the tails of the CUSUM and of the runs over the fitting lots.
     let mut cusums = Vec::new();
+    let mut runs = [Vec::new(), Vec::new()];
     for lot in &fitting {
         let mut track = LotTrack::default();
         for meal in &lot.meals {
-            if let Some(score) = model.score(&mut track, &meal.facts()) {
-                cusums.push(score.parts[2].0);
+            let facts = meal.facts();
+            let history = track.ratio_history.clone();
+            if model.score(&mut track, &facts).is_some() {
+                cusums.push(track.cusum_low.max(track.cusum_high));
+                if let Some(ratio) = facts.ratio() {
+                    for (run, departures) in [2, 3].into_iter().zip(&mut runs) {
+                        departures.push(run_departure(&history, ratio, run).0);
+                    }
+                }
             }
         }
     }
     model.trend.cusum_tail =
         significant(upper_quantile(&cusums, TAIL_RATE).max(options.trend.cusum_allowance));
+    let without_runs = upper_quantile(&scores(&model, &validation), options.flag_rate);
+    model.trend.run_units =
+        runs.map(|departures| significant(upper_quantile(&departures, RUN_RATE) / without_runs));
     let held_out_scores = scores(&model, &validation);
     // Rounded up to 3 decimals, so the artifact reads well and still flags no more.
     model.threshold =
