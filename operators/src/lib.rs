@@ -22,5 +22,6 @@ pub mod auth;
 pub mod dedup;
 pub mod devices;
 pub mod intake;
+pub mod ledger;
 pub mod log_desk;
 pub mod validate;

@@ -1,0 +1,11 @@
+//! The traceability ledger (SPEC §8): an append-only chain of lot events, each entry
+//! hash-linked to the previous one and signed with Ed25519, kept under `data/ledger/`, one
+//! chain per Kafka partition (`local` without Kafka).
+
+pub mod chain;
+pub mod entry;
+pub mod keys;
+pub mod verify;
+
+#[cfg(test)]
+mod tests;
