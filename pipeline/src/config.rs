@@ -50,6 +50,9 @@ pub struct Config {
     /// Anomaly scoring: on by default with the model built into the binary.
     #[serde(default)]
     pub ml: gaveurs_operators::anomalies::MlConfig,
+    /// The traceability ledger: on by default, keys created on the first start.
+    #[serde(default)]
+    pub ledger: gaveurs_operators::ledger::desk::LedgerConfig,
 }
 
 /// `[query]`: what one analyst query (`gaveurs query`, `POST /api/v1/query`) may use. Queries

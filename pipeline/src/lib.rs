@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod config;
 pub mod instance;
+pub mod ledger;
 pub mod live;
 pub mod log_salvage;
 pub mod logs;

@@ -55,6 +55,10 @@ enum Command {
     /// `alert_type: "anomalie"` on the dashboards. A model file is swapped when it changes or
     /// on SIGHUP.
     ///
+    /// Lot events (lot started, each feeding day closed, lot finished with its ITM, each SQAL
+    /// control) are chained into the signed traceability ledger under data/ledger/
+    /// (`[ledger]`; checked by `gaveurs ledger verify`), continued across restarts.
+    ///
     /// Logs: one file per module in ./logs (main, auth, audit, api, websocket, connectors,
     /// storage, alerts, ml, ledger) plus errors.log, renamed with the date at local midnight.
     /// GET /metrics (Prometheus), /health/live, /health/ready. SIGHUP reloads the alert
@@ -205,6 +209,15 @@ enum Command {
         #[command(subcommand)]
         action: LogAction,
     },
+    /// The traceability ledger (`data/ledger/`): a hash chain of lot events (lot started,
+    /// each feeding day closed, lot finished with its ITM, each SQAL control), every entry
+    /// linked to the previous one by its SHA-256 and signed with Ed25519. The pipeline writes
+    /// it from its first start (`[ledger]`; keys in data/keys/ledger, mode 0600) and
+    /// continues it across restarts.
+    Ledger {
+        #[command(subcommand)]
+        action: LedgerAction,
+    },
     /// Anomaly models: train them on recorded lots, and measure them on injected anomalies.
     Model {
         #[command(subcommand)]
@@ -247,6 +260,21 @@ enum LogAction {
     Salvage {
         #[arg(long, short)]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum LedgerAction {
+    /// Check every chain of a data dir offline: each entry's hash, its link to the previous
+    /// entry, its signature and the key rotations. Exits 0, or 1 naming the first bad entry
+    /// (file, line, sequence number and what is wrong). The pipeline may be running.
+    Verify {
+        /// The configuration whose `[storage] data_dir` to read (default ./data).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// A data dir to read instead.
+        #[arg(long)]
+        data: Option<PathBuf>,
     },
 }
 
@@ -383,6 +411,18 @@ fn main() -> ExitCode {
                 gaveurs_pipeline::log_salvage::run(&loaded, &std::env::current_dir()?)
             });
             print_report(salvaged)
+        }
+        Command::Ledger { action } => {
+            telemetry::init_console_only();
+            match action {
+                LedgerAction::Verify { config, data } => {
+                    let data_dir = match data {
+                        Some(data) => Ok(data),
+                        None => Config::load(config.as_deref()).map(|c| c.storage.data_dir),
+                    };
+                    print_report(data_dir.and_then(|d| gaveurs_pipeline::ledger::verify(&d)))
+                }
+            }
         }
         Command::Model { action } => {
             telemetry::init_console_only();

@@ -39,6 +39,7 @@ use gaveurs_operators::analytics::consumer::{self as analytics, LotBoard};
 use gaveurs_operators::anomalies;
 use gaveurs_operators::devices::DeviceRegistry;
 use gaveurs_operators::intake::{IntakeParts, PipelineIntake};
+use gaveurs_operators::ledger::{self, keys::KeyStore};
 
 /// Where an instance keeps its files.
 pub struct Paths {
@@ -405,6 +406,45 @@ pub async fn run(
         tracing::info!(target: "ml", "anomaly scoring disabled by [ml] enabled = false");
         None
     };
+    if config.ledger.enabled {
+        let keys = KeyStore::new(
+            config
+                .ledger
+                .keys_dir
+                .clone()
+                .unwrap_or_else(|| paths.data_dir.join("keys").join("ledger")),
+        );
+        // One chain per Kafka partition is not built yet: with Kafka each instance keeps
+        // its own chain, so instances sharing a data dir never write one file.
+        let chain = if config.kafka.is_some() {
+            format!("instance-{instance_id}")
+        } else {
+            ledger::desk::LOCAL_CHAIN.to_string()
+        };
+        let desk = ledger::desk::LedgerDesk::open(
+            &config.ledger,
+            &chain,
+            paths.data_dir.join("ledger"),
+            &keys,
+            paths.instance_dir.join("ledger"),
+            published_through,
+        )
+        .context("opening the ledger")?;
+        consumers.register(
+            CursorOptions {
+                name: "ledger".into(),
+                after: desk.saved_through(),
+                essential: false,
+            },
+            {
+                let desk = desk.clone();
+                let publish_every = Duration::from_secs(config.storage.roll_interval_s.max(1));
+                move |cursor| ledger::desk::spawn(desk, cursor, publish_every)
+            },
+        );
+    } else {
+        tracing::info!(target: "ledger", "ledger disabled by [ledger] enabled = false");
+    }
     if let Some(kafka) = &kafka_output
         && kafka.has_live_topic()
     {

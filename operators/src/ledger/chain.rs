@@ -314,3 +314,42 @@ fn last_entry(path: &Path) -> anyhow::Result<(u64, Option<Entry>)> {
         .transpose()?;
     Ok((count, last))
 }
+
+/// The entries of the chain in `dir` after `seq`, read without being verified (a half
+/// written last line is left out).
+pub fn entries_after(dir: &Path, seq: u64) -> anyhow::Result<Vec<Entry>> {
+    let files = segments(dir)?;
+    let first_seq = |path: &PathBuf| -> u64 {
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(SEGMENT_SUFFIX))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let start = files
+        .iter()
+        .rposition(|f| first_seq(f) <= seq + 1)
+        .unwrap_or(0);
+    let mut entries = Vec::new();
+    for path in &files[start.min(files.len())..] {
+        let mut reader = BufReader::new(File::open(path)?);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            if reader.read_until(b'\n', &mut line)? == 0 || line.last() != Some(&b'\n') {
+                break;
+            }
+            let entry: Entry =
+                serde_json::from_slice(&line[..line.len() - 1]).with_context(|| {
+                    format!(
+                        "{} holds a line that is not a ledger entry; run `gaveurs ledger verify`",
+                        path.display()
+                    )
+                })?;
+            if entry.seq > seq {
+                entries.push(entry);
+            }
+        }
+    }
+    Ok(entries)
+}

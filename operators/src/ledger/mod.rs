@@ -3,6 +3,7 @@
 //! chain per Kafka partition (`local` without Kafka).
 
 pub mod chain;
+pub mod desk;
 pub mod entry;
 pub mod keys;
 pub mod verify;
