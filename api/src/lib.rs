@@ -5,6 +5,7 @@
 
 mod access;
 mod alerts;
+mod ledger;
 mod query;
 mod ws;
 
@@ -71,6 +72,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/devices", get(devices))
         .route("/api/v1/lots/{code_lot}", get(lot))
         .route("/api/v1/alerts", get(alerts::list))
+        .route("/api/v1/ledger/keys", get(ledger::keys))
+        .route("/api/v1/ledger/lots/{code_lot}", get(ledger::lot))
         .route("/api/v1/alerts/{alert_id}/ack", post(alerts::acknowledge))
         .route("/api/v1/query", post(query::query))
         .route("/ws/gavage", get(ws::gavage_ingest))

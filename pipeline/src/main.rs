@@ -276,6 +276,40 @@ enum LedgerAction {
         #[arg(long)]
         data: Option<PathBuf>,
     },
+    /// Export a lot's certificate: its entries, the chain's keys (genesis and rotations) and
+    /// the chain's head, each with its hash and signature, as one JSON document (canonical,
+    /// one line) with a short `url` fit for a QR code. The chain is verified first.
+    Certificate {
+        /// The lot's code.
+        #[arg(long)]
+        lot: String,
+        /// Write it here rather than to standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+    /// Rotate a chain's signing key: a new key (mode 0600, in `[ledger] keys_dir`) and a
+    /// `key_rotated` entry signed by the old one that introduces it; later entries are
+    /// signed by the new key. Run it with the pipeline stopped (it holds the chain).
+    RotateKey {
+        /// The chain (`local` without Kafka).
+        #[arg(long, default_value = "local")]
+        chain: String,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+    /// Check a certificate offline, without the data dir: every entry's hash and signature,
+    /// the keys (the genesis signs itself, each rotation is signed by the key before it), its
+    /// url and its canonical form. Exits 1 naming what is wrong and where.
+    VerifyCertificate {
+        /// The certificate's file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -414,13 +448,41 @@ fn main() -> ExitCode {
         }
         Command::Ledger { action } => {
             telemetry::init_console_only();
+            let data_dir = |config: Option<PathBuf>, data: Option<PathBuf>| match data {
+                Some(data) => Ok(data),
+                None => Config::load(config.as_deref()).map(|c| c.storage.data_dir),
+            };
             match action {
-                LedgerAction::Verify { config, data } => {
-                    let data_dir = match data {
-                        Some(data) => Ok(data),
-                        None => Config::load(config.as_deref()).map(|c| c.storage.data_dir),
-                    };
-                    print_report(data_dir.and_then(|d| gaveurs_pipeline::ledger::verify(&d)))
+                LedgerAction::Verify { config, data } => print_report(
+                    data_dir(config, data).and_then(|d| gaveurs_pipeline::ledger::verify(&d)),
+                ),
+                LedgerAction::Certificate {
+                    lot,
+                    out,
+                    config,
+                    data,
+                } => {
+                    print_report(data_dir(config, data).and_then(|d| {
+                        gaveurs_pipeline::ledger::certificate(&d, &lot, out.as_deref())
+                    }))
+                }
+                LedgerAction::RotateKey {
+                    chain,
+                    config,
+                    data,
+                } => {
+                    let rotated = Config::load(config.as_deref()).and_then(|loaded| {
+                        let data_dir = data.unwrap_or(loaded.storage.data_dir);
+                        let keys_dir = loaded
+                            .ledger
+                            .keys_dir
+                            .unwrap_or_else(|| data_dir.join("keys").join("ledger"));
+                        gaveurs_pipeline::ledger::rotate_key(&data_dir, &keys_dir, &chain)
+                    });
+                    print_report(rotated)
+                }
+                LedgerAction::VerifyCertificate { file } => {
+                    print_report(gaveurs_pipeline::ledger::verify_certificate(&file))
                 }
             }
         }

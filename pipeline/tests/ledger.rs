@@ -8,6 +8,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use gaveurs_loadgen::producer::MqttVersion;
 use serde_json::Value;
@@ -256,5 +257,145 @@ async fn a_sigkill_while_entries_are_appended_neither_loses_nor_repeats_an_event
     assert!(
         skipped as usize + 1 >= appended_before_kill && skipped > 0,
         "{skipped} skipped, {appended_before_kill} entries before the kill"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lots_certificate_survives_a_key_rotation_is_served_to_its_gaveur_and_checked_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let gaveurs = Gaveurs::start(dir.path(), "");
+    let records = lot_records("LL2612201", 1, true);
+    let (meals, outcome) = records.split_at(4);
+    let codes = publish_each(gaveurs.mqtt(), MqttVersion::V5, &gaveurs.admin, meals).await;
+    assert!(codes.iter().all(|c| *c == 0), "{codes:?}");
+    gaveurs.stop_cleanly();
+
+    // The key rotates while the pipeline is stopped; the restart signs with the new key.
+    let config = dir.path().join("gaveurs.toml");
+    let output = ledger(
+        dir.path(),
+        &["rotate-key", "--config", config.to_str().unwrap()],
+    );
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(said.contains("entry 4 rotates key"), "{said}");
+    let gaveurs = Gaveurs::start(dir.path(), "");
+    let codes = publish_each(gaveurs.mqtt(), MqttVersion::V5, &gaveurs.admin, outcome).await;
+    assert!(codes.iter().all(|c| *c == 0), "{codes:?}");
+
+    // The public keys, for anyone.
+    eventually(
+        Duration::from_secs(10),
+        "the lot's end in the ledger",
+        || {
+            entries(dir.path())
+                .iter()
+                .any(|e| e["type"] == "lot_finished")
+                .then_some(())
+        },
+    );
+    let (status, body) = http_get(gaveurs.http, "/api/v1/ledger/keys").await;
+    assert_eq!(status, 200, "{body}");
+    let keys: Value = serde_json::from_str(&body).unwrap();
+    let chain_keys = keys["chains"][0]["keys"].as_array().unwrap();
+    assert_eq!(chain_keys.len(), 2, "{body}");
+    assert_eq!(chain_keys[0]["retired_at"], 4);
+    assert_eq!(keys["algorithm"], "Ed25519");
+
+    // The certificate, for the lot's gaveur only (and supervisors, admins).
+    let jean = gaveurs.token("jean.martin@gaveur.fr");
+    let sophie = gaveurs.token("sophie.dubois@gaveur.fr");
+    let path = "/api/v1/ledger/lots/LL2612201";
+    let (status, served) = http_get_as(gaveurs.http, path, &jean).await;
+    assert_eq!(status, 200, "{served}");
+    let (status, _) = http_get_as(gaveurs.http, path, &sophie).await;
+    assert_eq!(status, 403);
+    let (status, _) = http_get_as(gaveurs.http, "/api/v1/ledger/lots/LL0000000", &jean).await;
+    assert_eq!(status, 404);
+    gaveurs.stop_cleanly();
+    let served: Value = serde_json::from_str(&served).unwrap();
+    let kinds: Vec<&str> = served["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["lot_started", "day_closed", "day_closed", "lot_finished"]
+    );
+    let signers: Vec<&str> = served["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].as_str().unwrap())
+        .collect();
+    assert_ne!(
+        signers[0], signers[3],
+        "signed before and after the rotation"
+    );
+
+    // Exported by the CLI, checked offline without the data dir, then tampered with.
+    let file = dir.path().join("LL2612201.certificate.json");
+    let output = ledger(
+        dir.path(),
+        &[
+            "certificate",
+            "--lot",
+            "LL2612201",
+            "--out",
+            file.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        said.contains("gaveurs-ledger:local/LL2612201?head="),
+        "{said}"
+    );
+    let elsewhere = tempfile::tempdir().unwrap();
+    let check = |file: &Path| {
+        ledger(
+            elsewhere.path(),
+            &["verify-certificate", file.to_str().unwrap()],
+        )
+    };
+    let output = check(&file);
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        said.contains("certificate ok: lot LL2612201, 4 entries"),
+        "{said}"
+    );
+    let text = std::fs::read_to_string(&file).unwrap();
+    let tampered = dir.path().join("tampered.json");
+    std::fs::write(&tampered, text.replacen("\"itm\":1.62", "\"itm\":1.92", 1)).unwrap();
+    let output = check(&tampered);
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("(lot_finished)") && said.contains("hash"),
+        "{said}"
+    );
+
+    let output = verify(dir.path());
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
     );
 }

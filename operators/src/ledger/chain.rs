@@ -353,3 +353,45 @@ pub fn entries_after(dir: &Path, seq: u64) -> anyhow::Result<Vec<Entry>> {
     }
     Ok(entries)
 }
+
+/// The keys of one chain, as its genesis and rotation entries introduced them.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ChainKeys {
+    pub chain: String,
+    pub keys: Vec<super::verify::ChainKey>,
+}
+
+/// Every chain's public keys, read from its key entries (not verified: `gaveurs ledger
+/// verify` does that).
+pub fn chain_keys(ledger_dir: &Path) -> anyhow::Result<Vec<ChainKeys>> {
+    let mut all = Vec::new();
+    for (name, dir) in chains(ledger_dir)? {
+        let mut keys: Vec<super::verify::ChainKey> = Vec::new();
+        for path in segments(&dir)? {
+            for line in BufReader::new(File::open(&path)?).lines() {
+                let line = line?;
+                if !(line.contains("\"type\":\"genesis\"")
+                    || line.contains("\"type\":\"key_rotated\""))
+                {
+                    continue;
+                }
+                let Ok(entry) = serde_json::from_str::<Entry>(&line) else {
+                    continue;
+                };
+                if let Some(Ok((key_id, public))) = entry.introduced_key() {
+                    if let Some(last) = keys.last_mut() {
+                        last.retired_at = Some(entry.seq);
+                    }
+                    keys.push(super::verify::ChainKey {
+                        key_id,
+                        public_key: hex::encode(public.to_bytes()),
+                        introduced_at: entry.seq,
+                        retired_at: None,
+                    });
+                }
+            }
+        }
+        all.push(ChainKeys { chain: name, keys });
+    }
+    Ok(all)
+}

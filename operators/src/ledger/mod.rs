@@ -2,6 +2,7 @@
 //! hash-linked to the previous one and signed with Ed25519, kept under `data/ledger/`, one
 //! chain per Kafka partition (`local` without Kafka).
 
+pub mod certificate;
 pub mod chain;
 pub mod desk;
 pub mod entry;

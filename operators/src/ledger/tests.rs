@@ -237,3 +237,73 @@ fn a_key_file_others_may_read_is_refused_and_a_second_writer_is_turned_away() {
         .unwrap();
     assert!(format!("{refused:#}").contains("chmod 600"), "{refused:#}");
 }
+
+#[test]
+fn a_lots_certificate_checks_offline_and_one_changed_byte_is_found_and_named() {
+    use super::certificate::{check, export};
+    let root = tempfile::tempdir().unwrap();
+    let keys = chain_of(root.path(), 4);
+    let ledger = root.path().join("ledger");
+    let (mut writer, _) = ChainWriter::open(&ledger, "local", &keys).unwrap();
+    writer
+        .rotate(&keys, "2026-02-01T00:00:00.000Z".into())
+        .unwrap();
+    let mut later = event(2);
+    later.kind = EntryKind::DayClosed;
+    later.payload = json!({"jour": 1, "repas": 2});
+    writer.append(vec![later, event(7)]).unwrap();
+    drop(writer);
+    // Lot LL0000002: entry 4 (signed by the first key) and entry 7 (by the second).
+    let certificate = export(&ledger, "LL0000002").unwrap();
+    let seqs: Vec<u64> = certificate.entries.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [4, 7]);
+    assert_eq!((certificate.keys.len(), certificate.head.seq), (2, 8));
+    assert!(
+        certificate
+            .url
+            .starts_with("gaveurs-ledger:local/LL0000002?head=8-")
+    );
+    let bytes = certificate.to_bytes();
+    let checked = check(&bytes).unwrap();
+    assert_eq!((checked.entries, checked.head_seq), (2, 8));
+
+    let text = String::from_utf8(bytes.clone()).unwrap();
+    let changed = |from: &str, to: &str| -> String {
+        assert!(text.contains(from), "{from} in {text}");
+        check(text.replacen(from, to, 1).as_bytes()).unwrap_err()
+    };
+    // A payload inside the lot's second entry.
+    let why = changed("\"repas\":2", "\"repas\":3");
+    assert!(
+        why.contains("entry 7 (day_closed)") && why.contains("hash"),
+        "{why}"
+    );
+    // The second key's public key.
+    let public = certificate.keys[1].payload["public_key"].as_str().unwrap();
+    let flipped = format!(
+        "{}{}",
+        if public.starts_with('0') { "1" } else { "0" },
+        &public[1..]
+    );
+    let why = changed(public, &flipped);
+    assert!(why.contains("entry 6 (key_rotated)"), "{why}");
+    // The head's signature.
+    let sig = &certificate.head.sig;
+    let flipped = format!(
+        "{}{}",
+        if sig.starts_with('0') { "1" } else { "0" },
+        &sig[1..]
+    );
+    let why = changed(sig, &flipped);
+    assert!(
+        why.contains("entry 8") && why.contains("signature"),
+        "{why}"
+    );
+    // The short form, and the layout.
+    let why = changed("&n=2", "&n=3");
+    assert!(why.contains("url"), "{why}");
+    let why = check(format!("{} ", text.trim_end()).as_bytes()).unwrap_err();
+    assert!(why.contains("canonical"), "{why}");
+    // A lot the chain never saw.
+    assert!(export(&ledger, "LL9999999").is_err());
+}
