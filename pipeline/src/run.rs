@@ -424,9 +424,13 @@ pub async fn run(
         let desk = ledger::desk::LedgerDesk::open(
             &config.ledger,
             &chain,
-            paths.data_dir.join("ledger"),
             &keys,
-            paths.instance_dir.join("ledger"),
+            ledger::desk::LedgerPaths {
+                ledger_dir: paths.data_dir.join("ledger"),
+                state_dir: paths.instance_dir.join("ledger"),
+                parquet_root: paths.parquet_root.clone(),
+                instance_id: instance_id.clone(),
+            },
             published_through,
         )
         .context("opening the ledger")?;

@@ -73,6 +73,12 @@ fn entries(dir: &Path) -> Vec<Value> {
         .collect()
 }
 
+fn seqs(rows: &[serde_json::Map<String, Value>]) -> Vec<i64> {
+    let mut seqs: Vec<i64> = rows.iter().map(|r| r["seq"].as_i64().unwrap()).collect();
+    seqs.sort();
+    seqs
+}
+
 fn of_type<'a>(entries: &'a [Value], kind: &str) -> Vec<&'a Value> {
     entries.iter().filter(|e| e["type"] == kind).collect()
 }
@@ -113,6 +119,19 @@ async fn lot_events_are_chained_verified_continued_after_a_restart_and_tampering
     );
     let finished = of_type(&chain, "lot_finished")[0];
     assert_eq!(finished["code_lot"], "LL2612101");
+    // Mirrored in the `ledger` dataset, read back from its Parquet files.
+    let mirrored = read_rows(&dir.path().join("data/parquet"), "ledger");
+    assert_eq!(seqs(&mirrored), (1..=7).collect::<Vec<_>>());
+    let row = mirrored
+        .iter()
+        .find(|r| r["type"] == "lot_finished")
+        .unwrap();
+    assert_eq!(row["hash"], finished["hash"]);
+    assert_eq!(row["code_lot"], "LL2612101");
+    assert!(
+        row["payload"].as_str().unwrap().contains("\"itm\":1.62"),
+        "{row:?}"
+    );
     // Four meals of 218.5, 218.5, 238.5, 238.5 g; livers of 562.5 g.
     assert_eq!(finished["payload"]["itm"], 1.62);
     assert_eq!(finished["payload"]["pertes_pct"], 1.5);
@@ -154,6 +173,12 @@ async fn lot_events_are_chained_verified_continued_after_a_restart_and_tampering
         (Some("lot_started"), Some(8))
     );
     assert_eq!(last["code_lot"], "LL2612103");
+    let mirrored = read_rows(&dir.path().join("data/parquet"), "ledger");
+    assert_eq!(
+        seqs(&mirrored),
+        (1..=8).collect::<Vec<_>>(),
+        "each entry once"
+    );
 
     // One byte changed in entry 5's payload: verify fails and names entry 5.
     let file = std::fs::read_dir(dir.path().join("data/ledger/local"))

@@ -92,6 +92,10 @@ pub fn fallback_schemas() -> Vec<(&'static str, Schema)> {
                 .as_ref()
                 .clone(),
         ),
+        (
+            gaveurs_schemas::datasets::ledger::NAME,
+            gaveurs_schemas::datasets::ledger::schema().as_ref().clone(),
+        ),
     ]
 }
 

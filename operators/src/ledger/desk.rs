@@ -20,8 +20,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use anyhow::Context;
+use gaveurs_schemas::datasets::Partition;
+use gaveurs_schemas::datasets::ledger::{self as dataset, LedgerRow};
 use gaveurs_schemas::records::{GavageMeal, LotOutcome, Record, SqalSample};
 use gaveurs_sinks::fsutil::{create_dir_durable, write_atomic};
+use gaveurs_sinks::parquet::derived::DerivedWriter;
 use gaveurs_sinks::wal::{Checkpointer, Committed, LogCursor, LogEnded, WalEntry};
 
 use super::chain::{ChainWriter, Opened, entries_after};
@@ -71,6 +74,8 @@ impl Default for LedgerConfig {
 struct LotTally {
     /// Its first meal is chained (a lot's SQAL samples may come first).
     started: bool,
+    /// Its site, as its meals, outcome or samples say.
+    site: Option<String>,
     /// The feeding day not yet closed.
     day: Option<DayTally>,
     /// Maize eaten per duck over the lot's meals so far (g).
@@ -98,6 +103,9 @@ struct Snapshot {
     through_lsn: u64,
     /// The chain's last entry when the state was saved.
     chain_seq: u64,
+    /// The last entry mirrored in the `ledger` dataset.
+    #[serde(default)]
+    published_seq: u64,
     lots: HashMap<String, LotTally>,
 }
 
@@ -122,9 +130,24 @@ struct State {
     halted: bool,
 }
 
+/// Where the desk reads and writes.
+pub struct LedgerPaths {
+    /// `data_dir/ledger`: the chains.
+    pub ledger_dir: PathBuf,
+    /// This instance's saved state.
+    pub state_dir: PathBuf,
+    /// `data_dir/parquet`, for the `ledger` dataset.
+    pub parquet_root: PathBuf,
+    pub instance_id: String,
+}
+
 pub struct LedgerDesk {
     state: Mutex<State>,
     writer: Mutex<ChainWriter>,
+    chain: String,
+    chain_dir: PathBuf,
+    parquet_root: PathBuf,
+    instance_id: String,
     state_dir: PathBuf,
     max_lots: usize,
     save_every: Duration,
@@ -139,11 +162,16 @@ impl LedgerDesk {
     pub fn open(
         config: &LedgerConfig,
         chain: &str,
-        ledger_dir: PathBuf,
         keys: &KeyStore,
-        state_dir: PathBuf,
+        paths: LedgerPaths,
         published_through: u64,
     ) -> anyhow::Result<Arc<LedgerDesk>> {
+        let LedgerPaths {
+            ledger_dir,
+            state_dir,
+            parquet_root,
+            instance_id,
+        } = paths;
         let (writer, opened) = ChainWriter::open(&ledger_dir, chain, keys)?;
         match &opened {
             Opened::Genesis(entry) => {
@@ -171,6 +199,7 @@ impl LedgerDesk {
                 let first = Snapshot {
                     through_lsn: published_through,
                     chain_seq: head,
+                    published_seq: 0,
                     lots: HashMap::new(),
                 };
                 create_dir_durable(&state_dir)
@@ -204,6 +233,10 @@ impl LedgerDesk {
                 halted: false,
             }),
             writer: Mutex::new(writer),
+            chain: chain.to_string(),
+            chain_dir: ledger_dir.join(chain),
+            parquet_root,
+            instance_id,
             state_dir,
             max_lots: config.max_lots.max(1),
             save_every: Duration::from_millis(config.state_save_interval_ms.max(1)),
@@ -308,6 +341,91 @@ impl LedgerDesk {
     }
 }
 
+impl LedgerDesk {
+    /// Mirrors the entries after the last published one in the `ledger` dataset. The files
+    /// are named after the first entry they hold, so a crash between writing them and saving
+    /// the new position writes the same names again: replaced, never doubled.
+    fn publish(&self) {
+        let from = {
+            let state = self.state.lock();
+            if state.halted {
+                return;
+            }
+            state.snapshot.published_seq
+        };
+        if self.writer.lock().next_seq() - 1 <= from {
+            return;
+        }
+        let written = (|| -> anyhow::Result<(u64, usize)> {
+            let entries = entries_after(&self.chain_dir, from)?;
+            let Some(last) = entries.last().map(|e| e.seq) else {
+                return Ok((from, 0));
+            };
+            let rows: Vec<(Partition, LedgerRow)> = entries
+                .iter()
+                .map(ledger_row)
+                .collect::<anyhow::Result<_>>()?;
+            let mut by_partition: BTreeMap<&Partition, Vec<&LedgerRow>> = BTreeMap::new();
+            for (partition, row) in &rows {
+                by_partition.entry(partition).or_default().push(row);
+            }
+            let mut writer =
+                DerivedWriter::new(self.parquet_root.clone(), self.instance_id.clone());
+            for (partition, rows) in by_partition {
+                writer.append(dataset::NAME, partition.clone(), dataset::to_batch(&rows)?);
+            }
+            writer.flush_named(&format!("ledger-{}-{}", self.chain, from + 1))?;
+            Ok((last, rows.len()))
+        })();
+        match written {
+            Ok((last, rows)) => {
+                let mut state = self.state.lock();
+                state.snapshot.published_seq = last;
+                state.unsaved = true;
+                drop(state);
+                tracing::debug!(target: "storage", rows, through_seq = last, "ledger entries published");
+            }
+            Err(e) => {
+                tracing::error!(target: "storage", error = %format!("{e:#}"), "ledger entries not mirrored in the ledger dataset; they are written again later");
+            }
+        }
+    }
+}
+
+/// An entry as a `ledger` row, and its partition (the date of its time, its lot's site).
+fn ledger_row(entry: &super::entry::Entry) -> anyhow::Result<(Partition, LedgerRow)> {
+    let time = DateTime::parse_from_rfc3339(&entry.time)
+        .with_context(|| format!("entry {} has the time {:?}", entry.seq, entry.time))?
+        .with_timezone(&Utc);
+    let mut payload = Vec::new();
+    super::entry::write_canonical(&mut payload, &entry.payload);
+    let site = entry
+        .payload
+        .get("site")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("-")
+        .to_string();
+    Ok((
+        Partition {
+            date: time.date_naive(),
+            site,
+        },
+        LedgerRow {
+            chain: entry.chain.clone(),
+            seq: entry.seq as i64,
+            time: time.timestamp_micros(),
+            kind: entry.kind.as_str().to_string(),
+            code_lot: entry.code_lot.clone(),
+            device_id: entry.device_id.clone(),
+            payload: String::from_utf8(payload)?,
+            prev: entry.prev.clone(),
+            hash: entry.hash.clone(),
+            key: entry.key.clone(),
+            sig: entry.sig.clone(),
+        },
+    ))
+}
+
 fn time(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
@@ -318,7 +436,7 @@ fn round(value: f64, digits: i32) -> f64 {
     (value * p).round() / p
 }
 
-fn close_day(code_lot: &str, day: DayTally, events: &mut Vec<Event>) {
+fn close_day(code_lot: &str, site: Option<&str>, day: DayTally, events: &mut Vec<Event>) {
     let ecart_pct = (day.theorique_g > 0.0).then(|| {
         round(
             (day.reelle_g - day.theorique_g) / day.theorique_g * 100.0,
@@ -331,6 +449,7 @@ fn close_day(code_lot: &str, day: DayTally, events: &mut Vec<Event>) {
         code_lot: Some(code_lot.to_string()),
         device_id: None,
         payload: json!({
+            "site": site,
             "jour": day.jour,
             "repas": day.meals,
             "dose_theorique_g": round(day.theorique_g, 3),
@@ -345,6 +464,7 @@ fn close_day(code_lot: &str, day: DayTally, events: &mut Vec<Event>) {
 fn on_meal(lots: &mut HashMap<String, LotTally>, meal: &GavageMeal, events: &mut Vec<Event>) {
     let lot = lots.entry(meal.code_lot.clone()).or_default();
     lot.last_heard = Some(meal.timestamp);
+    lot.site = Some(meal.site.as_str().to_string());
     if !lot.started {
         lot.started = true;
         events.push(Event {
@@ -378,7 +498,7 @@ fn on_meal(lots: &mut HashMap<String, LotTally>, meal: &GavageMeal, events: &mut
         _ => {}
     }
     if let Some(previous) = lot.day.take() {
-        close_day(&meal.code_lot, previous, events);
+        close_day(&meal.code_lot, lot.site.as_deref(), previous, events);
     }
     lot.day = Some(DayTally {
         jour: meal.jour,
@@ -394,8 +514,9 @@ fn on_meal(lots: &mut HashMap<String, LotTally>, meal: &GavageMeal, events: &mut
 fn on_outcome(lots: &mut HashMap<String, LotTally>, outcome: &LotOutcome, events: &mut Vec<Event>) {
     let lot = lots.entry(outcome.code_lot.clone()).or_default();
     lot.last_heard = Some(outcome.event_time);
+    lot.site = Some(outcome.site.as_str().to_string());
     if let Some(day) = lot.day.take() {
-        close_day(&outcome.code_lot, day, events);
+        close_day(&outcome.code_lot, lot.site.as_deref(), day, events);
     }
     let pertes_pct = (outcome.nb_canards_mis_en_gavage > 0).then(|| {
         round(
@@ -450,6 +571,7 @@ fn on_sample(lots: &mut HashMap<String, LotTally>, sample: &SqalSample, events: 
         code_lot: Some(code_lot.clone()),
         device_id: Some(sample.device_id.clone()),
         payload: json!({
+            "site": sample.site_code.as_str(),
             "sample_id": sample.sample_id,
             "grade": sample.grade.as_str(),
             "is_compliant": sample.is_compliant,
@@ -504,8 +626,9 @@ impl LogDesk for LedgerDesk {
         LedgerDesk::save_if_due(self, force);
     }
 
-    /// Entries are written as they are derived: nothing waits for a file.
-    fn publish(&self) {}
+    fn publish(&self) {
+        LedgerDesk::publish(self);
+    }
 
     fn stopped(&self, ended: LogEnded) {
         let counters = self.counters();

@@ -14,6 +14,7 @@ mod columns;
 mod dlq;
 mod envelope_columns;
 mod gavage_meals;
+pub mod ledger;
 mod lot_outcomes;
 mod sqal_samples;
 
