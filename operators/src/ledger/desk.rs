@@ -33,6 +33,8 @@ use super::keys::KeyStore;
 use crate::log_desk::LogDesk;
 
 const STATE_FILE: &str = "state.json";
+/// How often `ledger.log` says how many entries were appended.
+const REPORT_EVERY: Duration = Duration::from_secs(60);
 /// The chain without Kafka partitions.
 pub const LOCAL_CHAIN: &str = "local";
 
@@ -153,6 +155,8 @@ pub struct LedgerDesk {
     save_every: Duration,
     saving: Mutex<()>,
     checkpoint: OnceLock<Checkpointer>,
+    /// When `ledger.log` last reported, and the count then.
+    last_report: Mutex<(Instant, u64)>,
 }
 
 impl LedgerDesk {
@@ -242,6 +246,7 @@ impl LedgerDesk {
             save_every: Duration::from_millis(config.state_save_interval_ms.max(1)),
             saving: Mutex::new(()),
             checkpoint: OnceLock::new(),
+            last_report: Mutex::new((Instant::now(), 0)),
         }))
     }
 
@@ -628,6 +633,17 @@ impl LogDesk for LedgerDesk {
 
     fn publish(&self) {
         LedgerDesk::publish(self);
+    }
+
+    /// A line a minute while entries are appended, so `ledger.log` shows them.
+    fn after_turn(&self) {
+        let appended = self.counters().appended;
+        let mut last = self.last_report.lock();
+        if last.0.elapsed() >= REPORT_EVERY && appended > last.1 {
+            let head = self.writer.lock().next_seq() - 1;
+            tracing::info!(target: "ledger", appended = appended - last.1, seconds = last.0.elapsed().as_secs(), head_seq = head, "entries appended");
+            *last = (Instant::now(), appended);
+        }
     }
 
     fn stopped(&self, ended: LogEnded) {

@@ -106,12 +106,5 @@ pub fn to_batch(changes: &[&AlertChange]) -> Result<RecordBatch, ArrowError> {
             }
         })
         .collect();
-    let schema = schema();
-    let mut decoder = arrow::json::ReaderBuilder::new(schema.clone())
-        .with_batch_size(rows.len().max(1))
-        .build_decoder()?;
-    decoder.serialize(&rows)?;
-    Ok(decoder
-        .flush()?
-        .unwrap_or_else(|| RecordBatch::new_empty(schema)))
+    super::serialized_to_batch(schema(), &rows)
 }

@@ -93,12 +93,5 @@ pub fn to_batch(anomalies: &[&Anomaly]) -> Result<RecordBatch, ArrowError> {
             envelope: EnvelopeColumns::new(&a.envelope),
         })
         .collect();
-    let schema = schema();
-    let mut decoder = arrow::json::ReaderBuilder::new(schema.clone())
-        .with_batch_size(rows.len().max(1))
-        .build_decoder()?;
-    decoder.serialize(&rows)?;
-    Ok(decoder
-        .flush()?
-        .unwrap_or_else(|| RecordBatch::new_empty(schema)))
+    super::serialized_to_batch(schema(), &rows)
 }

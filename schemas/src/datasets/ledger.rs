@@ -51,12 +51,5 @@ pub struct LedgerRow {
 }
 
 pub fn to_batch(rows: &[&LedgerRow]) -> Result<RecordBatch, ArrowError> {
-    let schema = schema();
-    let mut decoder = arrow::json::ReaderBuilder::new(schema.clone())
-        .with_batch_size(rows.len().max(1))
-        .build_decoder()?;
-    decoder.serialize(rows)?;
-    Ok(decoder
-        .flush()?
-        .unwrap_or_else(|| RecordBatch::new_empty(schema)))
+    super::serialized_to_batch(schema(), rows)
 }

@@ -124,7 +124,14 @@ pub fn dead_letters_to_batch(rows: &[&DeadLetter]) -> Result<RecordBatch, ArrowE
 }
 
 fn rows_to_batch<R: Serialize>(dataset: Dataset, rows: &[R]) -> Result<RecordBatch, ArrowError> {
-    let schema = dataset.schema();
+    serialized_to_batch(dataset.schema(), rows)
+}
+
+/// Rows that serialise to `schema`'s columns, as one batch.
+pub(crate) fn serialized_to_batch<R: Serialize>(
+    schema: SchemaRef,
+    rows: &[R],
+) -> Result<RecordBatch, ArrowError> {
     let mut decoder = arrow::json::ReaderBuilder::new(schema.clone())
         .with_batch_size(rows.len().max(1))
         .build_decoder()?;
