@@ -44,6 +44,26 @@ impl IntoResponse for Forbidden {
     }
 }
 
+impl Access {
+    /// A lot that is not there is a 404 only for someone who may read some gavage data;
+    /// anyone else is refused as for any lot, so no one learns which lots exist.
+    pub fn unknown_lot(&self, error: String) -> Result<Response, Forbidden> {
+        self.require(
+            Resource::GavageData,
+            Action::Read,
+            Scope {
+                gaveur_id: self.principal.gaveur_id,
+                site: None,
+            },
+        )?;
+        Ok((
+            axum::http::StatusCode::NOT_FOUND,
+            axum::Json(serde_json::json!({ "error": error })),
+        )
+            .into_response())
+    }
+}
+
 /// A verified caller of the API.
 pub struct Access {
     pub principal: Arc<Principal>,

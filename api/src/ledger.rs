@@ -37,20 +37,7 @@ pub async fn lot(
     let certificate = match exported {
         Ok(Ok(certificate)) => certificate,
         Ok(Err(CertificateError::UnknownLot(_))) => {
-            // Only someone who may read some gavage data learns that a lot is unknown.
-            access.require(
-                Resource::GavageData,
-                Action::Read,
-                Scope {
-                    gaveur_id: access.principal.gaveur_id,
-                    site: None,
-                },
-            )?;
-            return Ok((
-                StatusCode::NOT_FOUND,
-                axum::Json(json!({"error": format!("lot {code_lot} has no entry in the ledger")})),
-            )
-                .into_response());
+            return access.unknown_lot(format!("lot {code_lot} has no entry in the ledger"));
         }
         Ok(Err(e)) => return Ok(internal(e.to_string())),
         Err(e) => return Ok(internal(e.to_string())),

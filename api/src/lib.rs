@@ -261,20 +261,7 @@ async fn lot(
             })
     });
     let Some(view) = view else {
-        // Only someone who may read some gavage data learns that a lot is unknown.
-        access.require(
-            Resource::GavageData,
-            Action::Read,
-            Scope {
-                gaveur_id: access.principal.gaveur_id,
-                site: None,
-            },
-        )?;
-        return Ok((
-            StatusCode::NOT_FOUND,
-            axum::Json(serde_json::json!({"error": format!("no KPIs for lot {code_lot}")})),
-        )
-            .into_response());
+        return access.unknown_lot(format!("no KPIs for lot {code_lot}"));
     };
     access.require(
         Resource::GavageData,
