@@ -406,7 +406,7 @@ pub async fn run(
         tracing::info!(target: "ml", "anomaly scoring disabled by [ml] enabled = false");
         None
     };
-    if config.ledger.enabled {
+    let ledger_desk = if config.ledger.enabled {
         let keys = KeyStore::new(
             config
                 .ledger
@@ -414,24 +414,26 @@ pub async fn run(
                 .clone()
                 .unwrap_or_else(|| paths.data_dir.join("keys").join("ledger")),
         );
-        // One chain per Kafka partition is not built yet: with Kafka each instance keeps
-        // its own chain, so instances sharing a data dir never write one file.
-        let chain = if config.kafka.is_some() {
+        // With Kafka, each partition's records go to the partition's chain, taken by
+        // whichever instance owns it; the others (MQTT, WebSocket) to this instance's.
+        let local_chain = if config.kafka.is_some() {
             format!("instance-{instance_id}")
         } else {
             ledger::desk::LOCAL_CHAIN.to_string()
         };
         let desk = ledger::desk::LedgerDesk::open(
             &config.ledger,
-            &chain,
-            &keys,
+            &local_chain,
+            keys,
             ledger::desk::LedgerPaths {
                 ledger_dir: paths.data_dir.join("ledger"),
                 state_dir: paths.instance_dir.join("ledger"),
+                shards: paths.data_dir.join("shards"),
                 parquet_root: paths.parquet_root.clone(),
-                instance_id: instance_id.clone(),
             },
             published_through,
+            RuleSet::from_config(&config.alerts).map_err(|e| anyhow::anyhow!(e))?,
+            models.clone(),
         )
         .context("opening the ledger")?;
         consumers.register(
@@ -446,9 +448,11 @@ pub async fn run(
                 move |cursor| ledger::desk::spawn(desk, cursor, publish_every)
             },
         );
+        Some(desk)
     } else {
         tracing::info!(target: "ledger", "ledger disabled by [ledger] enabled = false");
-    }
+        None
+    };
     if let Some(kafka) = &kafka_output
         && kafka.has_live_topic()
     {
@@ -479,6 +483,7 @@ pub async fn run(
         config_path.clone(),
         alert_desk.clone(),
         anomaly_desk,
+        ledger_desk.clone(),
         log_levels,
     ));
     let intake = PipelineIntake::new(IntakeParts {
@@ -530,6 +535,12 @@ pub async fn run(
 
     let kafka_source = match &config.kafka {
         Some(kafka) => {
+            // Each Kafka partition's alerts and ledger chain belong to the partition.
+            let mut partition_states: Vec<Arc<dyn kafka_source::PartitionState>> =
+                vec![alert_desk.clone()];
+            if let Some(ledger_desk) = &ledger_desk {
+                partition_states.push(ledger_desk.clone());
+            }
             let settings = KafkaSettings {
                 brokers: kafka.brokers.clone(),
                 group: kafka.group.clone(),
@@ -551,7 +562,7 @@ pub async fn run(
                     settings,
                     intake.clone(),
                     publication,
-                    alert_desk.clone(),
+                    Arc::new(kafka_source::PartitionStates(partition_states)),
                     shutdown.clone(),
                 )
                 .context("starting the Kafka consumer")?,
@@ -686,6 +697,7 @@ async fn reload_on_hangup(
     config_path: Option<PathBuf>,
     desk: Arc<AlertDesk>,
     anomaly_desk: Option<Arc<anomalies::desk::AnomalyDesk>>,
+    ledger_desk: Option<Arc<ledger::desk::LedgerDesk>>,
     log_levels: crate::logs::Levels,
 ) {
     while hangups.recv().await.is_some() {
@@ -699,6 +711,9 @@ async fn reload_on_hangup(
                     anomaly_desk.reload(&ml, Path::new("."), "SIGHUP");
                 }
                 let count = rules.rules.len();
+                if let Some(ledger_desk) = &ledger_desk {
+                    ledger_desk.reload(rules.clone());
+                }
                 desk.reload(rules, text_from);
                 tracing::info!(target: "alerts", rules = count, "SIGHUP: alert rules reloaded");
                 match log_levels.reload(&logs) {

@@ -60,7 +60,7 @@ pub enum Shard {
 
 impl Shard {
     /// The shard of a logged record, with its Kafka offset.
-    fn of(entry: &WalEntry) -> (Shard, Option<i64>) {
+    pub(crate) fn of(entry: &WalEntry) -> (Shard, Option<i64>) {
         match entry.kafka_position() {
             Some((topic, partition, offset)) => (
                 Shard::Kafka {
@@ -74,13 +74,13 @@ impl Shard {
     }
 
     /// Folder name of a partition's shared state: `<topic>-<partition>`.
-    fn folder(topic: &str, partition: i32) -> String {
+    pub(crate) fn folder(topic: &str, partition: i32) -> String {
         format!("{topic}-{partition}")
     }
 
     /// What names its `alerts` files (one writer per shard, so a new owner replaces the
     /// files its previous owner wrote for the same rows).
-    fn file_prefix(&self, instance_id: &str) -> String {
+    pub(crate) fn file_prefix(&self, instance_id: &str) -> String {
         match self {
             Shard::Local => instance_id.to_string(),
             Shard::Kafka { topic, partition } => {
@@ -452,6 +452,14 @@ impl AlertDesk {
                 match offset {
                     None if committed.lsn <= shard.snapshot.through_lsn => continue,
                     Some(offset) if shard.snapshot.kafka_offset.is_some_and(|o| offset <= o) => {
+                        continue;
+                    }
+                    // Read again for another partition state: a state that starts empty
+                    // starts at what is published.
+                    Some(_)
+                        if shard.snapshot.kafka_offset.is_none()
+                            && matches!(committed.entry.as_ref(), WalEntry::Reread(_)) =>
+                    {
                         continue;
                     }
                     _ => {}

@@ -1,40 +1,53 @@
-//! The ledger desk: a consumer of the durable log that turns records into lot events and
-//! appends them to the chain.
+//! The ledger desk: a consumer of the durable log that turns records into ledger events
+//! (`super::events`) and appends them to the chains.
 //!
-//! Events are derived from the records alone, in log order, so the same records give the
-//! same events. The desk saves its lot tallies with the log position they cover and the
-//! chain's head at that moment; after a crash it derives again from the saved position and
-//! skips the events the chain already holds past the saved head (the chain is fsynced before
-//! anything else sees an entry, so it is never behind what was exposed). Nothing is skipped
-//! or chained twice.
+//! Like the alert desk, it splits its state by **shard**: the records of one Kafka partition
+//! belong to that partition's chain (`data/ledger/kafka_<topic>_p<partition>`, its state in
+//! `data/shards/<topic>-<partition>/ledger/state.json`, continued by whichever instance owns
+//! the partition now), every other record to this instance's chain (`local` without Kafka,
+//! `instance-<id>` with it). A shard's state holds its tallies with how far they go (the log
+//! position, or the partition's Kafka offset) and the chain's head at that moment; after a
+//! crash the records since are derived again — from the log, or re-read from Kafka — and the
+//! events the chain already holds past the saved head are skipped (the chain is fsynced
+//! before anything else sees an entry, so it is never behind what was exposed). Nothing is
+//! skipped or chained twice.
+//!
+//! `gaveurs ledger rotate-key` beside a running pipeline leaves a request in the keys folder
+//! (`rotate-<chain>.request`); the desk that holds the chain rotates its key and removes it.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, SecondsFormat, Utc};
-use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
-use serde_json::json;
-
 use anyhow::Context;
+use chrono::{DateTime, Utc};
+use gaveurs_connectors::sources::kafka::PartitionState;
 use gaveurs_schemas::datasets::Partition;
 use gaveurs_schemas::datasets::ledger::{self as dataset, LedgerRow};
-use gaveurs_schemas::records::{GavageMeal, LotOutcome, Record, SqalSample};
 use gaveurs_sinks::fsutil::{create_dir_durable, write_atomic};
 use gaveurs_sinks::parquet::derived::DerivedWriter;
 use gaveurs_sinks::wal::{Checkpointer, Committed, LogCursor, LogEnded, WalEntry};
+use parking_lot::{Condvar, Mutex};
+use serde::{Deserialize, Serialize};
 
-use super::chain::{ChainWriter, Opened, entries_after};
+use super::chain::{ChainWriter, Opened, entries_after, now};
 use super::entry::{EntryKind, Event};
+use super::events::Tallies;
 use super::keys::KeyStore;
+use crate::alerts::desk::Shard;
+use crate::alerts::rules::RuleSet;
+use crate::anomalies::desk::ModelSlot;
 use crate::log_desk::LogDesk;
 
 const STATE_FILE: &str = "state.json";
 /// How often `ledger.log` says how many entries were appended.
 const REPORT_EVERY: Duration = Duration::from_secs(60);
+/// How often the keys folder is looked at for rotation requests.
+const REQUESTS_EVERY: Duration = Duration::from_millis(500);
+/// How long taking a partition waits for its previous owner to let go of its chain.
+const TAKE_WAIT: Duration = Duration::from_secs(10);
 /// The chain without Kafka partitions.
 pub const LOCAL_CHAIN: &str = "local";
 
@@ -52,9 +65,9 @@ pub struct LedgerConfig {
     pub enabled: bool,
     /// Where the signing keys are kept (mode 0600 files); default `<data_dir>/keys/ledger`.
     pub keys_dir: Option<PathBuf>,
-    /// Lots whose tallies are kept (default 100000); past it the least recently heard of
-    /// are forgotten, and a forgotten lot that comes back starts a new tally (its entries
-    /// say so: `lot_started` again).
+    /// Lots whose tallies are kept per chain (default 100000); past it the least recently
+    /// heard of are forgotten, and a forgotten lot that comes back starts a new tally (its
+    /// entries say so: `lot_started` again).
     pub max_lots: usize,
     /// How often the desk's state is saved while records flow (default 1000 ms).
     pub state_save_interval_ms: u64,
@@ -71,44 +84,34 @@ impl Default for LedgerConfig {
     }
 }
 
-/// A lot as the ledger follows it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-struct LotTally {
-    /// Its first meal is chained (a lot's SQAL samples may come first).
-    started: bool,
-    /// Its site, as its meals, outcome or samples say.
-    site: Option<String>,
-    /// The feeding day not yet closed.
-    day: Option<DayTally>,
-    /// Maize eaten per duck over the lot's meals so far (g).
-    total_reel_g: f64,
-    sqal_samples: u64,
-    sqal_compliant: u64,
-    sqal_grades: BTreeMap<String, u64>,
-    last_heard: Option<DateTime<Utc>>,
+/// The name of a Kafka partition's chain (`kafka_<topic>_p<partition>`).
+pub fn partition_chain(topic: &str, partition: i32) -> String {
+    Shard::Kafka {
+        topic: topic.to_string(),
+        partition,
+    }
+    .file_prefix("")
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct DayTally {
-    jour: i64,
-    meals: u64,
-    theorique_g: f64,
-    reelle_g: f64,
-    poids_moyen_g: Option<f64>,
-    taux_mortalite: Option<f64>,
-    last_time: DateTime<Utc>,
+/// The file `gaveurs ledger rotate-key` leaves for the pipeline that holds `chain`.
+pub fn rotation_request(keys_dir: &Path, chain: &str) -> PathBuf {
+    keys_dir.join(format!("rotate-{chain}.request"))
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Snapshot {
-    /// Every log entry up to here is derived.
+    /// This instance's shard: every log entry up to here is derived.
     through_lsn: u64,
+    /// A partition's shard: every record up to this offset is derived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kafka_offset: Option<i64>,
     /// The chain's last entry when the state was saved.
     chain_seq: u64,
     /// The last entry mirrored in the `ledger` dataset.
     #[serde(default)]
     published_seq: u64,
-    lots: HashMap<String, LotTally>,
+    #[serde(flatten)]
+    tallies: Tallies,
 }
 
 /// What the desk counted since it started.
@@ -120,63 +123,33 @@ pub struct LedgerCounters {
     pub lots_forgotten: u64,
 }
 
-struct State {
+/// One chain and the state that continues it.
+struct ShardLedger {
     snapshot: Snapshot,
+    writer: ChainWriter,
+    state_dir: PathBuf,
     unsaved: bool,
-    last_saved: Instant,
-    counters: LedgerCounters,
     /// Events to drop because the chain already holds them (derived before a crash).
     already_chained: u64,
-    /// Appending failed: nothing more is derived until a restart re-reads the log from the
-    /// saved position.
+    /// Appending failed: nothing more is derived until a restart (or the partition's next
+    /// owner) derives again from the saved position.
     halted: bool,
+    /// Events derived from the current batch, not yet chained.
+    derived: Vec<Event>,
 }
 
-/// Where the desk reads and writes.
-pub struct LedgerPaths {
-    /// `data_dir/ledger`: the chains.
-    pub ledger_dir: PathBuf,
-    /// This instance's saved state.
-    pub state_dir: PathBuf,
-    /// `data_dir/parquet`, for the `ledger` dataset.
-    pub parquet_root: PathBuf,
-    pub instance_id: String,
-}
-
-pub struct LedgerDesk {
-    state: Mutex<State>,
-    writer: Mutex<ChainWriter>,
-    chain: String,
-    chain_dir: PathBuf,
-    parquet_root: PathBuf,
-    instance_id: String,
-    state_dir: PathBuf,
-    max_lots: usize,
-    save_every: Duration,
-    saving: Mutex<()>,
-    checkpoint: OnceLock<Checkpointer>,
-    /// When `ledger.log` last reported, and the count then.
-    last_report: Mutex<(Instant, u64)>,
-}
-
-impl LedgerDesk {
-    /// Opens the chain (its genesis on a first start) and the saved state.
-    /// `published_through`: where a first start begins (records of earlier runs are not
-    /// chained).
-    pub fn open(
-        config: &LedgerConfig,
+impl ShardLedger {
+    /// Opens the chain (its genesis on a first start) and the saved state; without one,
+    /// `fresh` is saved at once, so a crash before the first periodic save still finds where
+    /// this shard's entries began.
+    fn open(
+        ledger_dir: &Path,
         chain: &str,
         keys: &KeyStore,
-        paths: LedgerPaths,
-        published_through: u64,
-    ) -> anyhow::Result<Arc<LedgerDesk>> {
-        let LedgerPaths {
-            ledger_dir,
-            state_dir,
-            parquet_root,
-            instance_id,
-        } = paths;
-        let (writer, opened) = ChainWriter::open(&ledger_dir, chain, keys)?;
+        state_dir: PathBuf,
+        fresh: Snapshot,
+    ) -> anyhow::Result<ShardLedger> {
+        let (writer, opened) = ChainWriter::open(ledger_dir, chain, keys)?;
         match &opened {
             Opened::Genesis(entry) => {
                 tracing::info!(target: "ledger", chain, key_id = %entry.key, hash = %entry.hash, "ledger started: genesis entry written");
@@ -191,20 +164,20 @@ impl LedgerDesk {
         let path = state_dir.join(STATE_FILE);
         let head = writer.next_seq() - 1;
         let snapshot = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                anyhow::anyhow!(
-                    "{} is not a ledger state ({e}); move it away to chain from the log's published position",
-                    path.display()
-                )
-            })?,
-            // Saved at once, so a crash before the first periodic save still finds where
-            // this run's entries began.
+            Ok(bytes) => {
+                let mut snapshot: Snapshot = serde_json::from_slice(&bytes).map_err(|e| {
+                    anyhow::anyhow!(
+                        "{} is not a ledger state ({e}); move it away to chain from the log's published position",
+                        path.display()
+                    )
+                })?;
+                snapshot.tallies.reindex();
+                snapshot
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let first = Snapshot {
-                    through_lsn: published_through,
                     chain_seq: head,
-                    published_seq: 0,
-                    lots: HashMap::new(),
+                    ..fresh
                 };
                 create_dir_durable(&state_dir)
                     .and_then(|()| write_atomic(&path, &serde_json::to_vec(&first)?))
@@ -215,7 +188,7 @@ impl LedgerDesk {
         };
         anyhow::ensure!(
             snapshot.chain_seq <= head,
-            "the ledger state ({}) has seen entry {} but the chain ends at {head}: entries were removed; run `gaveurs ledger verify`",
+            "the ledger state ({}) has seen entry {} but the chain {chain} ends at {head}: entries were removed; run `gaveurs ledger verify`",
             path.display(),
             snapshot.chain_seq
         );
@@ -225,111 +198,259 @@ impl LedgerDesk {
             .filter(|e| !matches!(e.kind, EntryKind::Genesis | EntryKind::KeyRotated))
             .count() as u64;
         if already_chained > 0 {
-            tracing::info!(target: "ledger", already_chained, from_seq = snapshot.chain_seq, "events chained after the last save are derived again and not chained twice");
+            tracing::info!(target: "ledger", chain, already_chained, from_seq = snapshot.chain_seq, "events chained after the last save are derived again and not chained twice");
         }
-        Ok(Arc::new(LedgerDesk {
-            state: Mutex::new(State {
-                snapshot,
-                unsaved: false,
-                last_saved: Instant::now(),
-                counters: LedgerCounters::default(),
-                already_chained,
-                halted: false,
-            }),
-            writer: Mutex::new(writer),
-            chain: chain.to_string(),
-            chain_dir: ledger_dir.join(chain),
-            parquet_root,
-            instance_id,
+        Ok(ShardLedger {
+            snapshot,
+            writer,
             state_dir,
+            unsaved: false,
+            already_chained,
+            halted: false,
+            derived: Vec::new(),
+        })
+    }
+
+    /// Chains what the last records derived, but what the chain already holds.
+    fn chain_derived(&mut self, counters: &mut LedgerCounters) {
+        if self.derived.is_empty() {
+            return;
+        }
+        let mut events = std::mem::take(&mut self.derived);
+        let skip = (self.already_chained as usize).min(events.len());
+        self.already_chained -= skip as u64;
+        counters.skipped_as_chained += skip as u64;
+        events.drain(..skip);
+        if events.is_empty() {
+            return;
+        }
+        match self.writer.append(events) {
+            Ok(entries) => {
+                counters.appended += entries.len() as u64;
+                if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
+                    tracing::debug!(target: "ledger", chain = self.writer.name(), from_seq = first.seq, to_seq = last.seq, head = %last.hash, "entries appended");
+                }
+            }
+            Err(e) => {
+                // The tallies moved past events the chain does not hold: stop here, keep the
+                // saved state, and let a restart derive them again.
+                self.halted = true;
+                tracing::error!(target: "ledger", chain = self.writer.name(), error = %format!("{e:#}"), "ledger append failed; this chain stops until a restart, which derives the missing entries again");
+            }
+        }
+    }
+}
+
+struct DeskState {
+    shards: BTreeMap<Shard, ShardLedger>,
+    rules: RuleSet,
+    counters: LedgerCounters,
+    last_saved: Instant,
+}
+
+/// Where the desk reads and writes.
+pub struct LedgerPaths {
+    /// `data_dir/ledger`: the chains.
+    pub ledger_dir: PathBuf,
+    /// This instance's saved state.
+    pub state_dir: PathBuf,
+    /// `data_dir/shards`: one folder per Kafka partition, shared by every instance.
+    pub shards: PathBuf,
+    /// `data_dir/parquet`, for the `ledger` dataset.
+    pub parquet_root: PathBuf,
+}
+
+pub struct LedgerDesk {
+    state: Mutex<DeskState>,
+    /// Wakes a partition's release waiting for the desk to reach a log position.
+    progressed: Condvar,
+    keys: KeyStore,
+    paths: LedgerPaths,
+    max_lots: usize,
+    save_every: Duration,
+    saving: Mutex<()>,
+    checkpoint: OnceLock<Checkpointer>,
+    /// The anomaly models the `anomalie` rule scores with (`None`: scoring is off).
+    models: Option<ModelSlot>,
+    /// When `ledger.log` last reported, and the count then.
+    last_report: Mutex<(Instant, u64)>,
+    last_requests_look: Mutex<Instant>,
+}
+
+impl LedgerDesk {
+    /// Opens this instance's chain `local_chain` and its saved state. `published_through`:
+    /// where a first start begins (records of earlier runs are not chained). `rules` are
+    /// the alert rules whose critical alerts are chained.
+    pub fn open(
+        config: &LedgerConfig,
+        local_chain: &str,
+        keys: KeyStore,
+        paths: LedgerPaths,
+        published_through: u64,
+        rules: RuleSet,
+        models: Option<ModelSlot>,
+    ) -> anyhow::Result<Arc<LedgerDesk>> {
+        let local = ShardLedger::open(
+            &paths.ledger_dir,
+            local_chain,
+            &keys,
+            paths.state_dir.clone(),
+            Snapshot {
+                through_lsn: published_through,
+                ..Snapshot::default()
+            },
+        )?;
+        Ok(Arc::new(LedgerDesk {
+            state: Mutex::new(DeskState {
+                shards: [(Shard::Local, local)].into_iter().collect(),
+                rules,
+                counters: LedgerCounters::default(),
+                last_saved: Instant::now(),
+            }),
+            progressed: Condvar::new(),
+            keys,
+            paths,
             max_lots: config.max_lots.max(1),
             save_every: Duration::from_millis(config.state_save_interval_ms.max(1)),
             saving: Mutex::new(()),
             checkpoint: OnceLock::new(),
+            models,
             last_report: Mutex::new((Instant::now(), 0)),
+            last_requests_look: Mutex::new(Instant::now()),
         }))
     }
 
+    /// The last log entry this instance's state covers.
     pub fn saved_through(&self) -> u64 {
-        self.state.lock().snapshot.through_lsn
+        self.state.lock().shards[&Shard::Local].snapshot.through_lsn
     }
 
     pub fn counters(&self) -> LedgerCounters {
         self.state.lock().counters
     }
 
-    fn process(&self, batch: &[Committed], read_through: u64) {
-        let mut state = self.state.lock();
-        if state.halted {
-            return;
-        }
-        let state = &mut *state;
-        let mut events = Vec::new();
-        for committed in batch {
-            let WalEntry::Event(event) = committed.entry.as_ref() else {
-                continue;
-            };
-            if committed.lsn <= state.snapshot.through_lsn {
-                continue;
-            }
-            let lots = &mut state.snapshot.lots;
-            match &event.record {
-                Record::Gavage(meal) => on_meal(lots, meal, &mut events),
-                Record::LotOutcome(outcome) => on_outcome(lots, outcome, &mut events),
-                Record::Sqal(sample) => on_sample(lots, sample, &mut events),
-            }
-        }
-        let skip = (state.already_chained as usize).min(events.len());
-        state.already_chained -= skip as u64;
-        state.counters.skipped_as_chained += skip as u64;
-        let fresh: Vec<Event> = events.into_iter().skip(skip).collect();
-        if !fresh.is_empty() {
-            let mut writer = self.writer.lock();
-            match writer.append(fresh) {
-                Ok(entries) => {
-                    state.counters.appended += entries.len() as u64;
-                    if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
-                        tracing::debug!(target: "ledger", from_seq = first.seq, to_seq = last.seq, head = %last.hash, "entries appended");
-                    }
-                }
-                Err(e) => {
-                    // The lots' tallies moved past events the chain does not hold: stop
-                    // here, keep the saved state, and let a restart derive them again.
-                    state.halted = true;
-                    tracing::error!(target: "ledger", error = %format!("{e:#}"), "ledger append failed; the ledger stops until a restart, which derives the missing entries again from the log");
-                    return;
-                }
-            }
-        }
-        state.counters.lots_forgotten += forget_beyond(&mut state.snapshot.lots, self.max_lots);
-        if read_through > state.snapshot.through_lsn {
-            state.snapshot.through_lsn = read_through;
-            state.unsaved = true;
-        }
+    /// The chains this instance holds now.
+    pub fn chains(&self) -> Vec<String> {
+        let state = self.state.lock();
+        state
+            .shards
+            .values()
+            .map(|s| s.writer.name().to_string())
+            .collect()
     }
 
+    /// New alert rules (SIGHUP): the critical alerts of a rule that was disabled clear now.
+    pub fn reload(&self, rules: RuleSet) {
+        let mut state = self.state.lock();
+        let state = &mut *state;
+        for shard in state.shards.values_mut().filter(|s| !s.halted) {
+            shard
+                .snapshot
+                .tallies
+                .retire_rules(&rules, &mut shard.derived);
+            shard.unsaved |= !shard.derived.is_empty();
+            shard.chain_derived(&mut state.counters);
+        }
+        state.rules = rules;
+    }
+
+    fn process(&self, batch: &[Committed], read_through: u64) {
+        // Read once per batch, as the alert desk does: a swap takes effect between batches.
+        let models = self.models.as_ref().map(ModelSlot::current);
+        {
+            let mut state = self.state.lock();
+            let state = &mut *state;
+            for committed in batch {
+                let (WalEntry::Event(logged) | WalEntry::Reread(logged)) = committed.entry.as_ref()
+                else {
+                    continue;
+                };
+                let (shard_id, offset) = Shard::of(&committed.entry);
+                // A partition another instance owns now is that instance's to chain.
+                let Some(shard) = state.shards.get_mut(&shard_id) else {
+                    continue;
+                };
+                if shard.halted {
+                    continue;
+                }
+                let snapshot = &mut shard.snapshot;
+                match offset {
+                    None if committed.lsn <= snapshot.through_lsn => continue,
+                    Some(offset) if snapshot.kafka_offset.is_some_and(|o| offset <= o) => {
+                        continue;
+                    }
+                    // Read again for another partition state: a chain that starts empty
+                    // starts at what is published.
+                    Some(_)
+                        if snapshot.kafka_offset.is_none()
+                            && matches!(committed.entry.as_ref(), WalEntry::Reread(_)) =>
+                    {
+                        continue;
+                    }
+                    _ => {}
+                }
+                snapshot.tallies.derive(
+                    &state.rules,
+                    models.as_deref(),
+                    logged,
+                    &mut shard.derived,
+                );
+                if offset.is_some() {
+                    snapshot.kafka_offset = offset;
+                }
+                shard.unsaved = true;
+            }
+            for shard in state.shards.values_mut() {
+                shard.chain_derived(&mut state.counters);
+                state.counters.lots_forgotten +=
+                    shard.snapshot.tallies.forget_beyond(self.max_lots);
+            }
+            let local = state
+                .shards
+                .get_mut(&Shard::Local)
+                .expect("this instance's chain is always here");
+            if !local.halted && read_through > local.snapshot.through_lsn {
+                local.snapshot.through_lsn = read_through;
+                local.unsaved = true;
+            }
+        }
+        self.progressed.notify_all();
+    }
+
+    /// Writes each unsaved shard's `state.json`: snapshots are taken under the state lock
+    /// (no batch is then half chained, so each head is the one its tallies describe),
+    /// written outside it.
     fn save(&self) -> std::io::Result<()> {
         let _one_writer = self.saving.lock();
-        let (bytes, through) = {
+        let (files, through) = {
             let mut state = self.state.lock();
-            if !state.unsaved || state.halted {
-                return Ok(());
+            let mut files = Vec::new();
+            for shard in state.shards.values_mut().filter(|s| s.unsaved && !s.halted) {
+                shard.snapshot.chain_seq = shard.writer.next_seq() - 1;
+                let bytes = serde_json::to_vec(&shard.snapshot).map_err(std::io::Error::other)?;
+                shard.unsaved = false;
+                files.push((shard.state_dir.clone(), bytes));
             }
-            // Under the state lock no batch is half appended: the head is the one the
-            // tallies and the position describe.
-            state.snapshot.chain_seq = self.writer.lock().next_seq() - 1;
-            let bytes = serde_json::to_vec(&state.snapshot).map_err(std::io::Error::other)?;
-            state.unsaved = false;
             state.last_saved = Instant::now();
-            (bytes, state.snapshot.through_lsn)
+            let local = &state.shards[&Shard::Local];
+            (files, (!local.halted).then_some(local.snapshot.through_lsn))
         };
-        let written = create_dir_durable(&self.state_dir)
-            .and_then(|()| write_atomic(&self.state_dir.join(STATE_FILE), &bytes));
-        if let Err(e) = written {
-            self.state.lock().unsaved = true;
+        let mut failed = None;
+        for (dir, bytes) in &files {
+            let written =
+                create_dir_durable(dir).and_then(|()| write_atomic(&dir.join(STATE_FILE), bytes));
+            if let Err(e) = written {
+                failed = Some(e);
+                let mut state = self.state.lock();
+                if let Some(shard) = state.shards.values_mut().find(|s| &s.state_dir == dir) {
+                    shard.unsaved = true;
+                }
+            }
+        }
+        if let Some(e) = failed {
             return Err(e);
         }
-        if let Some(checkpoint) = self.checkpoint.get() {
+        if let (Some(checkpoint), Some(through)) = (self.checkpoint.get(), through) {
             checkpoint.checkpoint(through);
         }
         Ok(())
@@ -338,61 +459,173 @@ impl LedgerDesk {
     fn save_if_due(&self, force: bool) {
         let due = {
             let state = self.state.lock();
-            state.unsaved && (force || state.last_saved.elapsed() >= self.save_every)
+            state.shards.values().any(|s| s.unsaved)
+                && (force || state.last_saved.elapsed() >= self.save_every)
         };
         if due && let Err(e) = self.save() {
-            tracing::error!(target: "ledger", error = %e, "ledger state not saved; the log keeps the records it would need again");
+            tracing::error!(target: "ledger", error = %e, "ledger state not saved; the log (or Kafka) keeps the records it would need again");
+        }
+    }
+
+    /// Mirrors each chain's entries after its last published one in the `ledger` dataset.
+    /// The files are named after their chain and first entry, so a crash between writing
+    /// them and saving the new position (or a partition's new owner) writes the same names
+    /// again: replaced, never doubled.
+    fn publish(&self) {
+        let work: Vec<(Shard, String, u64)> = {
+            let state = self.state.lock();
+            state
+                .shards
+                .iter()
+                .filter(|(_, s)| !s.halted && s.writer.next_seq() - 1 > s.snapshot.published_seq)
+                .map(|(id, s)| {
+                    (
+                        id.clone(),
+                        s.writer.name().to_string(),
+                        s.snapshot.published_seq,
+                    )
+                })
+                .collect()
+        };
+        for (shard_id, chain, from) in work {
+            match self.publish_chain(&chain, from) {
+                Ok((last, rows)) => {
+                    let mut state = self.state.lock();
+                    if let Some(shard) = state.shards.get_mut(&shard_id) {
+                        shard.snapshot.published_seq = last;
+                        shard.unsaved = true;
+                    }
+                    drop(state);
+                    tracing::debug!(target: "storage", chain, rows, through_seq = last, "ledger entries published");
+                }
+                Err(e) => {
+                    tracing::error!(target: "storage", chain, error = %format!("{e:#}"), "ledger entries not mirrored in the ledger dataset; they are written again later");
+                }
+            }
+        }
+    }
+
+    fn publish_chain(&self, chain: &str, from: u64) -> anyhow::Result<(u64, usize)> {
+        let entries = entries_after(&self.paths.ledger_dir.join(chain), from)?;
+        let Some(last) = entries.last().map(|e| e.seq) else {
+            return Ok((from, 0));
+        };
+        let rows: Vec<(Partition, LedgerRow)> = entries
+            .iter()
+            .map(ledger_row)
+            .collect::<anyhow::Result<_>>()?;
+        let mut by_partition: BTreeMap<&Partition, Vec<&LedgerRow>> = BTreeMap::new();
+        for (partition, row) in &rows {
+            by_partition.entry(partition).or_default().push(row);
+        }
+        let mut writer = DerivedWriter::new(self.paths.parquet_root.clone(), "ledger".into());
+        for (partition, rows) in by_partition {
+            writer.append(dataset::NAME, partition.clone(), dataset::to_batch(&rows)?);
+        }
+        writer.flush_named(&format!("{chain}-{}", from + 1))?;
+        Ok((last, rows.len()))
+    }
+
+    /// Rotates the key of each chain held here that `gaveurs ledger rotate-key` asked for.
+    fn take_rotation_requests(&self) {
+        {
+            let mut last = self.last_requests_look.lock();
+            if last.elapsed() < REQUESTS_EVERY {
+                return;
+            }
+            *last = Instant::now();
+        }
+        let mut state = self.state.lock();
+        for shard in state.shards.values_mut().filter(|s| !s.halted) {
+            let chain = shard.writer.name().to_string();
+            let request = rotation_request(self.keys.dir(), &chain);
+            if !request.exists() {
+                continue;
+            }
+            let previous = shard.writer.key_id().to_string();
+            match shard.writer.rotate(&self.keys, now()) {
+                Ok(entry) => {
+                    tracing::info!(target: "ledger", chain, seq = entry.seq, previous_key_id = %previous, key_id = %shard.writer.key_id(), "signing key rotated");
+                }
+                Err(e) => {
+                    tracing::error!(target: "ledger", chain, error = %format!("{e:#}"), "signing key not rotated");
+                }
+            }
+            if let Err(e) = std::fs::remove_file(&request) {
+                tracing::error!(target: "ledger", chain, error = %e, request = %request.display(), "a rotation request could not be removed");
+            }
         }
     }
 }
 
-impl LedgerDesk {
-    /// Mirrors the entries after the last published one in the `ledger` dataset. The files
-    /// are named after the first entry they hold, so a crash between writing them and saving
-    /// the new position writes the same names again: replaced, never doubled.
-    fn publish(&self) {
-        let from = {
-            let state = self.state.lock();
-            if state.halted {
-                return;
+/// The Kafka source tells the desk which partitions this instance owns: each has its chain.
+impl PartitionState for LedgerDesk {
+    fn taken(&self, topic: &str, partition: i32) -> Option<i64> {
+        let chain = partition_chain(topic, partition);
+        let state_dir = self
+            .paths
+            .shards
+            .join(Shard::folder(topic, partition))
+            .join("ledger");
+        // The previous owner lets go of the chain when it hands the partition over.
+        let deadline = Instant::now() + TAKE_WAIT;
+        let opened = loop {
+            match ShardLedger::open(
+                &self.paths.ledger_dir,
+                &chain,
+                &self.keys,
+                state_dir.clone(),
+                Snapshot::default(),
+            ) {
+                Ok(shard) => break Ok(shard),
+                Err(e) if Instant::now() >= deadline => break Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
             }
-            state.snapshot.published_seq
         };
-        if self.writer.lock().next_seq() - 1 <= from {
-            return;
-        }
-        let written = (|| -> anyhow::Result<(u64, usize)> {
-            let entries = entries_after(&self.chain_dir, from)?;
-            let Some(last) = entries.last().map(|e| e.seq) else {
-                return Ok((from, 0));
-            };
-            let rows: Vec<(Partition, LedgerRow)> = entries
-                .iter()
-                .map(ledger_row)
-                .collect::<anyhow::Result<_>>()?;
-            let mut by_partition: BTreeMap<&Partition, Vec<&LedgerRow>> = BTreeMap::new();
-            for (partition, row) in &rows {
-                by_partition.entry(partition).or_default().push(row);
-            }
-            let mut writer =
-                DerivedWriter::new(self.parquet_root.clone(), self.instance_id.clone());
-            for (partition, rows) in by_partition {
-                writer.append(dataset::NAME, partition.clone(), dataset::to_batch(&rows)?);
-            }
-            writer.flush_named(&format!("ledger-{}-{}", self.chain, from + 1))?;
-            Ok((last, rows.len()))
-        })();
-        match written {
-            Ok((last, rows)) => {
-                let mut state = self.state.lock();
-                state.snapshot.published_seq = last;
-                state.unsaved = true;
-                drop(state);
-                tracing::debug!(target: "storage", rows, through_seq = last, "ledger entries published");
-            }
+        let shard = match opened {
+            Ok(shard) => shard,
             Err(e) => {
-                tracing::error!(target: "storage", error = %format!("{e:#}"), "ledger entries not mirrored in the ledger dataset; they are written again later");
+                // Its records are not chained here; its state still says where they begin,
+                // so its next owner re-reads them.
+                tracing::error!(target: "ledger", topic, partition, chain, error = %format!("{e:#}"), "a partition's ledger chain could not be taken; its records are not chained by this instance");
+                return None;
             }
+        };
+        let next = shard.snapshot.kafka_offset.map(|o| o + 1);
+        tracing::info!(target: "ledger", topic, partition, chain, head_seq = shard.writer.next_seq() - 1, derived_through = ?shard.snapshot.kafka_offset, "partition's ledger chain taken");
+        self.state.lock().shards.insert(
+            Shard::Kafka {
+                topic: topic.to_string(),
+                partition,
+            },
+            shard,
+        );
+        next
+    }
+
+    fn released(&self, topic: &str, partition: i32, through: u64, wait: Duration) {
+        let shard = Shard::Kafka {
+            topic: topic.to_string(),
+            partition,
+        };
+        // What this instance consumed of the partition is chained first (within `wait`), so
+        // the next owner re-reads as little as possible.
+        let deadline = Instant::now() + wait;
+        {
+            let mut state = self.state.lock();
+            while state.shards[&Shard::Local].snapshot.through_lsn < through {
+                if self.progressed.wait_until(&mut state, deadline).timed_out() {
+                    break;
+                }
+            }
+        }
+        self.publish();
+        if let Err(e) = self.save() {
+            tracing::error!(target: "ledger", topic, partition, error = %e, "a partition's ledger state was not saved at hand-over; the next owner re-reads more");
+        }
+        // Dropping its writer lets go of the chain.
+        if let Some(released) = self.state.lock().shards.remove(&shard) {
+            tracing::info!(target: "ledger", topic, partition, chain = released.writer.name(), head_seq = released.writer.next_seq() - 1, derived_through = ?released.snapshot.kafka_offset, "partition's ledger chain handed over");
         }
     }
 }
@@ -431,181 +664,6 @@ fn ledger_row(entry: &super::entry::Entry) -> anyhow::Result<(Partition, LedgerR
     ))
 }
 
-fn time(t: &DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-/// Rounded so an entry reads well; the same sums always round the same.
-fn round(value: f64, digits: i32) -> f64 {
-    let p = 10f64.powi(digits);
-    (value * p).round() / p
-}
-
-fn close_day(code_lot: &str, site: Option<&str>, day: DayTally, events: &mut Vec<Event>) {
-    let ecart_pct = (day.theorique_g > 0.0).then(|| {
-        round(
-            (day.reelle_g - day.theorique_g) / day.theorique_g * 100.0,
-            2,
-        )
-    });
-    events.push(Event {
-        time: time(&day.last_time),
-        kind: EntryKind::DayClosed,
-        code_lot: Some(code_lot.to_string()),
-        device_id: None,
-        payload: json!({
-            "site": site,
-            "jour": day.jour,
-            "repas": day.meals,
-            "dose_theorique_g": round(day.theorique_g, 3),
-            "dose_reelle_g": round(day.reelle_g, 3),
-            "ecart_pct": ecart_pct,
-            "poids_moyen_g": day.poids_moyen_g,
-            "taux_mortalite": day.taux_mortalite,
-        }),
-    });
-}
-
-fn on_meal(lots: &mut HashMap<String, LotTally>, meal: &GavageMeal, events: &mut Vec<Event>) {
-    let lot = lots.entry(meal.code_lot.clone()).or_default();
-    lot.last_heard = Some(meal.timestamp);
-    lot.site = Some(meal.site.as_str().to_string());
-    if !lot.started {
-        lot.started = true;
-        events.push(Event {
-            time: time(&meal.timestamp),
-            kind: EntryKind::LotStarted,
-            code_lot: Some(meal.code_lot.clone()),
-            device_id: None,
-            payload: json!({
-                "gaveur_id": meal.gaveur_id,
-                "site": meal.site.as_str(),
-                "genetique": meal.genetique,
-                "jour": meal.jour,
-                "moment": meal.moment.as_str(),
-            }),
-        });
-    }
-    // A meal of a day already closed stays out of the ledger's days (its record is in the
-    // log and the datasets); it still counts in the lot's maize.
-    lot.total_reel_g += meal.dose_reelle;
-    match &mut lot.day {
-        Some(day) if day.jour > meal.jour => return,
-        Some(day) if day.jour == meal.jour => {
-            day.meals += 1;
-            day.theorique_g += meal.dose_theorique;
-            day.reelle_g += meal.dose_reelle;
-            day.poids_moyen_g = meal.poids_moyen.or(day.poids_moyen_g);
-            day.taux_mortalite = meal.taux_mortalite.or(day.taux_mortalite);
-            day.last_time = day.last_time.max(meal.timestamp);
-            return;
-        }
-        _ => {}
-    }
-    if let Some(previous) = lot.day.take() {
-        close_day(&meal.code_lot, lot.site.as_deref(), previous, events);
-    }
-    lot.day = Some(DayTally {
-        jour: meal.jour,
-        meals: 1,
-        theorique_g: meal.dose_theorique,
-        reelle_g: meal.dose_reelle,
-        poids_moyen_g: meal.poids_moyen,
-        taux_mortalite: meal.taux_mortalite,
-        last_time: meal.timestamp,
-    });
-}
-
-fn on_outcome(lots: &mut HashMap<String, LotTally>, outcome: &LotOutcome, events: &mut Vec<Event>) {
-    let lot = lots.entry(outcome.code_lot.clone()).or_default();
-    lot.last_heard = Some(outcome.event_time);
-    lot.site = Some(outcome.site.as_str().to_string());
-    if let Some(day) = lot.day.take() {
-        close_day(&outcome.code_lot, lot.site.as_deref(), day, events);
-    }
-    let pertes_pct = (outcome.nb_canards_mis_en_gavage > 0).then(|| {
-        round(
-            (outcome.nb_canards_mis_en_gavage - outcome.nb_canards_accroches) as f64
-                / outcome.nb_canards_mis_en_gavage as f64
-                * 100.0,
-            2,
-        )
-    });
-    let total = (lot.total_reel_g > 0.0).then_some(round(lot.total_reel_g, 3));
-    let itm = match (total, outcome.poids_foie_moyen_g) {
-        (Some(total), Some(liver)) if liver > 0.0 => Some(round(total / liver, 2)),
-        _ => None,
-    };
-    events.push(Event {
-        time: time(&outcome.event_time),
-        kind: EntryKind::LotFinished,
-        code_lot: Some(outcome.code_lot.clone()),
-        device_id: None,
-        payload: json!({
-            "gaveur_id": outcome.gaveur_id,
-            "site": outcome.site.as_str(),
-            "date_fin": outcome.date_fin.to_string(),
-            "nb_canards_mis_en_gavage": outcome.nb_canards_mis_en_gavage,
-            "nb_canards_accroches": outcome.nb_canards_accroches,
-            "pertes_pct": pertes_pct,
-            "poids_foie_moyen_g": outcome.poids_foie_moyen_g,
-            "total_mais_reel_g": total,
-            "itm": itm,
-        }),
-    });
-}
-
-fn on_sample(lots: &mut HashMap<String, LotTally>, sample: &SqalSample, events: &mut Vec<Event>) {
-    // A sample that names no lot is a station's control, not a lot's: it is not chained.
-    let Some(code_lot) = &sample.code_lot else {
-        return;
-    };
-    let lot = lots.entry(code_lot.clone()).or_default();
-    lot.last_heard = Some(
-        lot.last_heard
-            .map_or(sample.timestamp, |t| t.max(sample.timestamp)),
-    );
-    lot.sqal_samples += 1;
-    lot.sqal_compliant += u64::from(sample.is_compliant);
-    *lot.sqal_grades
-        .entry(sample.grade.as_str().to_string())
-        .or_default() += 1;
-    events.push(Event {
-        time: time(&sample.timestamp),
-        kind: EntryKind::SqalControl,
-        code_lot: Some(code_lot.clone()),
-        device_id: Some(sample.device_id.clone()),
-        payload: json!({
-            "site": sample.site_code.as_str(),
-            "sample_id": sample.sample_id,
-            "grade": sample.grade.as_str(),
-            "is_compliant": sample.is_compliant,
-            "final_score": sample.final_score,
-            "lot_samples": lot.sqal_samples,
-            "lot_compliant": lot.sqal_compliant,
-            "lot_grades": lot.sqal_grades,
-        }),
-    });
-}
-
-/// Past `max`, forgets the least recently heard of lots down to 90 % of it.
-fn forget_beyond(lots: &mut HashMap<String, LotTally>, max: usize) -> u64 {
-    if lots.len() <= max {
-        return 0;
-    }
-    let keep = max - max / 10;
-    let mut heard: Vec<(Option<DateTime<Utc>>, String)> = lots
-        .iter()
-        .map(|(code, lot)| (lot.last_heard, code.clone()))
-        .collect();
-    let cut = heard.len() - keep;
-    heard.select_nth_unstable(cut - 1);
-    for (_, code) in &heard[..cut] {
-        lots.remove(code);
-    }
-    cut as u64
-}
-
 pub fn spawn(
     desk: Arc<LedgerDesk>,
     cursor: LogCursor,
@@ -637,18 +695,19 @@ impl LogDesk for LedgerDesk {
 
     /// A line a minute while entries are appended, so `ledger.log` shows them.
     fn after_turn(&self) {
+        self.take_rotation_requests();
         let appended = self.counters().appended;
         let mut last = self.last_report.lock();
         if last.0.elapsed() >= REPORT_EVERY && appended > last.1 {
-            let head = self.writer.lock().next_seq() - 1;
-            tracing::info!(target: "ledger", appended = appended - last.1, seconds = last.0.elapsed().as_secs(), head_seq = head, "entries appended");
+            let chains = self.chains().join(",");
+            tracing::info!(target: "ledger", appended = appended - last.1, seconds = last.0.elapsed().as_secs(), chains, "entries appended");
             *last = (Instant::now(), appended);
         }
     }
 
     fn stopped(&self, ended: LogEnded) {
         let counters = self.counters();
-        let head = self.writer.lock().next_seq() - 1;
-        tracing::info!(target: "ledger", appended = counters.appended, skipped_as_chained = counters.skipped_as_chained, lots_forgotten = counters.lots_forgotten, head_seq = head, caught_up = (ended == LogEnded::Closed), "ledger stopped");
+        let chains = self.chains().join(",");
+        tracing::info!(target: "ledger", appended = counters.appended, skipped_as_chained = counters.skipped_as_chained, lots_forgotten = counters.lots_forgotten, chains, caught_up = (ended == LogEnded::Closed), "ledger stopped");
     }
 }

@@ -6,6 +6,7 @@ pub mod certificate;
 pub mod chain;
 pub mod desk;
 pub mod entry;
+mod events;
 pub mod keys;
 pub mod verify;
 

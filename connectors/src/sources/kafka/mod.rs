@@ -81,6 +81,29 @@ pub trait PartitionState: Send + Sync + 'static {
     fn released(&self, topic: &str, partition: i32, through: u64, wait: std::time::Duration);
 }
 
+/// Several states of each partition (the alerts', the ledger's): a partition is read from
+/// the first offset any of them still needs, and handed over by each in turn.
+pub struct PartitionStates(pub Vec<Arc<dyn PartitionState>>);
+
+impl PartitionState for PartitionStates {
+    fn taken(&self, topic: &str, partition: i32) -> Option<i64> {
+        let needed: Vec<Option<i64>> = self
+            .0
+            .iter()
+            .map(|state| state.taken(topic, partition))
+            .collect();
+        needed.into_iter().flatten().min()
+    }
+
+    fn released(&self, topic: &str, partition: i32, through: u64, wait: std::time::Duration) {
+        let deadline = std::time::Instant::now() + wait;
+        for state in &self.0 {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            state.released(topic, partition, through, left);
+        }
+    }
+}
+
 /// Per partition, the log position each consumed record reached, oldest first.
 #[derive(Default)]
 struct Tracker {
