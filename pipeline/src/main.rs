@@ -447,21 +447,24 @@ fn main() -> ExitCode {
             print_report(salvaged)
         }
         Command::Ledger { action } => {
-            telemetry::init_console_only();
             let data_dir = |config: Option<PathBuf>, data: Option<PathBuf>| match data {
                 Some(data) => Ok(data),
                 None => Config::load(config.as_deref()).map(|c| c.storage.data_dir),
             };
             match action {
-                LedgerAction::Verify { config, data } => print_report(
-                    data_dir(config, data).and_then(|d| gaveurs_pipeline::ledger::verify(&d)),
-                ),
+                LedgerAction::Verify { config, data } => {
+                    let _logs = ledger_logs(config.as_deref(), data.as_deref());
+                    print_report(
+                        data_dir(config, data).and_then(|d| gaveurs_pipeline::ledger::verify(&d)),
+                    )
+                }
                 LedgerAction::Certificate {
                     lot,
                     out,
                     config,
                     data,
                 } => {
+                    let _logs = ledger_logs(config.as_deref(), data.as_deref());
                     print_report(data_dir(config, data).and_then(|d| {
                         gaveurs_pipeline::ledger::certificate(&d, &lot, out.as_deref())
                     }))
@@ -471,6 +474,7 @@ fn main() -> ExitCode {
                     config,
                     data,
                 } => {
+                    let _logs = ledger_logs(config.as_deref(), data.as_deref());
                     let rotated = Config::load(config.as_deref()).and_then(|loaded| {
                         let data_dir = data.unwrap_or(loaded.storage.data_dir);
                         let keys_dir = loaded
@@ -482,6 +486,7 @@ fn main() -> ExitCode {
                     print_report(rotated)
                 }
                 LedgerAction::VerifyCertificate { file } => {
+                    telemetry::init_console_only();
                     print_report(gaveurs_pipeline::ledger::verify_certificate(&file))
                 }
             }
@@ -771,6 +776,33 @@ fn replay(
 }
 
 /// A command's report on standard output, or its error on standard error, as the exit code.
+/// The ledger commands that read the pipeline's configuration write their lines to its
+/// `ledger.log` too (verifications, exports, rotations); given only `--data`, they print.
+fn ledger_logs(
+    config: Option<&std::path::Path>,
+    data: Option<&std::path::Path>,
+) -> Option<gaveurs_pipeline::logs::LogGuard> {
+    let logs = match (data, Config::load(config)) {
+        (None, Ok(loaded)) => loaded.logs,
+        _ => {
+            telemetry::init_console_only();
+            return None;
+        }
+    };
+    let quiet = gaveurs_pipeline::logs::LogsConfig {
+        console: false,
+        ..logs
+    };
+    match gaveurs_pipeline::logs::init(&quiet) {
+        Ok((guard, _)) => Some(guard),
+        Err(e) => {
+            telemetry::init_console_only();
+            tracing::warn!(error = %format!("{e:#}"), "ledger.log not written");
+            None
+        }
+    }
+}
+
 fn print_report(outcome: anyhow::Result<String>) -> ExitCode {
     match outcome {
         Ok(report) => {

@@ -525,9 +525,10 @@ async fn the_instance_that_takes_a_partition_over_continues_its_alert_and_texts_
     // are its rows published): the instance that takes over finds the opening saved but not
     // the updates after it, and reads those again from Kafka (they are in Parquet already)
     // for its alert state alone. The lot's meals are refusals, anomalies too: the
-    // `anomalie` rule is off so the lot has one alert to follow.
+    // `anomalie` rule is off so the lot has one alert to follow. The ledger's state is
+    // saved as seldom: the partition's chain is continued from where its state began.
     let config = format!(
-        "{}\n[analytics]\nenabled = false\n\n[alerts]\nstate_save_interval_ms = 60000\npublish_interval_s = 3600\n[alerts.rules.anomalie]\nenabled = false\n\n[sms]\ntwilio_base_url = \"{}\"\ndirectory = \"{}\"\nretry_initial_ms = 50\nretry_max_s = 1\n",
+        "{}\n[analytics]\nenabled = false\n\n[ledger]\nstate_save_interval_ms = 60000\n\n[alerts]\nstate_save_interval_ms = 60000\npublish_interval_s = 3600\n[alerts.rules.anomalie]\nenabled = false\n\n[sms]\ntwilio_base_url = \"{}\"\ndirectory = \"{}\"\nretry_initial_ms = 50\nretry_max_s = 1\n",
         kafka_config(&tansu, "alerts-pair", &data),
         twilio.base_url,
         phones.display()
@@ -681,4 +682,53 @@ async fn the_instance_that_takes_a_partition_over_continues_its_alert_and_texts_
         .filter(|r| r["alert_id"] == alert_id.as_str() && r["transition"] == "opened")
         .count();
     assert_eq!(openings, 1);
+
+    // The partition's ledger chain, begun by the owner and continued by the survivor, holds
+    // each of the lot's events once; every chain of the shared data dir verifies.
+    let output = std::process::Command::new(support::BIN)
+        .args(["ledger", "verify", "--data", data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let chain = format!("kafka_gaveurs_gavage_v1_p{partition_of_lot}");
+    assert!(said.contains(&format!("chain {chain}: ")), "{said}");
+    let entries: Vec<serde_json::Value> = std::fs::read_dir(data.join("ledger").join(&chain))
+        .unwrap()
+        .flat_map(|f| {
+            // One file: a segment holds 100,000 entries.
+            std::fs::read_to_string(f.unwrap().path())
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect::<Vec<serde_json::Value>>()
+        })
+        .collect();
+    let events: Vec<(String, String)> = entries
+        .iter()
+        .filter(|e| e["code_lot"] == lot)
+        .map(|e| {
+            let kind = e["type"].as_str().unwrap().to_string();
+            let detail = match kind.as_str() {
+                "day_closed" => e["payload"]["jour"].to_string(),
+                _ => e["payload"]["alert_id"].as_str().unwrap_or("").to_string(),
+            };
+            (kind, detail)
+        })
+        .collect();
+    // One meal a day: the first refusal opens the critical alert, each meal closes the day
+    // before, and the third normal meal (day 13) clears the alert.
+    let mut expected = vec![
+        ("lot_started".to_string(), String::new()),
+        ("alert_opened".to_string(), alert_id.clone()),
+    ];
+    expected.extend((1..=12).map(|jour| ("day_closed".to_string(), jour.to_string())));
+    expected.push(("alert_cleared".into(), alert_id.clone()));
+    assert_eq!(events, expected);
+    let genesis = entries.iter().filter(|e| e["type"] == "genesis").count();
+    assert_eq!(genesis, 1);
 }

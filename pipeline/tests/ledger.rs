@@ -148,15 +148,17 @@ async fn lot_events_are_chained_verified_continued_after_a_restart_and_tampering
         0o600
     );
 
-    // A restart continues the chain: no second genesis, the next entries follow on.
+    // A restart continues the chain: no second genesis, the next entries follow on. The
+    // new lot's second meal is a refusal (50 of 240 g): a critical alert, chained as it
+    // opens and as the lot's outcome clears it; its dose gap, a warning, is not chained.
     let gaveurs = Gaveurs::start(dir.path(), "");
-    let codes = publish_each(
-        gaveurs.mqtt(),
-        MqttVersion::V5,
-        &gaveurs.admin,
-        &lot_records("LL2612103", 3, false)[..1],
-    )
-    .await;
+    let mut records = lot_records("LL2612103", 3, false);
+    records.truncate(2);
+    let mut refusal = meal("LL2612103", 3, "LL", 2, "matin");
+    refusal["dose_reelle"] = 50.0.into();
+    records.push(topic(&refusal, "gavage"));
+    records.push(topic(&outcome("LL2612103", 3, "LL"), "outcome"));
+    let codes = publish_each(gaveurs.mqtt(), MqttVersion::V5, &gaveurs.admin, &records).await;
     assert!(codes.iter().all(|c| *c == 0), "{codes:?}");
     gaveurs.stop_cleanly();
     let output = verify(dir.path());
@@ -167,16 +169,36 @@ async fn lot_events_are_chained_verified_continued_after_a_restart_and_tampering
     );
     let chain = entries(dir.path());
     assert_eq!(of_type(&chain, "genesis").len(), 1);
-    let last = chain.last().unwrap();
+    let added: Vec<(u64, &str)> = chain[7..]
+        .iter()
+        .map(|e| (e["seq"].as_u64().unwrap(), e["type"].as_str().unwrap()))
+        .collect();
     assert_eq!(
-        (last["type"].as_str(), last["seq"].as_u64()),
-        (Some("lot_started"), Some(8))
+        added,
+        [
+            (8, "lot_started"),
+            (9, "day_closed"),
+            (10, "alert_opened"),
+            (11, "day_closed"),
+            (12, "lot_finished"),
+            (13, "alert_cleared")
+        ],
+        "{chain:#?}"
     );
-    assert_eq!(last["code_lot"], "LL2612103");
+    let (opened, cleared) = (&chain[9], &chain[12]);
+    assert_eq!(opened["code_lot"], "LL2612103");
+    assert_eq!(opened["payload"]["rule"], "refus_alimentaire");
+    assert_eq!(opened["payload"]["severity"], "critical");
+    // The refusal's own time (07:00 in Paris), not the moment it was chained.
+    assert_eq!(opened["time"], "2026-01-12T06:00:00.000Z");
+    assert_eq!(
+        cleared["payload"]["alert_id"],
+        opened["payload"]["alert_id"]
+    );
     let mirrored = read_rows(&dir.path().join("data/parquet"), "ledger");
     assert_eq!(
         seqs(&mirrored),
-        (1..=8).collect::<Vec<_>>(),
+        (1..=13).collect::<Vec<_>>(),
         "each entry once"
     );
 
@@ -341,6 +363,26 @@ async fn a_lots_certificate_survives_a_key_rotation_is_served_to_its_gaveur_and_
     assert_eq!(status, 403);
     let (status, _) = http_get_as(gaveurs.http, "/api/v1/ledger/lots/LL0000000", &jean).await;
     assert_eq!(status, 404);
+
+    // A second rotation while the pipeline runs: the command asks it, and it rotates.
+    let output = ledger(
+        dir.path(),
+        &["rotate-key", "--config", config.to_str().unwrap()],
+    );
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(said.contains("entry 7 rotates key"), "{said}");
+    let (_, body) = http_get(gaveurs.http, "/api/v1/ledger/keys").await;
+    let keys: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        keys["chains"][0]["keys"].as_array().unwrap().len(),
+        3,
+        "{body}"
+    );
     gaveurs.stop_cleanly();
     let served: Value = serde_json::from_str(&served).unwrap();
     let kinds: Vec<&str> = served["entries"]
@@ -417,10 +459,32 @@ async fn a_lots_certificate_survives_a_key_rotation_is_served_to_its_gaveur_and_
         "{said}"
     );
 
-    let output = verify(dir.path());
+    // Verified through the configuration: the verification is in ledger.log, beside the
+    // rotations and the export.
+    let output = ledger(
+        dir.path(),
+        &["verify", "--config", config.to_str().unwrap()],
+    );
+    let said = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
-        "{}",
+        "{said}{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    assert!(
+        said.contains("ledger ok: 7 entries in 1 chain(s)"),
+        "{said}"
+    );
+    let log = std::fs::read_to_string(dir.path().join("logs/ledger.log")).unwrap();
+    for line in [
+        "signing key rotated",
+        "signing key rotated by the running pipeline on request",
+        "certificate exported",
+        "ledger verified",
+    ] {
+        assert!(
+            log.contains(line),
+            "{line:?} missing from ledger.log:\n{log}"
+        );
+    }
 }

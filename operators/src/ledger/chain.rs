@@ -59,6 +59,15 @@ pub fn chains(ledger_dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
     Ok(chains)
 }
 
+/// Whether a process (a running pipeline) holds the chain under `dir` now.
+pub fn is_held(dir: &Path) -> std::io::Result<bool> {
+    match Flock::lock(File::open(dir)?, FlockArg::LockExclusiveNonblock) {
+        Ok(_released_at_once) => Ok(false),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(true),
+        Err((_, e)) => Err(std::io::Error::from(e)),
+    }
+}
+
 /// Appends to one chain. Holds an exclusive lock on the chain's folder while it lives, so
 /// two writers (two instances, or `gaveurs ledger rotate-key` beside a running pipeline)
 /// never interleave.

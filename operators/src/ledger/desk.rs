@@ -136,6 +136,9 @@ struct ShardLedger {
     halted: bool,
     /// Events derived from the current batch, not yet chained.
     derived: Vec<Event>,
+    /// Its saved state says where its entries begin: this instance's chain always, a
+    /// partition's once it has derived a record.
+    anchored: bool,
 }
 
 impl ShardLedger {
@@ -148,6 +151,7 @@ impl ShardLedger {
         keys: &KeyStore,
         state_dir: PathBuf,
         fresh: Snapshot,
+        local: bool,
     ) -> anyhow::Result<ShardLedger> {
         let (writer, opened) = ChainWriter::open(ledger_dir, chain, keys)?;
         match &opened {
@@ -197,6 +201,7 @@ impl ShardLedger {
             .iter()
             .filter(|e| !matches!(e.kind, EntryKind::Genesis | EntryKind::KeyRotated))
             .count() as u64;
+        let snapshot_anchored = local || snapshot.kafka_offset.is_some();
         if already_chained > 0 {
             tracing::info!(target: "ledger", chain, already_chained, from_seq = snapshot.chain_seq, "events chained after the last save are derived again and not chained twice");
         }
@@ -208,7 +213,33 @@ impl ShardLedger {
             already_chained,
             halted: false,
             derived: Vec::new(),
+            anchored: snapshot_anchored,
         })
+    }
+
+    /// Saves, before a partition's chain that started empty chains anything, the offset its
+    /// entries begin at: without it the partition's next owner could not tell which events
+    /// the chain already holds.
+    fn anchor(&mut self, first_offset: i64) {
+        let anchor = Snapshot {
+            kafka_offset: Some(first_offset - 1),
+            chain_seq: self.writer.next_seq() - 1,
+            published_seq: self.snapshot.published_seq,
+            ..Snapshot::default()
+        };
+        let written = serde_json::to_vec(&anchor)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| {
+                create_dir_durable(&self.state_dir)
+                    .and_then(|()| write_atomic(&self.state_dir.join(STATE_FILE), &bytes))
+            });
+        match written {
+            Ok(()) => self.anchored = true,
+            Err(e) => {
+                self.halted = true;
+                tracing::error!(target: "ledger", chain = self.writer.name(), error = %e, "a partition's ledger state could not be saved before its first entry; this chain stops until the partition is taken again");
+            }
+        }
     }
 
     /// Chains what the last records derived, but what the chain already holds.
@@ -299,6 +330,7 @@ impl LedgerDesk {
                 through_lsn: published_through,
                 ..Snapshot::default()
             },
+            true,
         )?;
         Ok(Arc::new(LedgerDesk {
             state: Mutex::new(DeskState {
@@ -389,6 +421,13 @@ impl LedgerDesk {
                     }
                     _ => {}
                 }
+                if let (false, Some(offset)) = (shard.anchored, offset) {
+                    shard.anchor(offset);
+                    if shard.halted {
+                        continue;
+                    }
+                }
+                let snapshot = &mut shard.snapshot;
                 snapshot.tallies.derive(
                     &state.rules,
                     models.as_deref(),
@@ -400,6 +439,7 @@ impl LedgerDesk {
                 }
                 shard.unsaved = true;
             }
+
             for shard in state.shards.values_mut() {
                 shard.chain_derived(&mut state.counters);
                 state.counters.lots_forgotten +=
@@ -576,6 +616,7 @@ impl PartitionState for LedgerDesk {
                 &self.keys,
                 state_dir.clone(),
                 Snapshot::default(),
+                false,
             ) {
                 Ok(shard) => break Ok(shard),
                 Err(e) if Instant::now() >= deadline => break Err(e),
