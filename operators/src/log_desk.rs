@@ -70,3 +70,27 @@ pub fn spawn<D: LogDesk>(
             }
         })
 }
+
+/// Each desk's (and shard's) saved state, in its folder.
+pub(crate) const STATE_FILE: &str = "state.json";
+
+/// Writes each shard's `state.json` (its folder, its bytes). On failure: the folders not
+/// written (their shards stay unsaved) and the last error.
+pub(crate) fn write_shard_states(
+    files: &[(std::path::PathBuf, Vec<u8>)],
+) -> Result<(), (Vec<&std::path::Path>, std::io::Error)> {
+    let mut failed = Vec::new();
+    let mut last_error = None;
+    for (dir, bytes) in files {
+        let written = gaveurs_sinks::fsutil::create_dir_durable(dir)
+            .and_then(|()| gaveurs_sinks::fsutil::write_atomic(&dir.join(STATE_FILE), bytes));
+        if let Err(e) = written {
+            failed.push(dir.as_path());
+            last_error = Some(e);
+        }
+    }
+    match last_error {
+        None => Ok(()),
+        Some(e) => Err((failed, e)),
+    }
+}

@@ -210,10 +210,13 @@ enum Command {
         action: LogAction,
     },
     /// The traceability ledger (`data/ledger/`): a hash chain of lot events (lot started,
-    /// each feeding day closed, lot finished with its ITM, each SQAL control), every entry
-    /// linked to the previous one by its SHA-256 and signed with Ed25519. The pipeline writes
-    /// it from its first start (`[ledger]`; keys in data/keys/ledger, mode 0600) and
-    /// continues it across restarts.
+    /// each feeding day closed, lot finished with its ITM, each SQAL control, critical alerts
+    /// opened and cleared), every entry linked to the previous one by its SHA-256 and signed
+    /// with Ed25519. The pipeline writes it from its first start (`[ledger]`; keys in
+    /// data/keys/ledger, mode 0600) and continues it across restarts: one chain `local`, or
+    /// with Kafka one per input partition (`kafka_<topic>_p<n>`) and one per instance
+    /// (`instance-<id>`). Run with the pipeline's --config, these commands also write to its
+    /// logs/ledger.log.
     Ledger {
         #[command(subcommand)]
         action: LedgerAction,
@@ -293,9 +296,10 @@ enum LedgerAction {
     },
     /// Rotate a chain's signing key: a new key (mode 0600, in `[ledger] keys_dir`) and a
     /// `key_rotated` entry signed by the old one that introduces it; later entries are
-    /// signed by the new key. Run it with the pipeline stopped (it holds the chain).
+    /// signed by the new key. While a pipeline holds the chain, the command asks it (a
+    /// `rotate-<chain>.request` file in the keys folder) and waits up to 30 s for the entry.
     RotateKey {
-        /// The chain (`local` without Kafka).
+        /// The chain (`local` without Kafka; `gaveurs ledger verify` lists them all).
         #[arg(long, default_value = "local")]
         chain: String,
         #[arg(long, short)]

@@ -29,7 +29,7 @@ use crate::alerts::rules::RuleSet;
 use crate::alerts::{AckError, AlertBook, Raised};
 use crate::anomalies::desk::ModelSlot;
 use crate::auth::permissions::{self, Action, Resource, Scope};
-use crate::log_desk::LogDesk;
+use crate::log_desk::{LogDesk, STATE_FILE};
 use anyhow::Context;
 use chrono::Utc;
 use gaveurs_connectors::sources::kafka::PartitionState;
@@ -37,7 +37,6 @@ use gaveurs_schemas::Principal;
 use gaveurs_schemas::alert::{Alert, AlertChange, Severity};
 use gaveurs_schemas::datasets::alerts as dataset;
 use gaveurs_schemas::records::Site;
-use gaveurs_sinks::fsutil::{create_dir_durable, write_atomic};
 use gaveurs_sinks::kafka::KafkaOutput;
 use gaveurs_sinks::parquet::derived::DerivedWriter;
 use gaveurs_sinks::sms::{Directory, SmsMessage, SmsService, sms_body};
@@ -46,8 +45,6 @@ use gaveurs_sinks::websocket::Hub;
 use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-
-const STATE_FILE: &str = "state.json";
 
 /// Whose alert state a record's alerts belong to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -584,19 +581,11 @@ impl AlertDesk {
             state.last_saved = Instant::now();
             (files, state.local().snapshot.through_lsn)
         };
-        let mut failed = None;
-        for (dir, bytes) in &files {
-            let written =
-                create_dir_durable(dir).and_then(|()| write_atomic(&dir.join(STATE_FILE), bytes));
-            if let Err(e) = written {
-                failed = Some(e);
-                let mut state = self.state.lock();
-                if let Some(shard) = state.shards.values_mut().find(|s| &s.dir == dir) {
-                    shard.unsaved = true;
-                }
+        if let Err((failed, e)) = crate::log_desk::write_shard_states(&files) {
+            let mut state = self.state.lock();
+            for shard in state.shards.values_mut() {
+                shard.unsaved |= failed.contains(&shard.dir.as_path());
             }
-        }
-        if let Some(e) = failed {
             return Err(e);
         }
         if let Some(checkpoint) = self.checkpoint.get() {

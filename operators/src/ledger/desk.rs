@@ -39,9 +39,8 @@ use super::keys::KeyStore;
 use crate::alerts::desk::Shard;
 use crate::alerts::rules::RuleSet;
 use crate::anomalies::desk::ModelSlot;
-use crate::log_desk::LogDesk;
+use crate::log_desk::{LogDesk, STATE_FILE};
 
-const STATE_FILE: &str = "state.json";
 /// How often `ledger.log` says how many entries were appended.
 const REPORT_EVERY: Duration = Duration::from_secs(60);
 /// How often the keys folder is looked at for rotation requests.
@@ -475,19 +474,11 @@ impl LedgerDesk {
             let local = &state.shards[&Shard::Local];
             (files, (!local.halted).then_some(local.snapshot.through_lsn))
         };
-        let mut failed = None;
-        for (dir, bytes) in &files {
-            let written =
-                create_dir_durable(dir).and_then(|()| write_atomic(&dir.join(STATE_FILE), bytes));
-            if let Err(e) = written {
-                failed = Some(e);
-                let mut state = self.state.lock();
-                if let Some(shard) = state.shards.values_mut().find(|s| &s.state_dir == dir) {
-                    shard.unsaved = true;
-                }
+        if let Err((failed, e)) = crate::log_desk::write_shard_states(&files) {
+            let mut state = self.state.lock();
+            for shard in state.shards.values_mut() {
+                shard.unsaved |= failed.contains(&shard.state_dir.as_path());
             }
-        }
-        if let Some(e) = failed {
             return Err(e);
         }
         if let (Some(checkpoint), Some(through)) = (self.checkpoint.get(), through) {
