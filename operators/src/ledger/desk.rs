@@ -57,6 +57,7 @@ pub const LOCAL_CHAIN: &str = "local";
 /// enabled = true
 /// keys_dir = "data/keys/ledger"   # default: <data_dir>/keys/ledger
 /// max_lots = 100000
+/// state_save_interval_ms = 10000
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -68,7 +69,10 @@ pub struct LedgerConfig {
     /// heard of are forgotten, and a forgotten lot that comes back starts a new tally (its
     /// entries say so: `lot_started` again).
     pub max_lots: usize,
-    /// How often the desk's state is saved while records flow (default 1000 ms).
+    /// How often the desk's state is saved while records flow (default 10000 ms). Its state
+    /// holds a second alert book (tracks of every lot) and is rewritten whole: saved each
+    /// second at 20 k meals/s across 50,000 lots, it fell behind the log. A crash derives
+    /// again what came after the last save, from the log (or Kafka).
     pub state_save_interval_ms: u64,
 }
 
@@ -78,7 +82,7 @@ impl Default for LedgerConfig {
             enabled: true,
             keys_dir: None,
             max_lots: 100_000,
-            state_save_interval_ms: 1000,
+            state_save_interval_ms: 10_000,
         }
     }
 }
