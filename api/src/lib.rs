@@ -7,6 +7,7 @@ mod access;
 mod alerts;
 mod ledger;
 mod query;
+mod web;
 mod ws;
 
 use std::path::PathBuf;
@@ -33,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use access::RequestId;
+pub use web::DevSignin;
 
 /// Everything the handlers need.
 #[derive(Clone)]
@@ -50,6 +52,9 @@ pub struct AppState {
     pub verifier: Arc<Verifier>,
     /// Dev mode: the keys whose JWKS is served at the Keycloak-shaped path.
     pub dev_keys: Option<Arc<DevKeys>>,
+    /// Dev mode on a loopback listener (or `[auth] dev_signin = true`): the web page's
+    /// demo-user sign-in mints tokens.
+    pub dev_signin: Option<web::DevSignin>,
     pub ping_every: Duration,
     /// Stops the WebSocket ingest at shutdown.
     pub shutdown: CancellationToken,
@@ -82,6 +87,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ws/gaveur/{gaveur_id}", get(ws::gaveur_channel))
         .route("/ws/realtime/", get(ws::realtime))
         .route("/ws/realtime", get(ws::realtime))
+        .merge(web::routes())
         .layer(axum::middleware::from_fn(security_headers))
         .with_state(Arc::new(state))
 }
@@ -129,10 +135,10 @@ async fn security_headers(mut request: Request, next: Next) -> Response {
     });
     let headers = response.headers_mut();
     for (name, value) in SECURITY_HEADERS {
-        headers.insert(
-            HeaderName::from_static(name),
-            HeaderValue::from_static(value),
-        );
+        // The web pages set their own content policy (their scripts, styles and socket).
+        headers
+            .entry(HeaderName::from_static(name))
+            .or_insert(HeaderValue::from_static(value));
     }
     if let Ok(value) = HeaderValue::from_str(&request_id.0) {
         headers.insert(HeaderName::from_static("x-request-id"), value);

@@ -434,6 +434,10 @@ pub struct AuthConfig {
     /// Lifetime of tokens minted by `gaveurs token` in dev mode, seconds. Default 43200 (12 h).
     #[serde(default = "default_dev_token_ttl_s")]
     pub dev_token_ttl_s: u64,
+    /// Dev mode: the web page's demo-user sign-in mints tokens on a loopback HTTP listener
+    /// only; `true` serves it on any listener (whoever reaches it picks who they are).
+    #[serde(default)]
+    pub dev_signin: bool,
 }
 
 fn default_audience() -> Vec<String> {
@@ -463,6 +467,7 @@ impl Default for AuthConfig {
             max_backlog_age_s: default_max_backlog_age_s(),
             token_cache: default_token_cache(),
             dev_token_ttl_s: default_dev_token_ttl_s(),
+            dev_signin: false,
         }
     }
 }

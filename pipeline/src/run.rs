@@ -577,6 +577,27 @@ pub async fn run(
         .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;
     let http_addr = http_listener.local_addr()?;
     let ingest_sockets = tokio_util::task::TaskTracker::new();
+    let dev_signin = dev_keys.as_ref().and_then(|keys| {
+        let loopback = http_addr.ip().is_loopback();
+        if !loopback && !config.auth.dev_signin {
+            tracing::info!(target: "auth", listen = %http_addr, "the web page's demo-user sign-in is off: the HTTP listener is not on loopback ([auth] dev_signin = true serves it anyway)");
+            return None;
+        }
+        if !loopback {
+            tracing::warn!(target: "auth", listen = %http_addr, "[auth] dev_signin = true: the web page mints a demo user's token for anyone who reaches {http_addr}");
+        }
+        Some(http::DevSignin {
+            keys: keys.clone(),
+            issuer: crate::auth::issuer(&config),
+            audience: config
+                .auth
+                .audience
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "backend-api".into()),
+            ttl: Duration::from_secs(config.auth.dev_token_ttl_s),
+        })
+    });
     let app = http::router(http::AppState {
         wal: wal.clone(),
         sources_connected: connected_rx,
@@ -587,6 +608,7 @@ pub async fn run(
         alerts: alert_desk,
         verifier,
         dev_keys,
+        dev_signin,
         ping_every: Duration::from_secs(config.websocket.ping_interval_s),
         shutdown: shutdown.clone(),
         ingest_sockets: ingest_sockets.clone(),

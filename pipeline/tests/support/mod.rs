@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod kafka;
 pub mod records;
 pub mod twilio;

@@ -1,0 +1,299 @@
+// The gaveurs web page: sign-in, then a gaveur's lots, live. It holds no data of its own:
+// everything comes from the pipeline's APIs and the gaveur's WebSocket channel, with the
+// signed-in user's token, so it sees exactly what any client with that token would.
+"use strict";
+
+const TOKEN_KEY = "gaveurs.token";
+const $ = (selector, root = document) => root.querySelector(selector);
+const app = $("#app");
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (name === "onclick") node.addEventListener("click", value);
+    else if (value !== undefined && value !== null) node.setAttribute(name, value);
+  }
+  for (const child of children.flat()) {
+    if (child !== undefined && child !== null) node.append(child);
+  }
+  return node;
+}
+
+function claimsOf(token) {
+  try {
+    const payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    return JSON.parse(decodeURIComponent(escape(atob(payload))));
+  } catch (_) {
+    return null;
+  }
+}
+
+function roles(claims) {
+  return (claims.realm_access && claims.realm_access.roles) || [];
+}
+
+async function api(path, options = {}) {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  const headers = Object.assign({}, options.headers || {});
+  if (token) headers.authorization = `Bearer ${token}`;
+  return fetch(path, Object.assign({}, options, { headers }));
+}
+
+// ---- Sign-in ----------------------------------------------------------------------------
+
+async function signIn() {
+  $("#who").textContent = "";
+  $("#signout").hidden = true;
+  const answer = await fetch("/auth/dev/users");
+  if (answer.status !== 200) {
+    app.replaceChildren(
+      el("h2", {}, "Connexion"),
+      el("p", {}, "La connexion par Keycloak n'est pas encore disponible sur cette page. ",
+        "Utilisez un client avec un jeton (voir le README)."),
+    );
+    return;
+  }
+  const users = await answer.json();
+  const list = el("ul", { class: "users" });
+  for (const user of users.users) {
+    list.append(el("li", {}, el("button", {
+      type: "button",
+      "data-user": user.email,
+      onclick: () => devToken(user.email),
+    }, `${user.username} — ${user.roles.join(", ")}${user.site ? ` (site ${user.site})` : ""}`)));
+  }
+  app.replaceChildren(
+    el("h2", {}, "Connexion (mode développement)"),
+    el("p", { class: "notice" },
+      "Mode développement : cette page délivre le jeton d'un utilisateur de démonstration. ",
+      "En production, la connexion passe par Keycloak."),
+    list,
+  );
+  $("button", list)?.focus();
+}
+
+async function devToken(email) {
+  const answer = await fetch("/auth/dev/token", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ email }),
+  });
+  if (answer.status !== 200) {
+    app.append(el("p", { role: "alert" }, `Connexion refusée (${answer.status}).`));
+    return;
+  }
+  const body = await answer.json();
+  sessionStorage.setItem(TOKEN_KEY, body.access_token);
+  start();
+}
+
+function signOut() {
+  sessionStorage.removeItem(TOKEN_KEY);
+  if (live.socket) live.close();
+  signIn();
+}
+
+// ---- A gaveur's lots, live ----------------------------------------------------------------
+
+const live = {
+  socket: null,
+  lastSeq: 0,
+  retry: 0,
+  closing: false,
+  close() {
+    this.closing = true;
+    this.socket.close();
+    this.socket = null;
+  },
+};
+
+// code_lot → { meals: Map("jour|moment" → meal), kpi, alerts: Map(alert_id → alert), anomalies }
+const lots = new Map();
+
+function lot(code) {
+  if (!lots.has(code)) {
+    lots.set(code, { meals: new Map(), kpi: null, alerts: new Map(), anomalies: [], chart: null });
+  }
+  return lots.get(code);
+}
+
+function banner(text) {
+  const node = $("#banner");
+  node.textContent = text || "";
+  node.hidden = !text;
+}
+
+function connect(gaveurId) {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const url = `${scheme}://${location.host}/ws/gaveur/${gaveurId}?token=${encodeURIComponent(token)}&since=${live.lastSeq}`;
+  const socket = new WebSocket(url);
+  live.socket = socket;
+  live.closing = false;
+  socket.onopen = () => {
+    live.retry = 0;
+    banner("");
+    document.body.dataset.live = "open";
+  };
+  socket.onmessage = (event) => {
+    let message;
+    try { message = JSON.parse(event.data); } catch (_) { return; }
+    // Frames already shown (a resumed channel) are skipped: each meal is on screen once.
+    if (typeof message.seq === "number") {
+      if (message.seq <= live.lastSeq) return;
+      live.lastSeq = message.seq;
+    }
+    receive(message);
+  };
+  socket.onclose = (event) => {
+    document.body.dataset.live = "closed";
+    if (live.closing || live.socket !== socket) return;
+    if (event.code === 4401 || event.code === 4403) {
+      banner("Session expirée ou accès refusé : reconnectez-vous.");
+      return;
+    }
+    banner("Connexion perdue — reconnexion en cours…");
+    const wait = Math.min(10000, 500 * 2 ** live.retry++);
+    setTimeout(() => connect(gaveurId), wait);
+  };
+}
+
+function receive(message) {
+  const data = message.data || {};
+  switch (message.type) {
+    case "gavage": {
+      lot(data.code_lot).meals.set(`${data.jour}|${data.moment}`, data);
+      break;
+    }
+    case "kpi": {
+      if (data.code_lot) lot(data.code_lot).kpi = Object.assign({}, lot(data.code_lot).kpi, data);
+      break;
+    }
+    case "alerte": {
+      if (!data.code_lot) break;
+      const alerts = lot(data.code_lot).alerts;
+      if (data.transition === "cleared" || data.state === "cleared") alerts.delete(data.alert_id);
+      else alerts.set(data.alert_id, data);
+      break;
+    }
+    case "anomalie": {
+      if (data.code_lot) lot(data.code_lot).anomalies.push(data);
+      break;
+    }
+    default:
+      return;
+  }
+  scheduleRender();
+}
+
+let renderPending = false;
+function scheduleRender() {
+  if (renderPending) return;
+  renderPending = true;
+  requestAnimationFrame(() => {
+    renderPending = false;
+    render();
+  });
+}
+
+function number(value, digits = 0) {
+  return typeof value === "number" ? value.toLocaleString("fr-FR", { maximumFractionDigits: digits }) : "—";
+}
+
+function render() {
+  let list = $(".lots", app);
+  if (!list) {
+    list = el("div", { class: "lots" });
+    app.replaceChildren(el("h2", {}, "Mes lots en cours"), list);
+  }
+  for (const [code, state] of [...lots.entries()].sort()) {
+    let card = list.querySelector(`[data-lot="${CSS.escape(code)}"]`);
+    if (!card) {
+      card = el("section", { class: "lot", "data-lot": code, "aria-label": `Lot ${code}` },
+        el("h3", {}, `Lot ${code}`),
+        el("ul", { class: "kpis" }),
+        el("div", { class: "chart", role: "img", "aria-label": `Doses du lot ${code}` }),
+        el("p", { class: "meals" }),
+        el("ul", { class: "alerts", "aria-label": "Alertes" }));
+      list.append(card);
+    }
+    renderLot(card, code, state);
+  }
+}
+
+function renderLot(card, code, state) {
+  const meals = [...state.meals.values()].sort((a, b) =>
+    a.jour - b.jour || (a.moment === b.moment ? 0 : a.moment === "matin" ? -1 : 1));
+  const kpi = state.kpi || {};
+  $(".kpis", card).replaceChildren(
+    el("li", {}, "Maïs cumulé : ", el("b", {}, `${number(kpi.mais_cumule_g)} g`)),
+    el("li", {}, "Écart : ", el("b", {}, `${number(kpi.ecart_pct, 1)} %`)),
+    el("li", {}, "Mortalité : ", el("b", {}, `${number(kpi.taux_mortalite ?? kpi.mortalite_moyenne_pct, 2)} %`)),
+    kpi.itm_pred !== undefined && kpi.itm_pred !== null
+      ? el("li", {}, "ITM prévu : ", el("b", {}, number(kpi.itm_pred, 2))) : null,
+  );
+  const meals_p = $(".meals", card);
+  meals_p.dataset.count = String(meals.length);
+  const last = meals[meals.length - 1];
+  meals_p.textContent = `${meals.length} repas${last ? ` — dernier : jour ${last.jour}, ${last.moment}, ${number(last.dose_reelle, 1)} g sur ${number(last.dose_theorique, 1)} g` : ""}`;
+  const x = meals.map((m) => m.jour + (m.moment === "soir" ? 0.5 : 0));
+  const data = [x, meals.map((m) => m.dose_theorique), meals.map((m) => m.dose_reelle)];
+  const holder = $(".chart", card);
+  const width = Math.max(240, holder.clientWidth || 300);
+  if (!state.chart && typeof uPlot === "function") {
+    state.chart = new uPlot({
+      width, height: 180,
+      scales: { x: { time: false } },
+      axes: [{ label: "jour" }, { label: "g" }],
+      series: [
+        { label: "jour" },
+        { label: "théorique", stroke: "#5c5c57", dash: [6, 4], width: 2 },
+        { label: "réelle", stroke: "#2a5db0", width: 2, points: { show: true } },
+      ],
+    }, data, holder);
+  } else if (state.chart) {
+    state.chart.setData(data);
+  }
+  const alerts = [...state.alerts.values()];
+  $(".alerts", card).replaceChildren(...alerts.map((alert) => renderAlert(alert)));
+}
+
+function renderAlert(alert) {
+  const acknowledged = alert.state === "acknowledged";
+  return el("li", { class: `alert ${alert.severity}`, "data-alert": alert.alert_id, "data-state": alert.state },
+    el("span", { class: "severity" }, alert.severity === "critical" ? "Critique" : alert.severity === "warning" ? "Alerte" : "Info"),
+    " ", alert.message || alert.rule, " ",
+    acknowledged
+      ? el("span", { class: "acked" }, `(vue par ${alert.acknowledged_by || "quelqu'un"})`)
+      : el("button", { type: "button", onclick: () => acknowledge(alert.alert_id) }, "Acquitter"));
+}
+
+async function acknowledge(alertId) {
+  const answer = await api(`/api/v1/alerts/${encodeURIComponent(alertId)}/ack`, { method: "POST" });
+  if (!answer.ok) banner(`L'alerte n'a pas pu être acquittée (${answer.status}).`);
+}
+
+// ---- Start ---------------------------------------------------------------------------------
+
+function start() {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  const claims = token && claimsOf(token);
+  if (!claims || (claims.exp && claims.exp * 1000 < Date.now())) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    signIn();
+    return;
+  }
+  $("#who").textContent = claims.preferred_username || claims.email || "";
+  $("#signout").hidden = false;
+  if (typeof claims.gaveur_id === "number") {
+    app.replaceChildren(el("h2", {}, "Mes lots en cours"), el("div", { class: "lots" }),
+      el("p", { class: "notice" }, "Les repas s'affichent dès qu'ils arrivent."));
+    connect(claims.gaveur_id);
+    return;
+  }
+  app.replaceChildren(el("h2", {}, "Vue des sites"),
+    el("p", {}, `Connecté avec les rôles : ${roles(claims).join(", ") || "aucun"}. La vue des sites arrive bientôt.`));
+}
+
+$("#signout").addEventListener("click", signOut);
+start();
