@@ -180,6 +180,106 @@ async fn a_gaveur_signs_in_sees_meals_live_and_acknowledges_an_alert_seen_elsewh
         .unwrap();
     assert_eq!(acked["state"], "acknowledged", "{acked}");
     assert_eq!(acked["acknowledged_by"], "jean.martin");
+
+    // The lot's ledger certificate as a QR code of its short URL.
+    desktop
+        .eval("document.querySelector('[data-lot=\"LL2612301\"] .certificate button').click()")
+        .await;
+    let shown = desktop
+        .eval_until(
+            "document.querySelector('[data-lot=\"LL2612301\"] figure.qr img')?.closest('figure').dataset.url",
+            Duration::from_secs(10),
+        )
+        .await;
+    let (status, body) = http_get_as(
+        gaveurs.http,
+        "/api/v1/ledger/lots/LL2612301",
+        &gaveurs.admin,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let certificate: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(shown, certificate["url"]);
+    desktop
+        .screenshot(&artifact("web-desktop-certificate.png"))
+        .await;
+    gaveurs.stop_cleanly();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_says_when_the_pipeline_is_gone_and_resumes_without_a_gap_or_a_twin() {
+    let dir = tempfile::tempdir().unwrap();
+    // A fixed port, so the page finds the pipeline again after its restart.
+    let config = format!("[http]\nlisten = \"127.0.0.1:{}\"\n", free_port());
+    let gaveurs = Gaveurs::start(dir.path(), &config);
+    let mut phone = Browser::launch(360, 740).await;
+    sign_in(&mut phone, &gaveurs, "jean.martin@gaveur.fr").await;
+    let codes = publish_each(
+        gaveurs.mqtt(),
+        MqttVersion::V5,
+        &gaveurs.admin,
+        &[gavage(&meal("LL2612401", 1, "LL", 1, "matin"))],
+    )
+    .await;
+    assert_eq!(codes, [0]);
+    phone
+        .eval_until(
+            &format!("{} === '1'", meals_of("LL2612401")),
+            Duration::from_secs(10),
+        )
+        .await;
+
+    gaveurs.stop_cleanly();
+    let banner = phone
+        .eval_until(
+            "!document.querySelector('#banner').hidden && document.querySelector('#banner').textContent",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(
+        banner.as_str().unwrap().contains("Connexion perdue"),
+        "{banner}"
+    );
+
+    // Back, with a meal published before the page has reconnected: the resume brings it,
+    // once, beside the meal already on screen.
+    let gaveurs = Gaveurs::start(dir.path(), &config);
+    let codes = publish_each(
+        gaveurs.mqtt(),
+        MqttVersion::V5,
+        &gaveurs.admin,
+        &[gavage(&meal("LL2612401", 1, "LL", 1, "soir"))],
+    )
+    .await;
+    assert_eq!(codes, [0]);
+    phone
+        .eval_until(
+            &format!(
+                "document.querySelector('#banner').hidden && {} === '2'",
+                meals_of("LL2612401")
+            ),
+            Duration::from_secs(30),
+        )
+        .await;
+    // And live again after the resume.
+    let codes = publish_each(
+        gaveurs.mqtt(),
+        MqttVersion::V5,
+        &gaveurs.admin,
+        &[gavage(&meal("LL2612401", 1, "LL", 2, "matin"))],
+    )
+    .await;
+    assert_eq!(codes, [0]);
+    phone
+        .eval_until(
+            &format!("{} === '3'", meals_of("LL2612401")),
+            Duration::from_secs(10),
+        )
+        .await;
+    let shown = phone
+        .eval("document.querySelector('[data-lot=\"LL2612401\"] .meals').textContent")
+        .await;
+    assert!(shown.as_str().unwrap().starts_with("3 repas"), "{shown}");
     gaveurs.stop_cleanly();
 }
 

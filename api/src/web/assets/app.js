@@ -176,6 +176,15 @@ function receive(message) {
       else alerts.set(data.alert_id, data);
       break;
     }
+    case "notification": {
+      // Frames the channel no longer kept (a long cut, or a restart): say so, once.
+      if (data.kind === "replay_gap") {
+        document.body.dataset.gap = String(data.oldest_available);
+        const note = $(".notice", app);
+        if (note) note.textContent = "Le direct a repris ; les mises à jour d'une longue coupure ont pu manquer : rechargez pour tout revoir.";
+      }
+      return;
+    }
     case "anomalie": {
       if (data.code_lot) lot(data.code_lot).anomalies.push(data);
       break;
@@ -214,7 +223,9 @@ function render() {
         el("ul", { class: "kpis" }),
         el("div", { class: "chart", role: "img", "aria-label": `Doses du lot ${code}` }),
         el("p", { class: "meals" }),
-        el("ul", { class: "alerts", "aria-label": "Alertes" }));
+        el("ul", { class: "alerts", "aria-label": "Alertes" }),
+        el("div", { class: "certificate" },
+          el("button", { type: "button", onclick: () => certificate(card, code) }, "Certificat du lot")));
       list.append(card);
     }
     renderLot(card, code, state);
@@ -266,6 +277,29 @@ function renderAlert(alert) {
     acknowledged
       ? el("span", { class: "acked" }, `(vue par ${alert.acknowledged_by || "quelqu'un"})`)
       : el("button", { type: "button", onclick: () => acknowledge(alert.alert_id) }, "Acquitter"));
+}
+
+// The lot's ledger certificate (GET /api/v1/ledger/lots/{code}) as a QR code of its short
+// URL, which anyone can check against the certificate offline.
+async function certificate(card, code) {
+  const holder = $(".certificate", card);
+  const answer = await api(`/api/v1/ledger/lots/${encodeURIComponent(code)}`);
+  $(".qr", holder)?.remove();
+  if (answer.status === 404) {
+    holder.append(el("p", { class: "qr" }, "Le registre n'a pas encore d'entrée pour ce lot."));
+    return;
+  }
+  if (!answer.ok) {
+    holder.append(el("p", { class: "qr", role: "alert" }, `Certificat indisponible (${answer.status}).`));
+    return;
+  }
+  const document_ = await answer.json();
+  const qr = qrcode(0, "M");
+  qr.addData(document_.url);
+  qr.make();
+  holder.append(el("figure", { class: "qr", "data-url": document_.url },
+    el("img", { src: qr.createDataURL(3, 2), alt: `QR code du certificat du lot ${code}` }),
+    el("figcaption", {}, `${document_.entries.length} entrées signées, chaîne ${document_.chain} jusqu'à l'entrée ${document_.head.seq}`)));
 }
 
 async function acknowledge(alertId) {
