@@ -55,6 +55,8 @@ pub struct AppState {
     /// Dev mode on a loopback listener (or `[auth] dev_signin = true`): the web page's
     /// demo-user sign-in mints tokens.
     pub dev_signin: Option<web::DevSignin>,
+    /// Keycloak mode: the realm the web page signs in to (`[auth] issuer`).
+    pub web_issuer: Option<String>,
     pub ping_every: Duration,
     /// Stops the WebSocket ingest at shutdown.
     pub shutdown: CancellationToken,

@@ -596,8 +596,12 @@ pub async fn run(
                 .cloned()
                 .unwrap_or_else(|| "backend-api".into()),
             ttl: Duration::from_secs(config.auth.dev_token_ttl_s),
+            issuer_flow: Arc::new(gaveurs_operators::auth::dev_issuer::DevIssuer::new()),
         })
     });
+    let web_issuer = (config.auth.mode == crate::config::AuthMode::Keycloak)
+        .then(|| config.auth.issuer.clone())
+        .flatten();
     let app = http::router(http::AppState {
         wal: wal.clone(),
         sources_connected: connected_rx,
@@ -609,6 +613,7 @@ pub async fn run(
         verifier,
         dev_keys,
         dev_signin,
+        web_issuer,
         ping_every: Duration::from_secs(config.websocket.ping_interval_s),
         shutdown: shutdown.clone(),
         ingest_sockets: ingest_sockets.clone(),

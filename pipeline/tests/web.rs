@@ -286,3 +286,94 @@ async fn the_page_says_when_the_pipeline_is_gone_and_resumes_without_a_gap_or_a_
 fn artifact(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_code_flow_with_pkce_signs_in_renews_the_token_on_the_open_channel_and_signs_out() {
+    let dir = tempfile::tempdir().unwrap();
+    // Access tokens of 6 s: the page must renew them, twice, on the open channel.
+    let gaveurs = Gaveurs::start(dir.path(), "[auth]\ndev_token_ttl_s = 6\n");
+    let mut phone = Browser::launch(360, 740).await;
+    phone.goto(&format!("http://{}/", gaveurs.http)).await;
+    let button = "document.querySelector('[data-signin=\"realm\"]')";
+    phone
+        .eval_until(&format!("!!{button}"), Duration::from_secs(15))
+        .await;
+    phone.eval(&format!("{button}.click()")).await;
+    // The issuer's login page (Keycloak asks for a password here), then back with a code.
+    let user = "document.querySelector('a[data-user=\"jean.martin@gaveur.fr\"]')";
+    phone
+        .eval_until(&format!("!!{user}"), Duration::from_secs(15))
+        .await;
+    let login_url = phone.eval("location.href").await;
+    assert!(
+        login_url
+            .as_str()
+            .unwrap()
+            .contains("/realms/gaveurs-production/protocol/openid-connect/auth?"),
+        "{login_url}"
+    );
+    phone.eval(&format!("{user}.click()")).await;
+    phone
+        .eval_until(
+            "document.body.dataset.live === 'open'",
+            Duration::from_secs(15),
+        )
+        .await;
+    assert_eq!(
+        phone.eval("location.search").await,
+        "",
+        "the code is not left in the URL"
+    );
+    let first: Value = phone
+        .eval("JSON.parse(atob(sessionStorage.getItem('gaveurs.token').split('.')[1].replace(/-/g,'+').replace(/_/g,'/')))")
+        .await;
+    assert_eq!(first["azp"], "gaveurs-web");
+    assert_eq!(first["gaveur_id"], 1);
+
+    // Two renewals later the first token has expired; the channel is still open and live.
+    phone
+        .eval_until(
+            "Number(document.body.dataset.renewals) >= 2",
+            Duration::from_secs(30),
+        )
+        .await;
+    let expired = phone
+        .eval(&format!("Date.now() / 1000 > {}", first["exp"]))
+        .await;
+    assert_eq!(expired, true);
+    let codes = publish_each(
+        gaveurs.mqtt(),
+        MqttVersion::V5,
+        &gaveurs.admin,
+        &[gavage(&meal("LL2612501", 1, "LL", 1, "matin"))],
+    )
+    .await;
+    assert_eq!(codes, [0]);
+    phone
+        .eval_until(
+            &format!(
+                "document.body.dataset.live === 'open' && {} === '1'",
+                meals_of("LL2612501")
+            ),
+            Duration::from_secs(10),
+        )
+        .await;
+
+    // Signing out revokes the session: its refresh token renews nothing any more.
+    let refresh = phone
+        .eval("JSON.parse(sessionStorage.getItem('gaveurs.session')).refresh")
+        .await;
+    phone
+        .eval("document.querySelector('#signout').click()")
+        .await;
+    phone
+        .eval_until(&format!("!!{button}"), Duration::from_secs(10))
+        .await;
+    let status = phone
+        .eval(&format!(
+            "fetch('/realms/gaveurs-production/protocol/openid-connect/token', {{method: 'POST', headers: {{'content-type': 'application/x-www-form-urlencoded'}}, body: new URLSearchParams({{grant_type: 'refresh_token', refresh_token: {refresh}, client_id: 'gaveurs-web'}})}}).then(r => r.status)"
+        ))
+        .await;
+    assert_eq!(status, 400);
+    gaveurs.stop_cleanly();
+}

@@ -15,11 +15,17 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use gaveurs_operators::auth::dev::{DEMO_USERS, DevKeys, demo_user};
+use gaveurs_operators::auth::dev::{DEMO_USERS, DevKeys, REALM, demo_user};
+use gaveurs_operators::auth::dev_issuer::DevIssuer;
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::AppState;
+
+mod issuer;
+
+/// How long the web page's sign-in lasts (its refresh token), as a Keycloak SSO session.
+const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 
 /// What the page's own content policy allows: its scripts and styles, its socket, uPlot's
 /// inline canvas sizing and the QR code as a data image.
@@ -67,7 +73,17 @@ pub struct DevSignin {
     pub keys: Arc<DevKeys>,
     pub issuer: String,
     pub audience: String,
+    /// `[auth] dev_token_ttl_s`.
     pub ttl: Duration,
+    /// Codes and refresh tokens of the authorization-code flow.
+    pub issuer_flow: Arc<DevIssuer>,
+}
+
+impl DevSignin {
+    /// Access tokens of the code flow live as Keycloak's do by default (5 min), or less.
+    fn web_ttl(&self) -> Duration {
+        self.ttl.min(Duration::from_secs(300))
+    }
 }
 
 pub fn routes() -> Router<Arc<AppState>> {
@@ -77,19 +93,46 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/assets/{*path}", get(asset))
         .route("/auth/dev/users", get(dev_users))
         .route("/auth/dev/token", post(dev_token))
+        .route("/auth/config", get(issuer::config))
+        .route(
+            &format!("/realms/{REALM}/protocol/openid-connect/auth"),
+            get(issuer::authorize),
+        )
+        .route(
+            &format!("/realms/{REALM}/protocol/openid-connect/token"),
+            post(issuer::token),
+        )
+        .route(
+            &format!("/realms/{REALM}/protocol/openid-connect/logout"),
+            post(issuer::logout),
+        )
 }
 
-/// The page shell: no data, for anyone; the script inside signs in.
-async fn shell() -> Response {
+/// The page shell: no data, for anyone; the script inside signs in. In keycloak mode the
+/// page may also reach the realm's token endpoint.
+async fn shell(State(state): State<Arc<AppState>>) -> Response {
+    let policy = match state.web_issuer.as_deref().and_then(origin_of) {
+        Some(realm) => {
+            PAGE_POLICY.replace("connect-src 'self'", &format!("connect-src 'self' {realm}"))
+        }
+        None => PAGE_POLICY.to_string(),
+    };
     (
         [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CONTENT_SECURITY_POLICY, PAGE_POLICY),
-            (header::CACHE_CONTROL, "no-cache"),
+            (header::CONTENT_TYPE, "text/html; charset=utf-8".to_string()),
+            (header::CONTENT_SECURITY_POLICY, policy),
+            (header::CACHE_CONTROL, "no-cache".to_string()),
         ],
         SHELL,
     )
         .into_response()
+}
+
+/// `https://sso.example:8443/realms/x` → `https://sso.example:8443`.
+fn origin_of(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let host = rest.split('/').next()?;
+    (!host.is_empty() && !host.contains(['\'', ';', ' '])).then(|| format!("{scheme}://{host}"))
 }
 
 async fn asset(Path(path): Path<String>) -> Response {

@@ -12,6 +12,7 @@
 pub mod audit;
 mod claims;
 pub mod dev;
+pub mod dev_issuer;
 mod jwks;
 pub mod permissions;
 pub mod verifier;

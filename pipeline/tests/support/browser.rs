@@ -106,6 +106,14 @@ impl Browser {
 
     /// Sends one command and returns its result (events in between are skipped).
     pub async fn call(&mut self, method: &str, params: Value) -> Value {
+        match self.try_call(method, params).await {
+            Ok(result) => result,
+            Err(error) => panic!("{method}: {error}"),
+        }
+    }
+
+    /// [`Browser::call`], with chromium's error as the error.
+    async fn try_call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
         self.next_id += 1;
         let id = self.next_id;
         let command = json!({"id": id, "method": method, "params": params});
@@ -125,9 +133,9 @@ impl Browser {
             let answer: Value = serde_json::from_str(&text).unwrap();
             if answer["id"] == id {
                 if let Some(error) = answer.get("error") {
-                    panic!("{method}: {error}");
+                    return Err(error.clone());
                 }
-                return answer["result"].clone();
+                return Ok(answer["result"].clone());
             }
         }
     }
@@ -144,16 +152,28 @@ impl Browser {
 
     /// The value of `expression` (a promise is awaited); a thrown error panics with it.
     pub async fn eval(&mut self, expression: &str) -> Value {
+        match self.try_eval(expression).await {
+            Ok(value) => value,
+            Err(error) => panic!("{expression}: {error}"),
+        }
+    }
+
+    /// Err when the page navigated away while the expression ran (its document is gone).
+    async fn try_eval(&mut self, expression: &str) -> Result<Value, Value> {
         let result = self
-            .call(
+            .try_call(
                 "Runtime.evaluate",
                 json!({"expression": expression, "awaitPromise": true, "returnByValue": true}),
             )
-            .await;
+            .await?;
         if let Some(exception) = result.get("exceptionDetails") {
-            panic!("{expression}: {exception}");
+            let text = exception.to_string();
+            if text.contains("timed out waiting for") {
+                panic!("{expression}: {exception}");
+            }
+            return Err(exception.clone());
         }
-        result["result"]["value"].clone()
+        Ok(result["result"]["value"].clone())
     }
 
     /// Waits, inside the page, until `condition` is truthy: it is checked again on every
@@ -174,7 +194,19 @@ impl Browser {
             escaped = condition.replace('\\', "\\\\").replace('"', "\\\""),
             ms = limit.as_millis()
         );
-        self.eval(&script).await
+        // A navigation (a sign-in's redirects) ends the document the wait ran in: wait again
+        // in the next one.
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            match self.try_eval(&script).await {
+                Ok(value) => return value,
+                Err(error) if std::time::Instant::now() < deadline => {
+                    let _ = error;
+                    tokio::task::yield_now().await;
+                }
+                Err(error) => panic!("{condition}: {error}"),
+            }
+        }
     }
 
     /// A PNG of the page as a user sees it, written to `path`.

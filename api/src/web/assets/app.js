@@ -40,36 +40,140 @@ async function api(path, options = {}) {
 }
 
 // ---- Sign-in ----------------------------------------------------------------------------
+//
+// The authorization-code flow with PKCE against the realm (Keycloak, or in dev mode the
+// pipeline's own issuer, which answers the same endpoints), and in dev mode also a picker of
+// the demo users. Tokens live in this tab's session storage only.
+
+const SESSION_KEY = "gaveurs.session";
+
+function base64url(bytes) {
+  return btoa(String.fromCharCode(...new Uint8Array(bytes)))
+    .replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+
+function randomString() {
+  return base64url(crypto.getRandomValues(new Uint8Array(32)));
+}
+
+async function signinConfig() {
+  const answer = await fetch("/auth/config");
+  return answer.ok ? answer.json() : { mode: "none" };
+}
 
 async function signIn() {
   $("#who").textContent = "";
   $("#signout").hidden = true;
-  const answer = await fetch("/auth/dev/users");
-  if (answer.status !== 200) {
-    app.replaceChildren(
-      el("h2", {}, "Connexion"),
-      el("p", {}, "La connexion par Keycloak n'est pas encore disponible sur cette page. ",
-        "Utilisez un client avec un jeton (voir le README)."),
-    );
-    return;
+  const config = await signinConfig();
+  const parts = [el("h2", {}, "Connexion")];
+  if (config.mode !== "none") {
+    parts.push(el("p", {}, el("button", {
+      type: "button", "data-signin": "realm", onclick: () => startCodeFlow(config),
+    }, config.mode === "dev" ? "Se connecter (émetteur de développement)" : "Se connecter avec Keycloak")));
   }
-  const users = await answer.json();
-  const list = el("ul", { class: "users" });
-  for (const user of users.users) {
-    list.append(el("li", {}, el("button", {
-      type: "button",
-      "data-user": user.email,
-      onclick: () => devToken(user.email),
-    }, `${user.username} — ${user.roles.join(", ")}${user.site ? ` (site ${user.site})` : ""}`)));
+  if (config.picker) {
+    const answer = await fetch("/auth/dev/users");
+    if (answer.ok) {
+      const list = el("ul", { class: "users", "aria-label": "Utilisateurs de démonstration" });
+      for (const user of (await answer.json()).users) {
+        list.append(el("li", {}, el("button", {
+          type: "button",
+          "data-user": user.email,
+          onclick: () => devToken(user.email),
+        }, `${user.username} — ${user.roles.join(", ")}${user.site ? ` (site ${user.site})` : ""}`)));
+      }
+      parts.push(
+        el("p", { class: "notice" },
+          "Mode développement : cette page délivre le jeton d'un utilisateur de démonstration. ",
+          "En production, la connexion passe par Keycloak."),
+        list);
+    }
   }
-  app.replaceChildren(
-    el("h2", {}, "Connexion (mode développement)"),
-    el("p", { class: "notice" },
-      "Mode développement : cette page délivre le jeton d'un utilisateur de démonstration. ",
-      "En production, la connexion passe par Keycloak."),
-    list,
-  );
-  $("button", list)?.focus();
+  if (config.mode === "none") {
+    parts.push(el("p", {}, "Aucune connexion n'est proposée par ce serveur."));
+  }
+  app.replaceChildren(...parts);
+  $("button", app)?.focus();
+}
+
+async function startCodeFlow(config) {
+  const verifier = randomString();
+  const challenge = base64url(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(verifier)));
+  const state = randomString();
+  sessionStorage.setItem("gaveurs.pkce", JSON.stringify({ verifier, state, issuer: config.issuer }));
+  const params = new URLSearchParams({
+    response_type: "code",
+    client_id: config.client_id,
+    redirect_uri: `${location.origin}/`,
+    scope: "openid",
+    state,
+    code_challenge: challenge,
+    code_challenge_method: "S256",
+  });
+  location.assign(`${config.issuer}/protocol/openid-connect/auth?${params}`);
+}
+
+// Back from the realm with ?code=…&state=…: trade the code for tokens.
+async function finishCodeFlow(params) {
+  const pending = JSON.parse(sessionStorage.getItem("gaveurs.pkce") || "null");
+  sessionStorage.removeItem("gaveurs.pkce");
+  history.replaceState(null, "", location.pathname);
+  if (!pending || pending.state !== params.get("state")) {
+    banner("La connexion n'a pas abouti (état inattendu) : recommencez.");
+    return false;
+  }
+  const answer = await fetch(`${pending.issuer}/protocol/openid-connect/token`, {
+    method: "POST",
+    headers: { "content-type": "application/x-www-form-urlencoded" },
+    body: new URLSearchParams({
+      grant_type: "authorization_code",
+      code: params.get("code"),
+      code_verifier: pending.verifier,
+      client_id: "gaveurs-web",
+      redirect_uri: `${location.origin}/`,
+    }),
+  });
+  if (!answer.ok) {
+    banner(`La connexion a été refusée (${answer.status}).`);
+    return false;
+  }
+  keepTokens(await answer.json(), pending.issuer);
+  return true;
+}
+
+function keepTokens(tokens, issuer) {
+  sessionStorage.setItem(TOKEN_KEY, tokens.access_token);
+  if (tokens.refresh_token) {
+    sessionStorage.setItem(SESSION_KEY, JSON.stringify({ refresh: tokens.refresh_token, issuer }));
+  }
+}
+
+// Renews the access token before it expires (at 70 % of its life) and hands the new one to
+// the open channel, which would otherwise close at the old one's expiry.
+let renewal = null;
+function scheduleRenewal(claims) {
+  clearTimeout(renewal);
+  const session = JSON.parse(sessionStorage.getItem(SESSION_KEY) || "null");
+  if (!session || !claims.exp) return;
+  const life = claims.exp * 1000 - Date.now();
+  renewal = setTimeout(async () => {
+    const answer = await fetch(`${session.issuer}/protocol/openid-connect/token`, {
+      method: "POST",
+      headers: { "content-type": "application/x-www-form-urlencoded" },
+      body: new URLSearchParams({ grant_type: "refresh_token", refresh_token: session.refresh, client_id: "gaveurs-web" }),
+    });
+    if (!answer.ok) {
+      banner("Session expirée : reconnectez-vous.");
+      return;
+    }
+    keepTokens(await answer.json(), session.issuer);
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    if (live.socket && live.socket.readyState === WebSocket.OPEN) {
+      live.socket.send(JSON.stringify({ type: "auth", token }));
+    }
+    document.body.dataset.renewals = String(Number(document.body.dataset.renewals || 0) + 1);
+    scheduleRenewal(claimsOf(token));
+  }, Math.max(1000, life * 0.7));
 }
 
 async function devToken(email) {
@@ -87,9 +191,20 @@ async function devToken(email) {
   start();
 }
 
-function signOut() {
+async function signOut() {
+  const session = JSON.parse(sessionStorage.getItem(SESSION_KEY) || "null");
+  clearTimeout(renewal);
   sessionStorage.removeItem(TOKEN_KEY);
+  sessionStorage.removeItem(SESSION_KEY);
   if (live.socket) live.close();
+  lots.clear();
+  if (session) {
+    await fetch(`${session.issuer}/protocol/openid-connect/logout`, {
+      method: "POST",
+      headers: { "content-type": "application/x-www-form-urlencoded" },
+      body: new URLSearchParams({ refresh_token: session.refresh, client_id: "gaveurs-web" }),
+    }).catch(() => {});
+  }
   signIn();
 }
 
@@ -279,6 +394,17 @@ function renderAlert(alert) {
       : el("button", { type: "button", onclick: () => acknowledge(alert.alert_id) }, "Acquitter"));
 }
 
+// The QR encoder is fetched the first time a certificate is shown, not with the page.
+function loadScript(src) {
+  if (document.querySelector(`script[src="${src}"]`)) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    document.head.append(el("script", { src }));
+    const script = document.querySelector(`script[src="${src}"]`);
+    script.onload = resolve;
+    script.onerror = () => reject(new Error(`${src} did not load`));
+  });
+}
+
 // The lot's ledger certificate (GET /api/v1/ledger/lots/{code}) as a QR code of its short
 // URL, which anyone can check against the certificate offline.
 async function certificate(card, code) {
@@ -294,6 +420,7 @@ async function certificate(card, code) {
     return;
   }
   const document_ = await answer.json();
+  await loadScript("/assets/vendor/qrcode.js");
   const qr = qrcode(0, "M");
   qr.addData(document_.url);
   qr.make();
@@ -319,6 +446,7 @@ function start() {
   }
   $("#who").textContent = claims.preferred_username || claims.email || "";
   $("#signout").hidden = false;
+  scheduleRenewal(claims);
   if (typeof claims.gaveur_id === "number") {
     app.replaceChildren(el("h2", {}, "Mes lots en cours"), el("div", { class: "lots" }),
       el("p", { class: "notice" }, "Les repas s'affichent dès qu'ils arrivent."));
@@ -330,4 +458,8 @@ function start() {
 }
 
 $("#signout").addEventListener("click", signOut);
-start();
+(async () => {
+  const params = new URLSearchParams(location.search);
+  if (params.has("code")) await finishCodeFlow(params);
+  start();
+})();
