@@ -377,3 +377,130 @@ async fn the_code_flow_with_pkce_signs_in_renews_the_token_on_the_open_channel_a
     assert_eq!(status, 400);
     gaveurs.stop_cleanly();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_superviseur_sees_every_site_filters_alerts_and_opens_a_lot_a_technician_sees_stations() {
+    let dir = tempfile::tempdir().unwrap();
+    // Rolls every second, so the sites' published KPIs come quickly.
+    let gaveurs = Gaveurs::start(dir.path(), "[storage]\nroll_interval_s = 1\n");
+    let mut refusal = meal("LL2612602", 2, "LS", 2, "matin");
+    refusal["dose_reelle"] = 50.0.into();
+    let codes = publish_each(
+        gaveurs.mqtt(),
+        MqttVersion::V5,
+        &gaveurs.admin,
+        &[
+            gavage(&meal("LL2612601", 1, "LL", 1, "matin")),
+            gavage(&meal("LL2612602", 2, "LS", 1, "matin")),
+            gavage(&refusal),
+        ],
+    )
+    .await;
+    assert_eq!(codes, [0, 0, 0]);
+
+    let mut desk = Browser::launch(1280, 900).await;
+    sign_in_to_sites(&mut desk, &gaveurs, "superviseur@euralis.fr").await;
+    // Each site's lots as published (the page reads them again every 15 s).
+    for site in ["LL", "LS"] {
+        desk.eval_until(
+            &format!("document.querySelector('tr[data-site=\"{site}\"] [data-kpi=\"lots_actifs\"]')?.textContent === '1'"),
+            Duration::from_secs(40),
+        )
+        .await;
+    }
+    // A meal received live counts at once.
+    let codes = publish_each(
+        gaveurs.mqtt(),
+        MqttVersion::V5,
+        &gaveurs.admin,
+        &[gavage(&meal("LL2612601", 1, "LL", 1, "soir"))],
+    )
+    .await;
+    assert_eq!(codes, [0]);
+    desk.eval_until(
+        "document.querySelector('tr[data-site=\"LL\"] [data-kpi=\"live_meals\"]')?.textContent === '1'",
+        Duration::from_secs(10),
+    )
+    .await;
+    // The LS refusal's critical alert, gone when only LL's alerts are asked for.
+    let alert = "document.querySelector('#site-alerts .alert.critical')";
+    let text = desk
+        .eval_until(&format!("{alert}?.textContent"), Duration::from_secs(10))
+        .await;
+    assert!(text.as_str().unwrap().contains("LL2612602"), "{text}");
+    desk.eval("(() => { const s = document.querySelector('#alert-site'); s.value = 'LL'; s.dispatchEvent(new Event('change')); })()")
+        .await;
+    desk.eval_until(&format!("!{alert}"), Duration::from_secs(5))
+        .await;
+    desk.screenshot(&artifact("web-sites.png")).await;
+
+    // Any lot, found and opened: its gaveur's channel, that lot only.
+    desk.eval("(() => { document.querySelector('#lot-code').value = 'LL2612601'; document.querySelector('#lot-search button').click(); })()")
+        .await;
+    let link = "document.querySelector('[data-open-lot=\"LL2612601\"]')";
+    desk.eval_until(&format!("!!{link}"), Duration::from_secs(10))
+        .await;
+    desk.eval(&format!("{link}.click()")).await;
+    desk.eval_until(
+        &format!("{} === '2'", meals_of("LL2612601")),
+        Duration::from_secs(15),
+    )
+    .await;
+    assert_eq!(
+        desk.eval("document.querySelectorAll('[data-lot]').length")
+            .await,
+        1
+    );
+
+    // A SQAL technician: their site's stations only, no lot search.
+    let mut tech = Browser::launch(360, 740).await;
+    sign_in_to_sites(&mut tech, &gaveurs, "tech@sqal.fr").await;
+    let codes = publish_each(
+        gaveurs.mqtt(),
+        MqttVersion::V5,
+        &gaveurs.admin,
+        &[(
+            "sqal/LL/ESP32_LL_01/measurements".into(),
+            support::records::sqal("ESP32_LL_01", "W-61", 0.8)
+                .to_string()
+                .into_bytes(),
+            1,
+        )],
+    )
+    .await;
+    assert_eq!(codes, [0]);
+    tech.eval_until(
+        "!!document.querySelector('[data-station=\"ESP32_LL_01\"]')",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(
+        tech.eval("!!document.querySelector('#lot-search')").await,
+        false
+    );
+    assert_eq!(
+        tech.eval("document.querySelector('#app').textContent.includes('null')")
+            .await,
+        false
+    );
+    tech.screenshot(&artifact("web-sites-technician-360.png"))
+        .await;
+    gaveurs.stop_cleanly();
+}
+
+async fn sign_in_to_sites(browser: &mut Browser, gaveurs: &Gaveurs, email: &str) {
+    browser
+        .goto(&format!("http://{}/sites", gaveurs.http))
+        .await;
+    let picker = format!("document.querySelector('[data-user=\"{email}\"]')");
+    browser
+        .eval_until(&format!("!!{picker}"), Duration::from_secs(15))
+        .await;
+    browser.eval(&format!("{picker}.click()")).await;
+    browser
+        .eval_until(
+            "document.body.dataset.live === 'open' && !!document.querySelector('table.sites')",
+            Duration::from_secs(15),
+        )
+        .await;
+}

@@ -324,6 +324,9 @@ function number(value, digits = 0) {
   return typeof value === "number" ? value.toLocaleString("fr-FR", { maximumFractionDigits: digits }) : "—";
 }
 
+// A superviseur opening one lot from /sites watches its gaveur's channel for that lot only.
+let onlyLot = null;
+
 function render() {
   let list = $(".lots", app);
   if (!list) {
@@ -331,6 +334,7 @@ function render() {
     app.replaceChildren(el("h2", {}, "Mes lots en cours"), list);
   }
   for (const [code, state] of [...lots.entries()].sort()) {
+    if (onlyLot && code !== onlyLot) continue;
     let card = list.querySelector(`[data-lot="${CSS.escape(code)}"]`);
     if (!card) {
       card = el("section", { class: "lot", "data-lot": code, "aria-label": `Lot ${code}` },
@@ -447,14 +451,199 @@ function start() {
   $("#who").textContent = claims.preferred_username || claims.email || "";
   $("#signout").hidden = false;
   scheduleRenewal(claims);
-  if (typeof claims.gaveur_id === "number") {
+  const params = new URLSearchParams(location.search);
+  if (typeof claims.gaveur_id === "number" && location.pathname !== "/sites") {
     app.replaceChildren(el("h2", {}, "Mes lots en cours"), el("div", { class: "lots" }),
       el("p", { class: "notice" }, "Les repas s'affichent dès qu'ils arrivent."));
     connect(claims.gaveur_id);
     return;
   }
-  app.replaceChildren(el("h2", {}, "Vue des sites"),
-    el("p", {}, `Connecté avec les rôles : ${roles(claims).join(", ") || "aucun"}. La vue des sites arrive bientôt.`));
+  if (params.has("gaveur") && params.has("lot")) {
+    onlyLot = params.get("lot");
+    app.replaceChildren(el("h2", {}, `Lot ${onlyLot}`), el("div", { class: "lots" }),
+      el("p", {}, el("a", { href: "/sites" }, "← Vue des sites")));
+    live.lastSeq = 0;
+    connect(Number(params.get("gaveur")));
+    return;
+  }
+  sitesPage(claims);
+}
+
+// ---- /sites: every site live, for superviseurs and admins (a SQAL technician: the stations
+// of their site) --------------------------------------------------------------------------
+
+const sites = {
+  // site → { lots_actifs, ecart_abs_moyen_pct, mortalite_moyenne_pct, grades: {grade: n} }
+  published: new Map(),
+  // site → records received live since the page opened
+  meals: new Map(),
+  stations: new Map(),
+  alerts: new Map(),
+};
+
+async function sql(query) {
+  const answer = await api("/api/v1/query", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ sql: query }),
+  });
+  if (!answer.ok) return null;
+  const body = await answer.json();
+  return Array.isArray(body) ? body : body.rows || [];
+}
+
+// The published KPIs of each site (lot_kpis and sqal_samples, as of the last roll).
+async function refreshPublished() {
+  const lotsBySite = await sql(`
+    WITH latest AS (
+      SELECT site, code_lot, termine, ecart_moyen_pct, taux_mortalite,
+             row_number() OVER (PARTITION BY code_lot ORDER BY _computed_at DESC) AS n
+      FROM lot_kpis)
+    SELECT site, sum(CASE WHEN termine THEN 0 ELSE 1 END) AS lots_actifs,
+           avg(abs(ecart_moyen_pct)) AS ecart_abs_moyen_pct,
+           avg(taux_mortalite) AS mortalite_moyenne_pct
+    FROM latest WHERE n = 1 GROUP BY site ORDER BY site`);
+  const grades = await sql("SELECT site_code AS site, grade, count(*) AS n FROM sqal_samples GROUP BY site_code, grade");
+  const published = new Map();
+  for (const row of lotsBySite || []) published.set(row.site, Object.assign({ grades: {} }, row));
+  for (const row of grades || []) {
+    if (!published.has(row.site)) published.set(row.site, { site: row.site, grades: {} });
+    published.get(row.site).grades[row.grade] = row.n;
+  }
+  sites.published = published;
+  renderSites();
+}
+
+async function sitesPage(claims) {
+  const everything = roles(claims).includes("superviseur") || roles(claims).includes("admin");
+  if (location.pathname !== "/sites") history.replaceState(null, "", "/sites");
+  app.replaceChildren(...[
+    el("h2", {}, "Vue des sites"),
+    el("table", { class: "sites", "aria-label": "Indicateurs par site", hidden: everything ? null : "" }),
+    el("h3", {}, "Alertes ouvertes"),
+    el("div", { class: "filters" },
+      el("label", {}, "Site ", el("select", { id: "alert-site" }, el("option", { value: "" }, "tous"))),
+      el("label", {}, " Gravité ", el("select", { id: "alert-severity" },
+        el("option", { value: "" }, "toutes"), el("option", { value: "critical" }, "critique"),
+        el("option", { value: "warning" }, "alerte"), el("option", { value: "info" }, "info")))),
+    el("ul", { class: "alerts", id: "site-alerts", "aria-label": "Alertes ouvertes" }),
+    everything ? el("form", { class: "search", id: "lot-search" },
+      el("label", { for: "lot-code" }, "Chercher un lot "),
+      el("input", { id: "lot-code", name: "lot", autocomplete: "off", placeholder: "LL2612301" }),
+      el("button", { type: "submit" }, "Ouvrir"),
+      el("p", { id: "lot-found", "aria-live": "polite" })) : null,
+    el("h3", {}, "Stations SQAL"),
+    el("ul", { class: "stations", id: "stations" }),
+  ].filter(Boolean));
+  for (const id of ["alert-site", "alert-severity"]) $(`#${id}`).addEventListener("change", renderSites);
+  $("#lot-search")?.addEventListener("submit", (event) => {
+    event.preventDefault();
+    searchLot($("#lot-code").value.trim());
+  });
+  const answer = await api("/api/v1/alerts?state=active");
+  if (answer.ok) {
+    const body = await answer.json();
+    for (const alert of Array.isArray(body) ? body : body.alerts || []) sites.alerts.set(alert.alert_id, alert);
+  }
+  if (everything) {
+    await refreshPublished();
+    setInterval(refreshPublished, 15000);
+  }
+  connectRealtime();
+  renderSites();
+}
+
+async function searchLot(code) {
+  const found = $("#lot-found");
+  if (!code) return;
+  const answer = await api(`/api/v1/lots/${encodeURIComponent(code)}`);
+  if (!answer.ok) {
+    found.replaceChildren(answer.status === 404 ? `Lot ${code} inconnu.` : `Recherche refusée (${answer.status}).`);
+    return;
+  }
+  const view = await answer.json();
+  found.replaceChildren(
+    `Lot ${view.code_lot}, gaveur ${view.gaveur_id ?? "?"}, site ${view.site ?? "?"} — `,
+    el("a", { href: `/?gaveur=${view.gaveur_id}&lot=${encodeURIComponent(view.code_lot)}`, "data-open-lot": view.code_lot }, "ouvrir la page du lot"));
+}
+
+function connectRealtime() {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const socket = new WebSocket(`${scheme}://${location.host}/ws/realtime/?token=${encodeURIComponent(token)}`);
+  live.socket = socket;
+  live.closing = false;
+  socket.onopen = () => { banner(""); live.retry = 0; document.body.dataset.live = "open"; };
+  socket.onmessage = (event) => {
+    let message;
+    try { message = JSON.parse(event.data); } catch (_) { return; }
+    const data = message.data || message;
+    if (message.type === "gavage_realtime") {
+      sites.meals.set(data.site, (sites.meals.get(data.site) || 0) + 1);
+    } else if (message.type === "sensor_update") {
+      sites.stations.set(data.device_id, data);
+    } else if (message.type === "alert") {
+      if (data.transition === "cleared" || data.state === "cleared") sites.alerts.delete(data.alert_id);
+      else sites.alerts.set(data.alert_id, data);
+    } else {
+      return;
+    }
+    scheduleSites();
+  };
+  socket.onclose = (event) => {
+    document.body.dataset.live = "closed";
+    if (live.closing || live.socket !== socket) return;
+    if (event.code === 4401 || event.code === 4403) {
+      banner("Session expirée ou accès refusé : reconnectez-vous.");
+      return;
+    }
+    banner("Connexion perdue — reconnexion en cours…");
+    setTimeout(connectRealtime, Math.min(10000, 500 * 2 ** live.retry++));
+  };
+}
+
+let sitesPending = false;
+function scheduleSites() {
+  if (sitesPending) return;
+  sitesPending = true;
+  requestAnimationFrame(() => { sitesPending = false; renderSites(); });
+}
+
+function renderSites() {
+  const table = $("table.sites", app);
+  if (!table) return;
+  const names = new Set([...sites.published.keys(), ...sites.meals.keys()]);
+  const grades = ["A+", "A", "B", "C", "REJECT"];
+  table.replaceChildren(
+    el("thead", {}, el("tr", {},
+      ...["Site", "Lots actifs", "|Écart| moyen", "Mortalité moyenne", "Repas reçus en direct", "Grades SQAL"].map((h) => el("th", { scope: "col" }, h)))),
+    el("tbody", {}, ...[...names].sort().map((site) => {
+      const p = sites.published.get(site) || { grades: {} };
+      return el("tr", { "data-site": site },
+        el("th", { scope: "row" }, site),
+        el("td", { "data-kpi": "lots_actifs" }, number(p.lots_actifs)),
+        el("td", {}, `${number(p.ecart_abs_moyen_pct, 1)} %`),
+        el("td", {}, `${number(p.mortalite_moyenne_pct, 2)} %`),
+        el("td", { "data-kpi": "live_meals" }, number(sites.meals.get(site) || 0)),
+        el("td", {}, grades.filter((g) => p.grades[g]).map((g) => `${g}: ${p.grades[g]}`).join(", ") || "—"));
+    })));
+  const siteSelect = $("#alert-site");
+  const known = new Set([...names, ...[...sites.alerts.values()].map((a) => a.site).filter(Boolean)]);
+  for (const site of [...known].sort()) {
+    if (![...siteSelect.options].some((o) => o.value === site)) siteSelect.append(el("option", { value: site }, site));
+  }
+  const wantedSite = siteSelect.value;
+  const wantedSeverity = $("#alert-severity").value;
+  const shown = [...sites.alerts.values()]
+    .filter((a) => (!wantedSite || a.site === wantedSite) && (!wantedSeverity || a.severity === wantedSeverity))
+    .sort((a, b) => String(b.opened_at).localeCompare(String(a.opened_at)));
+  $("#site-alerts").replaceChildren(...shown.map((alert) => {
+    const item = renderAlert(alert);
+    item.prepend(el("span", { class: "where" }, `${alert.site || "?"} · ${alert.code_lot || alert.device_id || ""} `));
+    return item;
+  }));
+  $("#stations").replaceChildren(...[...sites.stations.values()].sort((a, b) => a.device_id.localeCompare(b.device_id)).map((s) =>
+    el("li", { "data-station": s.device_id }, `${s.device_id} (${s.site_code || s.site || "?"}) : grade ${s.grade ?? s.fusion_grade ?? "?"}, score ${number(s.final_score ?? s.fusion_score, 2)}`)));
 }
 
 $("#signout").addEventListener("click", signOut);
