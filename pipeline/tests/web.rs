@@ -203,6 +203,39 @@ async fn a_gaveur_signs_in_sees_meals_live_and_acknowledges_an_alert_seen_elsewh
     desktop
         .screenshot(&artifact("web-desktop-certificate.png"))
         .await;
+
+    // The lot's outcome: it leaves the lots in progress for the finished ones, with its ITM
+    // (487 g of maize over 562.5 g of liver).
+    let codes = publish_each(
+        gaveurs.mqtt(),
+        MqttVersion::V5,
+        &gaveurs.admin,
+        &[(
+            "gaveurs/LL/1/outcome".into(),
+            support::records::outcome("LL2612301", 1, "LL")
+                .to_string()
+                .into_bytes(),
+            1,
+        )],
+    )
+    .await;
+    assert_eq!(codes, [0]);
+    let itm = phone
+        .eval_until(
+            "Number(document.querySelector('[data-finished=\"LL2612301\"] [data-itm]')?.dataset.itm)",
+            Duration::from_secs(15),
+        )
+        .await;
+    assert!(
+        (itm.as_f64().unwrap() - 487.0 / 562.5).abs() < 0.01,
+        "{itm}"
+    );
+    assert_eq!(
+        phone
+            .eval("document.querySelectorAll('.lots [data-lot=\"LL2612301\"]').length")
+            .await,
+        0
+    );
     gaveurs.stop_cleanly();
 }
 
@@ -503,4 +536,42 @@ async fn sign_in_to_sites(browser: &mut Browser, gaveurs: &Gaveurs, email: &str)
             Duration::from_secs(15),
         )
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_sign_in_is_not_served_beyond_loopback_unless_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("[http]\nlisten = \"0.0.0.0:{}\"\n", free_port());
+    let gaveurs = Gaveurs::start(dir.path(), &listen);
+    let local = std::net::SocketAddr::from(([127, 0, 0, 1], gaveurs.http.port()));
+    assert_eq!(
+        http_get(local, "/").await.0,
+        200,
+        "the page itself is for anyone"
+    );
+    assert_eq!(http_get(local, "/auth/dev/users").await.0, 404);
+    let minted = reqwest::Client::new()
+        .post(format!("http://{local}/auth/dev/token"))
+        .json(&serde_json::json!({"email": "admin@euralis.fr"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(minted.status(), 404);
+    let authorize = "/realms/gaveurs-production/protocol/openid-connect/auth?response_type=code&client_id=gaveurs-web&redirect_uri=http%3A%2F%2F127.0.0.1%2F&code_challenge=xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx&code_challenge_method=S256";
+    assert_eq!(http_get(local, authorize).await.0, 404);
+    gaveurs.stop_cleanly();
+
+    // Asked for explicitly: served, with a warning in the log.
+    let gaveurs = Gaveurs::start(
+        dir.path(),
+        &format!("{listen}\n[auth]\ndev_signin = true\n"),
+    );
+    let local = std::net::SocketAddr::from(([127, 0, 0, 1], gaveurs.http.port()));
+    assert_eq!(http_get(local, "/auth/dev/users").await.0, 200);
+    gaveurs.stop_cleanly();
+    let errors = std::fs::read_to_string(dir.path().join("logs/errors.log")).unwrap();
+    assert!(
+        errors.contains("dev_signin = true: the web page mints a demo user's token for anyone"),
+        "{errors}"
+    );
 }

@@ -292,6 +292,10 @@ function receive(message) {
       break;
     }
     case "notification": {
+      if (data.kind === "lot_outcome" && data.code_lot) {
+        lot(data.code_lot).outcome = data;
+        break;
+      }
       // Frames the channel no longer kept (a long cut, or a restart): say so, once.
       if (data.kind === "replay_gap") {
         document.body.dataset.gap = String(data.oldest_available);
@@ -333,8 +337,18 @@ function render() {
     list = el("div", { class: "lots" });
     app.replaceChildren(el("h2", {}, "Mes lots en cours"), list);
   }
+  let finished = $(".finished", app);
+  if (!finished) {
+    finished = el("ul", { class: "finished", "aria-label": "Lots terminés" });
+    app.append(el("h2", {}, "Lots terminés"), finished);
+  }
   for (const [code, state] of [...lots.entries()].sort()) {
     if (onlyLot && code !== onlyLot) continue;
+    if (state.outcome) {
+      list.querySelector(`[data-lot="${CSS.escape(code)}"]`)?.remove();
+      renderFinished(finished, code, state);
+      continue;
+    }
     let card = list.querySelector(`[data-lot="${CSS.escape(code)}"]`);
     if (!card) {
       card = el("section", { class: "lot", "data-lot": code, "aria-label": `Lot ${code}` },
@@ -386,6 +400,22 @@ function renderLot(card, code, state) {
   }
   const alerts = [...state.alerts.values()];
   $(".alerts", card).replaceChildren(...alerts.map((alert) => renderAlert(alert)));
+}
+
+// A finished lot: its outcome and its ITM (maize per duck over the liver weight), as the
+// lot's KPIs give it once the outcome is in.
+function renderFinished(list, code, state) {
+  let item = list.querySelector(`[data-finished="${CSS.escape(code)}"]`);
+  if (!item) {
+    item = el("li", { "data-finished": code });
+    list.append(item);
+  }
+  const kpi = state.kpi || {};
+  const outcome = state.outcome;
+  item.replaceChildren(
+    el("b", {}, `Lot ${code}`),
+    ` — fin ${outcome.date_fin || "?"}, ${number(outcome.nb_canards_accroches)} canards accrochés sur ${number(outcome.nb_canards_mis_en_gavage)}, ITM `,
+    el("b", { "data-itm": kpi.itm ?? "" }, number(kpi.itm, 2)));
 }
 
 function renderAlert(alert) {
