@@ -575,3 +575,86 @@ async fn the_demo_sign_in_is_not_served_beyond_loopback_unless_configured() {
         "{errors}"
     );
 }
+
+/// Figures for the closing note, not a check: `scripts/bench-web.sh` runs it. The first
+/// contentful paint of the page, the time until the sign-in picker is on screen, and the
+/// browser's CPU (the page's tasks, from DevTools' `Performance.getMetrics`) while a lot
+/// receives 5 meals a second for 20 s on a 360 px screen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: scripts/bench-web.sh"]
+async fn web_page_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let gaveurs = Gaveurs::start(dir.path(), "");
+    let mut phone = Browser::launch(360, 740).await;
+    phone.goto(&format!("http://{}/", gaveurs.http)).await;
+    phone
+        .eval_until(
+            "!!document.querySelector('[data-user=\"jean.martin@gaveur.fr\"]')",
+            Duration::from_secs(15),
+        )
+        .await;
+    let paint = phone
+        .eval("performance.getEntriesByName('first-contentful-paint')[0]?.startTime")
+        .await;
+    let picker = phone.eval("performance.now()").await;
+    let transferred = phone
+        .eval("performance.getEntriesByType('resource').reduce((n, r) => n + r.transferSize, 0) + performance.getEntriesByType('navigation')[0].transferSize")
+        .await;
+    sign_in(&mut phone, &gaveurs, "jean.martin@gaveur.fr").await;
+    phone
+        .call("Performance.enable", serde_json::json!({}))
+        .await;
+    let task_seconds = |metrics: &Value| {
+        metrics["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "TaskDuration")
+            .and_then(|m| m["value"].as_f64())
+            .unwrap()
+    };
+    let before = task_seconds(
+        &phone
+            .call("Performance.getMetrics", serde_json::json!({}))
+            .await,
+    );
+    let started = Instant::now();
+    let mut pace = tokio::time::interval(Duration::from_millis(200));
+    for n in 0..100i64 {
+        pace.tick().await;
+        let record = meal(
+            "LL2612901",
+            1,
+            "LL",
+            1 + n / 2,
+            if n % 2 == 0 { "matin" } else { "soir" },
+        );
+        publish_each(
+            gaveurs.mqtt(),
+            MqttVersion::V5,
+            &gaveurs.admin,
+            &[gavage(&record)],
+        )
+        .await;
+    }
+    phone
+        .eval_until(
+            &format!("{} === '100'", meals_of("LL2612901")),
+            Duration::from_secs(30),
+        )
+        .await;
+    let seconds = started.elapsed().as_secs_f64();
+    let after = task_seconds(
+        &phone
+            .call("Performance.getMetrics", serde_json::json!({}))
+            .await,
+    );
+    println!(
+        "web figures: first contentful paint {:.0} ms, sign-in picker on screen {:.0} ms, {} bytes transferred on first load, browser main-thread busy {:.1} % at 5 meals/s over {seconds:.1} s",
+        paint.as_f64().unwrap_or(f64::NAN),
+        picker.as_f64().unwrap(),
+        transferred,
+        (after - before) / seconds * 100.0
+    );
+    gaveurs.stop_cleanly();
+}
