@@ -74,6 +74,10 @@ enum Command {
     /// /realms/gaveurs-production/protocol/openid-connect/certs, and `gaveurs token` mints
     /// tokens for the demo users. `[auth] mode = "keycloak"` verifies Keycloak's tokens.
     ///
+    /// The HTTP port also serves the web pages: / (a gaveur's lots, live) and /sites
+    /// (superviseurs), signed in through the realm's gaveurs-web client (authorization code
+    /// with PKCE) or, in dev mode on a loopback listener, a demo-user picker.
+    ///
     /// With `[kafka]`, it also joins the consumer group and reads gaveurs.gavage.v1 and
     /// gaveurs.sqal.v1 (committing offsets only once published), writes refused records to
     /// gaveurs.dlq.v1, live records to gaveurs.live.v1, KPI rows to gaveurs.kpis.v1 and
