@@ -658,3 +658,77 @@ async fn web_page_figures() {
     );
     gaveurs.stop_cleanly();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_in_and_acknowledging_work_from_the_keyboard_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let gaveurs = Gaveurs::start(dir.path(), "");
+    let mut refusal = meal("LL2612701", 1, "LL", 1, "matin");
+    refusal["dose_reelle"] = 50.0.into();
+    let codes = publish_each(
+        gaveurs.mqtt(),
+        MqttVersion::V5,
+        &gaveurs.admin,
+        &[gavage(&refusal)],
+    )
+    .await;
+    assert_eq!(codes, [0]);
+    let mut phone = Browser::launch(360, 740).await;
+    phone.goto(&format!("http://{}/", gaveurs.http)).await;
+    // The page puts the focus on its first control: the realm's sign-in.
+    phone
+        .eval_until(
+            "document.activeElement?.dataset?.signin === 'realm'",
+            Duration::from_secs(15),
+        )
+        .await;
+    phone.press("Enter").await;
+    // The issuer's login page: Tab to the first person listed, Tab again to the next (Jean
+    // comes after the admin and the superviseur), Enter.
+    phone
+        .eval_until(
+            "!!document.querySelector('a[data-user]')",
+            Duration::from_secs(15),
+        )
+        .await;
+    for _ in 0..3 {
+        phone.press("Tab").await;
+    }
+    assert_eq!(
+        phone.eval("document.activeElement.dataset.user").await,
+        "jean.martin@gaveur.fr"
+    );
+    phone.press("Enter").await;
+    phone
+        .eval_until(
+            "document.body.dataset.live === 'open' && !!document.querySelector('[data-lot=\"LL2612701\"] .alert.critical button')",
+            Duration::from_secs(15),
+        )
+        .await;
+    // The alert's severity is written, not only coloured; its button is reached by Tab.
+    let severity = phone
+        .eval("document.querySelector('[data-lot=\"LL2612701\"] .alert.critical .severity').textContent")
+        .await;
+    assert_eq!(severity, "Critique");
+    let mut reached = false;
+    for _ in 0..20 {
+        phone.press("Tab").await;
+        if phone
+            .eval("document.activeElement.closest('.alert.critical') !== null && document.activeElement.tagName === 'BUTTON'")
+            .await
+            == true
+        {
+            reached = true;
+            break;
+        }
+    }
+    assert!(reached, "the Acknowledge button is reachable with Tab");
+    phone.press("Enter").await;
+    phone
+        .eval_until(
+            "document.querySelector('[data-lot=\"LL2612701\"] .alert.critical')?.dataset.state === 'acknowledged'",
+            Duration::from_secs(10),
+        )
+        .await;
+    gaveurs.stop_cleanly();
+}

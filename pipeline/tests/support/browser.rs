@@ -209,6 +209,24 @@ impl Browser {
         }
     }
 
+    /// Presses a key as a keyboard does (`"Tab"`, `"Enter"`).
+    pub async fn press(&mut self, key: &str) {
+        let code = match key {
+            "Tab" => 9,
+            "Enter" => 13,
+            other => panic!("no key code for {other}"),
+        };
+        for kind in ["rawKeyDown", "keyUp"] {
+            let mut event =
+                json!({"type": kind, "key": key, "code": key, "windowsVirtualKeyCode": code});
+            if key == "Enter" && kind == "rawKeyDown" {
+                event["text"] = json!("\r");
+                event["type"] = json!("keyDown");
+            }
+            self.call("Input.dispatchKeyEvent", event).await;
+        }
+    }
+
     /// A PNG of the page as a user sees it, written to `path`.
     pub async fn screenshot(&mut self, path: &Path) {
         let shot = self
