@@ -24,6 +24,12 @@ fn gavage(record: &Value) -> (String, Vec<u8>, u8) {
     )
 }
 
+/// Publishes `records` over MQTT 5 as the admin; every one must be acknowledged.
+async fn publish(gaveurs: &Gaveurs, records: &[(String, Vec<u8>, u8)]) {
+    let codes = publish_each(gaveurs.mqtt(), MqttVersion::V5, &gaveurs.admin, records).await;
+    assert!(codes.iter().all(|c| *c == 0), "{codes:?}");
+}
+
 async fn sign_in(browser: &mut Browser, gaveurs: &Gaveurs, email: &str) {
     browser.goto(&format!("http://{}/", gaveurs.http)).await;
     let picker = format!("document.querySelector('[data-user=\"{email}\"]')");
@@ -71,14 +77,7 @@ async fn a_gaveur_signs_in_sees_meals_live_and_acknowledges_an_alert_seen_elsewh
     // Jean's meal shows on his page; Sophie's lot does not.
     let mine = meal("LL2612301", 1, "LL", 1, "matin");
     let hers = meal("LL2612399", 2, "LS", 1, "matin");
-    let codes = publish_each(
-        gaveurs.mqtt(),
-        MqttVersion::V5,
-        &gaveurs.admin,
-        &[gavage(&hers), gavage(&mine)],
-    )
-    .await;
-    assert_eq!(codes, [0, 0]);
+    publish(&gaveurs, &[gavage(&hers), gavage(&mine)]).await;
     phone
         .eval_until(
             &format!("{} === '1'", meals_of("LL2612301")),
@@ -102,14 +101,7 @@ async fn a_gaveur_signs_in_sees_meals_live_and_acknowledges_an_alert_seen_elsewh
     // The next meal reaches the screen without a reload (the time it took is printed, not
     // asserted: the closing note quotes it).
     let published = Instant::now();
-    let codes = publish_each(
-        gaveurs.mqtt(),
-        MqttVersion::V5,
-        &gaveurs.admin,
-        &[gavage(&meal("LL2612301", 1, "LL", 1, "soir"))],
-    )
-    .await;
-    assert_eq!(codes, [0]);
+    publish(&gaveurs, &[gavage(&meal("LL2612301", 1, "LL", 1, "soir"))]).await;
     phone
         .eval_until(
             &format!("{} === '2'", meals_of("LL2612301")),
@@ -128,14 +120,7 @@ async fn a_gaveur_signs_in_sees_meals_live_and_acknowledges_an_alert_seen_elsewh
     // A refusal (50 of 240 g) raises a critical alert on both screens.
     let mut refusal = meal("LL2612301", 1, "LL", 2, "matin");
     refusal["dose_reelle"] = 50.0.into();
-    let codes = publish_each(
-        gaveurs.mqtt(),
-        MqttVersion::V5,
-        &gaveurs.admin,
-        &[gavage(&refusal)],
-    )
-    .await;
-    assert_eq!(codes, [0]);
+    publish(&gaveurs, &[gavage(&refusal)]).await;
     let alert = "document.querySelector('[data-lot=\"LL2612301\"] .alert.critical')";
     for browser in [&mut phone, &mut desktop] {
         let text = browser
@@ -206,10 +191,8 @@ async fn a_gaveur_signs_in_sees_meals_live_and_acknowledges_an_alert_seen_elsewh
 
     // The lot's outcome: it leaves the lots in progress for the finished ones, with its ITM
     // (487 g of maize over 562.5 g of liver).
-    let codes = publish_each(
-        gaveurs.mqtt(),
-        MqttVersion::V5,
-        &gaveurs.admin,
+    publish(
+        &gaveurs,
         &[(
             "gaveurs/LL/1/outcome".into(),
             support::records::outcome("LL2612301", 1, "LL")
@@ -219,7 +202,6 @@ async fn a_gaveur_signs_in_sees_meals_live_and_acknowledges_an_alert_seen_elsewh
         )],
     )
     .await;
-    assert_eq!(codes, [0]);
     let itm = phone
         .eval_until(
             "Number(document.querySelector('[data-finished=\"LL2612301\"] [data-itm]')?.dataset.itm)",
@@ -247,14 +229,7 @@ async fn the_page_says_when_the_pipeline_is_gone_and_resumes_without_a_gap_or_a_
     let gaveurs = Gaveurs::start(dir.path(), &config);
     let mut phone = Browser::launch(360, 740).await;
     sign_in(&mut phone, &gaveurs, "jean.martin@gaveur.fr").await;
-    let codes = publish_each(
-        gaveurs.mqtt(),
-        MqttVersion::V5,
-        &gaveurs.admin,
-        &[gavage(&meal("LL2612401", 1, "LL", 1, "matin"))],
-    )
-    .await;
-    assert_eq!(codes, [0]);
+    publish(&gaveurs, &[gavage(&meal("LL2612401", 1, "LL", 1, "matin"))]).await;
     phone
         .eval_until(
             &format!("{} === '1'", meals_of("LL2612401")),
@@ -277,14 +252,7 @@ async fn the_page_says_when_the_pipeline_is_gone_and_resumes_without_a_gap_or_a_
     // Back, with a meal published before the page has reconnected: the resume brings it,
     // once, beside the meal already on screen.
     let gaveurs = Gaveurs::start(dir.path(), &config);
-    let codes = publish_each(
-        gaveurs.mqtt(),
-        MqttVersion::V5,
-        &gaveurs.admin,
-        &[gavage(&meal("LL2612401", 1, "LL", 1, "soir"))],
-    )
-    .await;
-    assert_eq!(codes, [0]);
+    publish(&gaveurs, &[gavage(&meal("LL2612401", 1, "LL", 1, "soir"))]).await;
     phone
         .eval_until(
             &format!(
@@ -295,14 +263,7 @@ async fn the_page_says_when_the_pipeline_is_gone_and_resumes_without_a_gap_or_a_
         )
         .await;
     // And live again after the resume.
-    let codes = publish_each(
-        gaveurs.mqtt(),
-        MqttVersion::V5,
-        &gaveurs.admin,
-        &[gavage(&meal("LL2612401", 1, "LL", 2, "matin"))],
-    )
-    .await;
-    assert_eq!(codes, [0]);
+    publish(&gaveurs, &[gavage(&meal("LL2612401", 1, "LL", 2, "matin"))]).await;
     phone
         .eval_until(
             &format!("{} === '3'", meals_of("LL2612401")),
@@ -374,14 +335,7 @@ async fn the_code_flow_with_pkce_signs_in_renews_the_token_on_the_open_channel_a
         .eval(&format!("Date.now() / 1000 > {}", first["exp"]))
         .await;
     assert_eq!(expired, true);
-    let codes = publish_each(
-        gaveurs.mqtt(),
-        MqttVersion::V5,
-        &gaveurs.admin,
-        &[gavage(&meal("LL2612501", 1, "LL", 1, "matin"))],
-    )
-    .await;
-    assert_eq!(codes, [0]);
+    publish(&gaveurs, &[gavage(&meal("LL2612501", 1, "LL", 1, "matin"))]).await;
     phone
         .eval_until(
             &format!(
@@ -418,10 +372,8 @@ async fn a_superviseur_sees_every_site_filters_alerts_and_opens_a_lot_a_technici
     let gaveurs = Gaveurs::start(dir.path(), "[storage]\nroll_interval_s = 1\n");
     let mut refusal = meal("LL2612602", 2, "LS", 2, "matin");
     refusal["dose_reelle"] = 50.0.into();
-    let codes = publish_each(
-        gaveurs.mqtt(),
-        MqttVersion::V5,
-        &gaveurs.admin,
+    publish(
+        &gaveurs,
         &[
             gavage(&meal("LL2612601", 1, "LL", 1, "matin")),
             gavage(&meal("LL2612602", 2, "LS", 1, "matin")),
@@ -429,7 +381,6 @@ async fn a_superviseur_sees_every_site_filters_alerts_and_opens_a_lot_a_technici
         ],
     )
     .await;
-    assert_eq!(codes, [0, 0, 0]);
 
     let mut desk = Browser::launch(1280, 900).await;
     sign_in_to_sites(&mut desk, &gaveurs, "superviseur@euralis.fr").await;
@@ -442,14 +393,7 @@ async fn a_superviseur_sees_every_site_filters_alerts_and_opens_a_lot_a_technici
         .await;
     }
     // A meal received live counts at once.
-    let codes = publish_each(
-        gaveurs.mqtt(),
-        MqttVersion::V5,
-        &gaveurs.admin,
-        &[gavage(&meal("LL2612601", 1, "LL", 1, "soir"))],
-    )
-    .await;
-    assert_eq!(codes, [0]);
+    publish(&gaveurs, &[gavage(&meal("LL2612601", 1, "LL", 1, "soir"))]).await;
     desk.eval_until(
         "document.querySelector('tr[data-site=\"LL\"] [data-kpi=\"live_meals\"]')?.textContent === '1'",
         Duration::from_secs(10),
@@ -488,10 +432,8 @@ async fn a_superviseur_sees_every_site_filters_alerts_and_opens_a_lot_a_technici
     // A SQAL technician: their site's stations only, no lot search.
     let mut tech = Browser::launch(360, 740).await;
     sign_in_to_sites(&mut tech, &gaveurs, "tech@sqal.fr").await;
-    let codes = publish_each(
-        gaveurs.mqtt(),
-        MqttVersion::V5,
-        &gaveurs.admin,
+    publish(
+        &gaveurs,
         &[(
             "sqal/LL/ESP32_LL_01/measurements".into(),
             support::records::sqal("ESP32_LL_01", "W-61", 0.8)
@@ -501,7 +443,6 @@ async fn a_superviseur_sees_every_site_filters_alerts_and_opens_a_lot_a_technici
         )],
     )
     .await;
-    assert_eq!(codes, [0]);
     tech.eval_until(
         "!!document.querySelector('[data-station=\"ESP32_LL_01\"]')",
         Duration::from_secs(10),
@@ -629,13 +570,7 @@ async fn web_page_figures() {
             1 + n / 2,
             if n % 2 == 0 { "matin" } else { "soir" },
         );
-        publish_each(
-            gaveurs.mqtt(),
-            MqttVersion::V5,
-            &gaveurs.admin,
-            &[gavage(&record)],
-        )
-        .await;
+        publish(&gaveurs, &[gavage(&record)]).await;
     }
     phone
         .eval_until(
@@ -665,14 +600,7 @@ async fn signing_in_and_acknowledging_work_from_the_keyboard_alone() {
     let gaveurs = Gaveurs::start(dir.path(), "");
     let mut refusal = meal("LL2612701", 1, "LL", 1, "matin");
     refusal["dose_reelle"] = 50.0.into();
-    let codes = publish_each(
-        gaveurs.mqtt(),
-        MqttVersion::V5,
-        &gaveurs.admin,
-        &[gavage(&refusal)],
-    )
-    .await;
-    assert_eq!(codes, [0]);
+    publish(&gaveurs, &[gavage(&refusal)]).await;
     let mut phone = Browser::launch(360, 740).await;
     phone.goto(&format!("http://{}/", gaveurs.http)).await;
     // The page puts the focus on its first control: the realm's sign-in.

@@ -260,17 +260,20 @@ function connect(gaveurId) {
     }
     receive(message);
   };
-  socket.onclose = (event) => {
-    document.body.dataset.live = "closed";
-    if (live.closing || live.socket !== socket) return;
-    if (event.code === 4401 || event.code === 4403) {
-      banner("Session expirée ou accès refusé : reconnectez-vous.");
-      return;
-    }
-    banner("Connexion perdue — reconnexion en cours…");
-    const wait = Math.min(10000, 500 * 2 ** live.retry++);
-    setTimeout(() => connect(gaveurId), wait);
-  };
+  socket.onclose = (event) => reconnectLater(socket, event, () => connect(gaveurId));
+}
+
+// A channel closed: refused (an expired or forbidden token) says so and stays closed; any
+// other close says so and tries again, waiting longer each time (at most 10 s).
+function reconnectLater(socket, event, again) {
+  document.body.dataset.live = "closed";
+  if (live.closing || live.socket !== socket) return;
+  if (event.code === 4401 || event.code === 4403) {
+    banner("Session expirée ou accès refusé : reconnectez-vous.");
+    return;
+  }
+  banner("Connexion perdue — reconnexion en cours…");
+  setTimeout(again, Math.min(10000, 500 * 2 ** live.retry++));
 }
 
 function receive(message) {
@@ -620,16 +623,7 @@ function connectRealtime() {
     }
     scheduleSites();
   };
-  socket.onclose = (event) => {
-    document.body.dataset.live = "closed";
-    if (live.closing || live.socket !== socket) return;
-    if (event.code === 4401 || event.code === 4403) {
-      banner("Session expirée ou accès refusé : reconnectez-vous.");
-      return;
-    }
-    banner("Connexion perdue — reconnexion en cours…");
-    setTimeout(connectRealtime, Math.min(10000, 500 * 2 ** live.retry++));
-  };
+  socket.onclose = (event) => reconnectLater(socket, event, connectRealtime);
 }
 
 let sitesPending = false;
