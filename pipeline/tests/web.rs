@@ -30,8 +30,15 @@ async fn publish(gaveurs: &Gaveurs, records: &[(String, Vec<u8>, u8)]) {
     assert!(codes.iter().all(|c| *c == 0), "{codes:?}");
 }
 
+/// Opens `/` and signs in with the dev-mode picker as `email`, until the live channel is open.
 async fn sign_in(browser: &mut Browser, gaveurs: &Gaveurs, email: &str) {
-    browser.goto(&format!("http://{}/", gaveurs.http)).await;
+    sign_in_at(browser, gaveurs, "/", email).await;
+}
+
+async fn sign_in_at(browser: &mut Browser, gaveurs: &Gaveurs, path: &str, email: &str) {
+    browser
+        .goto(&format!("http://{}{path}", gaveurs.http))
+        .await;
     let picker = format!("document.querySelector('[data-user=\"{email}\"]')");
     browser
         .eval_until(&format!("!!{picker}"), Duration::from_secs(15))
@@ -463,17 +470,10 @@ async fn a_superviseur_sees_every_site_filters_alerts_and_opens_a_lot_a_technici
 }
 
 async fn sign_in_to_sites(browser: &mut Browser, gaveurs: &Gaveurs, email: &str) {
-    browser
-        .goto(&format!("http://{}/sites", gaveurs.http))
-        .await;
-    let picker = format!("document.querySelector('[data-user=\"{email}\"]')");
-    browser
-        .eval_until(&format!("!!{picker}"), Duration::from_secs(15))
-        .await;
-    browser.eval(&format!("{picker}.click()")).await;
+    sign_in_at(browser, gaveurs, "/sites", email).await;
     browser
         .eval_until(
-            "document.body.dataset.live === 'open' && !!document.querySelector('table.sites')",
+            "!!document.querySelector('table.sites')",
             Duration::from_secs(15),
         )
         .await;
