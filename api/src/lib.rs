@@ -6,6 +6,7 @@
 mod access;
 mod alerts;
 mod ledger;
+mod lots;
 mod query;
 mod web;
 mod ws;
@@ -77,7 +78,9 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route(&gaveurs_operators::auth::dev::jwks_path(), get(jwks))
         .route("/api/v1/devices", get(devices))
+        .route("/api/v1/lots", get(lots::gaveur_lots))
         .route("/api/v1/lots/{code_lot}", get(lot))
+        .route("/api/v1/lots/{code_lot}/meals", get(lots::meals))
         .route("/api/v1/alerts", get(alerts::list))
         .route("/api/v1/ledger/keys", get(ledger::keys))
         .route("/api/v1/ledger/lots/{code_lot}", get(ledger::lot))

@@ -281,6 +281,32 @@ async fn the_page_says_when_the_pipeline_is_gone_and_resumes_without_a_gap_or_a_
         .eval("document.querySelector('[data-lot=\"LL2612401\"] .meals').textContent")
         .await;
     assert!(shown.as_str().unwrap().starts_with("3 repas"), "{shown}");
+
+    // A page opened after the restart shows the meal from before it too: the channel starts
+    // empty, the published meals fill the lot's history.
+    let mut late = Browser::launch(1280, 800).await;
+    sign_in(&mut late, &gaveurs, "jean.martin@gaveur.fr").await;
+    late.eval_until(
+        &format!(
+            "document.body.dataset.history === 'loaded' && {} === '3'",
+            meals_of("LL2612401")
+        ),
+        Duration::from_secs(15),
+    )
+    .await;
+    // Those two reads are the API's, with its permissions: another gaveur gets 403.
+    let jean = gaveurs.token("jean.martin@gaveur.fr");
+    let sophie = gaveurs.token("sophie.dubois@gaveur.fr");
+    for path in ["/api/v1/lots?gaveur_id=1", "/api/v1/lots/LL2612401/meals"] {
+        let (status, body) = http_get_as(gaveurs.http, path, &jean).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert!(body.contains("LL2612401"), "{body}");
+        assert_eq!(
+            http_get_as(gaveurs.http, path, &sophie).await.0,
+            403,
+            "{path}"
+        );
+    }
     gaveurs.stop_cleanly();
 }
 

@@ -301,6 +301,38 @@ pub async fn lot_view_from_parquet(
     }))
 }
 
+/// A gaveur's lots as published (`lot_kpis`: each lot's latest row), for `GET /api/v1/lots`.
+pub async fn gaveur_lots_from_parquet(
+    parquet_root: &Path,
+    gaveur_id: i64,
+) -> anyhow::Result<Vec<Map<String, Value>>> {
+    let catalog = gaveurs_query::Catalog::open(parquet_root)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let sql = format!("SELECT * FROM {LOT_KPIS} WHERE gaveur_id = {gaveur_id} ORDER BY code_lot");
+    let mut rows = read(&catalog, &sql).await?;
+    for row in &mut rows {
+        row.remove("date");
+    }
+    Ok(rows)
+}
+
+/// A lot's meals as published, in feeding order, for `GET /api/v1/lots/{code}/meals`.
+pub async fn lot_meals_from_parquet(
+    parquet_root: &Path,
+    code_lot: &str,
+) -> anyhow::Result<Vec<Map<String, Value>>> {
+    let catalog = gaveurs_query::Catalog::open(parquet_root)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let sql = format!(
+        "SELECT code_lot, gaveur_id, site, jour, moment, dose_theorique, dose_reelle, poids_moyen, taux_mortalite \
+         FROM gavage_meals WHERE code_lot = '{}' ORDER BY jour, moment",
+        code_lot.replace('\'', "''")
+    );
+    read(&catalog, &sql).await
+}
+
 /// Runs the operator on its own thread, reading the log through `cursor`, until the log
 /// ends; then the last micro-batch is processed and the derived datasets are published.
 /// The log keeps what the operator has not yet read (its checkpoint is what it processed).

@@ -238,6 +238,31 @@ function banner(text) {
   node.hidden = !text;
 }
 
+// What the channel no longer keeps (it starts empty after a restart): the gaveur's lots and
+// their meals as published. Meals are keyed by day and moment, so one the channel also
+// brings is shown once.
+async function loadHistory(gaveurId) {
+  const answer = await api(`/api/v1/lots?gaveur_id=${gaveurId}`);
+  if (!answer.ok) return;
+  for (const row of (await answer.json()).lots) {
+    if (onlyLot && row.code_lot !== onlyLot) continue;
+    const state = lot(row.code_lot);
+    state.kpi = Object.assign({}, row, state.kpi);
+    if (row.termine) {
+      state.outcome = state.outcome || row;
+      continue;
+    }
+    const meals = await api(`/api/v1/lots/${encodeURIComponent(row.code_lot)}/meals`);
+    if (!meals.ok) continue;
+    for (const meal of (await meals.json()).meals) {
+      const key = `${meal.jour}|${meal.moment}`;
+      if (!state.meals.has(key)) state.meals.set(key, meal);
+    }
+  }
+  document.body.dataset.history = "loaded";
+  scheduleRender();
+}
+
 function connect(gaveurId) {
   const token = sessionStorage.getItem(TOKEN_KEY);
   const scheme = location.protocol === "https:" ? "wss" : "ws";
@@ -373,8 +398,8 @@ function renderLot(card, code, state) {
     a.jour - b.jour || (a.moment === b.moment ? 0 : a.moment === "matin" ? -1 : 1));
   const kpi = state.kpi || {};
   $(".kpis", card).replaceChildren(
-    el("li", {}, "Maïs cumulé : ", el("b", {}, `${number(kpi.mais_cumule_g)} g`)),
-    el("li", {}, "Écart : ", el("b", {}, `${number(kpi.ecart_pct, 1)} %`)),
+    el("li", {}, "Maïs cumulé : ", el("b", {}, `${number(kpi.mais_cumule_g ?? kpi.mais_total_g)} g`)),
+    el("li", {}, "Écart : ", el("b", {}, `${number(kpi.ecart_pct ?? kpi.ecart_moyen_pct, 1)} %`)),
     el("li", {}, "Mortalité : ", el("b", {}, `${number(kpi.taux_mortalite ?? kpi.mortalite_moyenne_pct, 2)} %`)),
     kpi.itm_pred !== undefined && kpi.itm_pred !== null
       ? el("li", {}, "ITM prévu : ", el("b", {}, number(kpi.itm_pred, 2))) : null,
@@ -489,6 +514,7 @@ function start() {
     app.replaceChildren(el("h2", {}, "Mes lots en cours"), el("div", { class: "lots" }),
       el("p", { class: "notice" }, "Les repas s'affichent dès qu'ils arrivent."));
     connect(claims.gaveur_id);
+    loadHistory(claims.gaveur_id);
     return;
   }
   if (params.has("gaveur") && params.has("lot")) {
@@ -497,6 +523,7 @@ function start() {
       el("p", {}, el("a", { href: "/sites" }, "← Vue des sites")));
     live.lastSeq = 0;
     connect(Number(params.get("gaveur")));
+    loadHistory(Number(params.get("gaveur")));
     return;
   }
   sitesPage(claims);
