@@ -26,11 +26,30 @@ pub async fn keys(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
+/// One certificate is made at a time: each verifies whole chains (about 2 s for a year of
+/// entries), and the acknowledging tasks must keep their cores.
+static EXPORTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
 pub async fn lot(
     State(state): State<Arc<AppState>>,
     axum::extract::Path(code_lot): axum::extract::Path<String>,
     access: Access,
 ) -> Result<Response, Forbidden> {
+    // Who may see the lot is checked first when the lot board knows its owner, so a caller
+    // who may not costs no verification.
+    if let Some(view) = state.lots.get(&code_lot) {
+        access.require(
+            Resource::GavageData,
+            Action::Read,
+            Scope {
+                gaveur_id: view.gaveur_id,
+                site: view.site.as_deref(),
+            },
+        )?;
+    }
+    let Ok(_turn) = EXPORTS.acquire().await else {
+        return Ok(internal("certificate exports are closed".into()));
+    };
     let dir = state.data_dir.join("ledger");
     let code = code_lot.clone();
     let exported = tokio::task::spawn_blocking(move || export(&dir, &code)).await;
