@@ -35,9 +35,26 @@ pub async fn lot(
     axum::extract::Path(code_lot): axum::extract::Path<String>,
     access: Access,
 ) -> Result<Response, Forbidden> {
-    // Who may see the lot is checked first when the lot board knows its owner, so a caller
-    // who may not costs no verification.
-    if let Some(view) = state.lots.get(&code_lot) {
+    // Who may see the lot is checked first when its owner is known (the lot board, or its
+    // published KPIs), so a caller who may not costs no verification.
+    let known = match state.lots.get(&code_lot) {
+        Some(view) => Some(view),
+        None => {
+            let root = state.parquet_root.clone();
+            let code = code_lot.clone();
+            gaveurs_query::runtime()
+                .spawn(async move {
+                    gaveurs_operators::analytics::consumer::lot_view_from_parquet(&root, &code)
+                        .await
+                        .ok()
+                        .flatten()
+                })
+                .await
+                .ok()
+                .flatten()
+        }
+    };
+    if let Some(view) = known {
         access.require(
             Resource::GavageData,
             Action::Read,
