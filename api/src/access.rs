@@ -167,6 +167,20 @@ impl Access {
         Err(Forbidden(error))
     }
 
+    /// 403 unless the caller may read the gavage data of the lot's gaveur and site (its
+    /// gaveur, a superviseur, an admin): the lot endpoints' one rule.
+    pub fn require_lot_reader(
+        &self,
+        gaveur_id: Option<i64>,
+        site: Option<&str>,
+    ) -> Result<(), Forbidden> {
+        self.require(
+            Resource::GavageData,
+            Action::Read,
+            Scope { gaveur_id, site },
+        )
+    }
+
     pub fn context(&self) -> AccessContext<'_> {
         AccessContext {
             resource: &self.path,

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use gaveurs_operators::auth::permissions::{Action, Resource, Scope};
 use gaveurs_operators::ledger::certificate::{CertificateError, export};
 use gaveurs_operators::ledger::chain::chain_keys;
 use serde_json::json;
@@ -37,32 +36,8 @@ pub async fn lot(
 ) -> Result<Response, Forbidden> {
     // Who may see the lot is checked first when its owner is known (the lot board, or its
     // published KPIs), so a caller who may not costs no verification.
-    let known = match state.lots.get(&code_lot) {
-        Some(view) => Some(view),
-        None => {
-            let root = state.parquet_root.clone();
-            let code = code_lot.clone();
-            gaveurs_query::runtime()
-                .spawn(async move {
-                    gaveurs_operators::analytics::consumer::lot_view_from_parquet(&root, &code)
-                        .await
-                        .ok()
-                        .flatten()
-                })
-                .await
-                .ok()
-                .flatten()
-        }
-    };
-    if let Some(view) = known {
-        access.require(
-            Resource::GavageData,
-            Action::Read,
-            Scope {
-                gaveur_id: view.gaveur_id,
-                site: view.site.as_deref(),
-            },
-        )?;
+    if let Some(view) = crate::known_lot(&state, &code_lot).await {
+        access.require_lot_reader(view.gaveur_id, view.site.as_deref())?;
     }
     let Ok(_turn) = EXPORTS.acquire().await else {
         return Ok(internal("certificate exports are closed".into()));
@@ -83,13 +58,9 @@ pub async fn lot(
         let gaveur_id = e.payload.get("gaveur_id")?.as_i64()?;
         Some((gaveur_id, e.payload.get("site")?.as_str()?.to_string()))
     });
-    access.require(
-        Resource::GavageData,
-        Action::Read,
-        Scope {
-            gaveur_id: started.as_ref().map(|s| s.0),
-            site: started.as_ref().map(|s| s.1.as_str()),
-        },
+    access.require_lot_reader(
+        started.as_ref().map(|s| s.0),
+        started.as_ref().map(|s| s.1.as_str()),
     )?;
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/json")],

@@ -243,23 +243,7 @@ async fn lot(
     let alerts = state.alerts.alerts(&access.principal, |a| {
         a.state.is_active() && a.code_lot.as_deref() == Some(code_lot.as_str())
     });
-    // Not in memory (forgotten, or before a restart): its latest `lot_kpis` row.
-    let view = match state.lots.get(&code_lot) {
-        Some(view) => Some(view),
-        None => {
-            let root = state.parquet_root.clone();
-            let code = code_lot.clone();
-            gaveurs_query::runtime()
-                .spawn(async move { gaveurs_operators::analytics::consumer::lot_view_from_parquet(&root, &code).await })
-                .await
-                .ok()
-                .and_then(|read| {
-                    read.map_err(|e| tracing::warn!(target: "api", error = %format!("{e:#}"), "a lot's KPIs could not be read from Parquet"))
-                        .ok()
-                })
-                .flatten()
-        }
-    };
+    let view = known_lot(&state, &code_lot).await;
     // A lot with alerts but no KPIs yet (or analytics off) is still a lot.
     let view = view.or_else(|| {
         alerts
@@ -274,14 +258,7 @@ async fn lot(
     let Some(view) = view else {
         return access.unknown_lot(format!("no KPIs for lot {code_lot}"));
     };
-    access.require(
-        Resource::GavageData,
-        Action::Read,
-        Scope {
-            gaveur_id: view.gaveur_id,
-            site: view.site.as_deref(),
-        },
-    )?;
+    access.require_lot_reader(view.gaveur_id, view.site.as_deref())?;
     Ok(axum::Json(serde_json::json!({
         "code_lot": view.code_lot,
         "gaveur_id": view.gaveur_id,
@@ -290,6 +267,28 @@ async fn lot(
         "alerts": alerts,
     }))
     .into_response())
+}
+
+/// A lot as the pipeline knows it: from memory, else (forgotten, or before a restart) its
+/// latest published `lot_kpis` row, read on the query runtime.
+pub(crate) async fn known_lot(
+    state: &AppState,
+    code_lot: &str,
+) -> Option<gaveurs_operators::analytics::consumer::LotView> {
+    if let Some(view) = state.lots.get(code_lot) {
+        return Some(view);
+    }
+    let root = state.parquet_root.clone();
+    let code = code_lot.to_string();
+    gaveurs_query::runtime()
+        .spawn(async move { gaveurs_operators::analytics::consumer::lot_view_from_parquet(&root, &code).await })
+        .await
+        .ok()
+        .and_then(|read| {
+            read.map_err(|e| tracing::warn!(target: "api", error = %format!("{e:#}"), "a lot's KPIs could not be read from Parquet"))
+                .ok()
+        })
+        .flatten()
 }
 
 pub(crate) fn bearer_from_headers(headers: &HeaderMap) -> Option<String> {

@@ -9,7 +9,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use gaveurs_operators::analytics::consumer::{gaveur_lots_from_parquet, lot_meals_from_parquet};
-use gaveurs_operators::auth::permissions::{Action, Resource, Scope};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -47,14 +46,7 @@ pub(super) async fn gaveur_lots(
     Query(query): Query<LotsQuery>,
     access: Access,
 ) -> Result<Response, Forbidden> {
-    access.require(
-        Resource::GavageData,
-        Action::Read,
-        Scope {
-            gaveur_id: Some(query.gaveur_id),
-            site: None,
-        },
-    )?;
+    access.require_lot_reader(Some(query.gaveur_id), None)?;
     let root = state.parquet_root.clone();
     Ok(
         match on_query_runtime(async move {
@@ -101,13 +93,6 @@ pub(super) async fn meals(
     let Some((gaveur_id, site)) = owner else {
         return access.unknown_lot(format!("no published meal of lot {code_lot}"));
     };
-    access.require(
-        Resource::GavageData,
-        Action::Read,
-        Scope {
-            gaveur_id,
-            site: site.as_deref(),
-        },
-    )?;
+    access.require_lot_reader(gaveur_id, site.as_deref())?;
     Ok(axum::Json(json!({"code_lot": code_lot, "meals": meals})).into_response())
 }
