@@ -81,38 +81,28 @@ pub async fn authorize(
     };
     match signin.issuer_flow.authorize(&request, email) {
         Ok(code) => {
-            let mut to = url_with(field("redirect_uri"), &[("code", &code)]);
-            if let Some(state) = query.get("state") {
-                to = url_with(&to, &[("state", state)]);
+            // The request's check made sure the redirect is on this origin.
+            let Ok(mut to) = url::Url::parse(field("redirect_uri")) else {
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    &OAuthError {
+                        error: "invalid_request",
+                        description: "redirect_uri is not a URL".into(),
+                    },
+                );
+            };
+            {
+                let mut pairs = to.query_pairs_mut();
+                pairs.append_pair("code", &code);
+                if let Some(state) = query.get("state") {
+                    pairs.append_pair("state", state);
+                }
             }
             tracing::info!(target: "auth", user = %email, client = WEB_CLIENT, "dev issuer: authorization code issued");
-            Redirect::to(&to).into_response()
+            Redirect::to(to.as_str()).into_response()
         }
         Err(e) => oauth_error(StatusCode::BAD_REQUEST, &e),
     }
-}
-
-fn url_with(base: &str, pairs: &[(&str, &str)]) -> String {
-    let mut url = base.to_string();
-    for (name, value) in pairs {
-        url.push(if url.contains('?') { '&' } else { '?' });
-        url.push_str(name);
-        url.push('=');
-        url.push_str(&encode(value));
-    }
-    url
-}
-
-fn encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn escape(text: &str) -> String {
@@ -125,20 +115,21 @@ fn escape(text: &str) -> String {
 fn login_page(query: &HashMap<String, String>) -> Response {
     let mut kept: Vec<(&String, &String)> = query.iter().filter(|(k, _)| *k != "user").collect();
     kept.sort();
-    let base = kept
-        .iter()
-        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
-        .collect::<Vec<_>>()
-        .join("&");
+    // Each person's link: the same authorization request, with `user` added.
+    let link = |email: &str| {
+        let mut pairs = url::form_urlencoded::Serializer::new(String::new());
+        pairs.extend_pairs(kept.iter().copied());
+        pairs.append_pair("user", email);
+        pairs.finish()
+    };
     let users: String = DEMO_USERS
         .iter()
         .filter(|u| !u.realm_roles.is_empty())
         .map(|u| {
             format!(
-                "<li><a data-user=\"{email}\" href=\"?{base}&amp;user={user}\">{name} — {roles}</a></li>",
+                "<li><a data-user=\"{email}\" href=\"?{query}\">{name} — {roles}</a></li>",
                 email = escape(u.email),
-                base = escape(&base),
-                user = encode(u.email),
+                query = escape(&link(u.email)),
                 name = escape(u.username),
                 roles = escape(&u.realm_roles.join(", ")),
             )
