@@ -389,77 +389,6 @@ impl LedgerDesk {
         state.rules = rules;
     }
 
-    fn process(&self, batch: &[Committed], read_through: u64) {
-        // Read once per batch, as the alert desk does: a swap takes effect between batches.
-        let models = self.models.as_ref().map(ModelSlot::current);
-        {
-            let mut state = self.state.lock();
-            let state = &mut *state;
-            for committed in batch {
-                let (WalEntry::Event(logged) | WalEntry::Reread(logged)) = committed.entry.as_ref()
-                else {
-                    continue;
-                };
-                let (shard_id, offset) = Shard::of(&committed.entry);
-                // A partition another instance owns now is that instance's to chain.
-                let Some(shard) = state.shards.get_mut(&shard_id) else {
-                    continue;
-                };
-                if shard.halted {
-                    continue;
-                }
-                let snapshot = &mut shard.snapshot;
-                match offset {
-                    None if committed.lsn <= snapshot.through_lsn => continue,
-                    Some(offset) if snapshot.kafka_offset.is_some_and(|o| offset <= o) => {
-                        continue;
-                    }
-                    // Read again for another partition state: a chain that starts empty
-                    // starts at what is published.
-                    Some(_)
-                        if snapshot.kafka_offset.is_none()
-                            && matches!(committed.entry.as_ref(), WalEntry::Reread(_)) =>
-                    {
-                        continue;
-                    }
-                    _ => {}
-                }
-                if let (false, Some(offset)) = (shard.anchored, offset) {
-                    shard.anchor(offset);
-                    if shard.halted {
-                        continue;
-                    }
-                }
-                let snapshot = &mut shard.snapshot;
-                snapshot.tallies.derive(
-                    &state.rules,
-                    models.as_deref(),
-                    logged,
-                    &mut shard.derived,
-                );
-                if offset.is_some() {
-                    snapshot.kafka_offset = offset;
-                }
-                shard.unsaved = true;
-            }
-
-            for shard in state.shards.values_mut() {
-                shard.chain_derived(&mut state.counters);
-                state.counters.lots_forgotten +=
-                    shard.snapshot.tallies.forget_beyond(self.max_lots);
-            }
-            let local = state
-                .shards
-                .get_mut(&Shard::Local)
-                .expect("this instance's chain is always here");
-            if !local.halted && read_through > local.snapshot.through_lsn {
-                local.snapshot.through_lsn = read_through;
-                local.unsaved = true;
-            }
-        }
-        self.progressed.notify_all();
-    }
-
     /// Writes each unsaved shard's `state.json`: snapshots are taken under the state lock
     /// (no batch is then half chained, so each head is the one its tallies describe),
     /// written outside it.
@@ -489,55 +418,6 @@ impl LedgerDesk {
             checkpoint.checkpoint(through);
         }
         Ok(())
-    }
-
-    fn save_if_due(&self, force: bool) {
-        let due = {
-            let state = self.state.lock();
-            state.shards.values().any(|s| s.unsaved)
-                && (force || state.last_saved.elapsed() >= self.save_every)
-        };
-        if due && let Err(e) = self.save() {
-            tracing::error!(target: "ledger", error = %e, "ledger state not saved; the log (or Kafka) keeps the records it would need again");
-        }
-    }
-
-    /// Mirrors each chain's entries after its last published one in the `ledger` dataset.
-    /// The files are named after their chain and first entry, so a crash between writing
-    /// them and saving the new position (or a partition's new owner) writes the same names
-    /// again: replaced, never doubled.
-    fn publish(&self) {
-        let work: Vec<(Shard, String, u64)> = {
-            let state = self.state.lock();
-            state
-                .shards
-                .iter()
-                .filter(|(_, s)| !s.halted && s.writer.next_seq() - 1 > s.snapshot.published_seq)
-                .map(|(id, s)| {
-                    (
-                        id.clone(),
-                        s.writer.name().to_string(),
-                        s.snapshot.published_seq,
-                    )
-                })
-                .collect()
-        };
-        for (shard_id, chain, from) in work {
-            match self.publish_chain(&chain, from) {
-                Ok((last, rows)) => {
-                    let mut state = self.state.lock();
-                    if let Some(shard) = state.shards.get_mut(&shard_id) {
-                        shard.snapshot.published_seq = last;
-                        shard.unsaved = true;
-                    }
-                    drop(state);
-                    tracing::debug!(target: "storage", chain, rows, through_seq = last, "ledger entries published");
-                }
-                Err(e) => {
-                    tracing::error!(target: "storage", chain, error = %format!("{e:#}"), "ledger entries not mirrored in the ledger dataset; they are written again later");
-                }
-            }
-        }
     }
 
     fn publish_chain(&self, chain: &str, from: u64) -> anyhow::Result<(u64, usize)> {
@@ -655,7 +535,7 @@ impl PartitionState for LedgerDesk {
                 }
             }
         }
-        self.publish();
+        LogDesk::publish(self);
         if let Err(e) = self.save() {
             tracing::error!(target: "ledger", topic, partition, error = %e, "a partition's ledger state was not saved at hand-over; the next owner re-reads more");
         }
@@ -718,15 +598,123 @@ impl LogDesk for LedgerDesk {
     }
 
     fn process(&self, batch: &[Committed], read_through: u64) {
-        LedgerDesk::process(self, batch, read_through);
+        // Read once per batch, as the alert desk does: a swap takes effect between batches.
+        let models = self.models.as_ref().map(ModelSlot::current);
+        {
+            let mut state = self.state.lock();
+            let state = &mut *state;
+            for committed in batch {
+                let (WalEntry::Event(logged) | WalEntry::Reread(logged)) = committed.entry.as_ref()
+                else {
+                    continue;
+                };
+                let (shard_id, offset) = Shard::of(&committed.entry);
+                // A partition another instance owns now is that instance's to chain.
+                let Some(shard) = state.shards.get_mut(&shard_id) else {
+                    continue;
+                };
+                if shard.halted {
+                    continue;
+                }
+                let snapshot = &mut shard.snapshot;
+                match offset {
+                    None if committed.lsn <= snapshot.through_lsn => continue,
+                    Some(offset) if snapshot.kafka_offset.is_some_and(|o| offset <= o) => {
+                        continue;
+                    }
+                    // Read again for another partition state: a chain that starts empty
+                    // starts at what is published.
+                    Some(_)
+                        if snapshot.kafka_offset.is_none()
+                            && matches!(committed.entry.as_ref(), WalEntry::Reread(_)) =>
+                    {
+                        continue;
+                    }
+                    _ => {}
+                }
+                if let (false, Some(offset)) = (shard.anchored, offset) {
+                    shard.anchor(offset);
+                    if shard.halted {
+                        continue;
+                    }
+                }
+                let snapshot = &mut shard.snapshot;
+                snapshot.tallies.derive(
+                    &state.rules,
+                    models.as_deref(),
+                    logged,
+                    &mut shard.derived,
+                );
+                if offset.is_some() {
+                    snapshot.kafka_offset = offset;
+                }
+                shard.unsaved = true;
+            }
+
+            for shard in state.shards.values_mut() {
+                shard.chain_derived(&mut state.counters);
+                state.counters.lots_forgotten +=
+                    shard.snapshot.tallies.forget_beyond(self.max_lots);
+            }
+            let local = state
+                .shards
+                .get_mut(&Shard::Local)
+                .expect("this instance's chain is always here");
+            if !local.halted && read_through > local.snapshot.through_lsn {
+                local.snapshot.through_lsn = read_through;
+                local.unsaved = true;
+            }
+        }
+        self.progressed.notify_all();
     }
 
     fn save_if_due(&self, force: bool) {
-        LedgerDesk::save_if_due(self, force);
+        let due = {
+            let state = self.state.lock();
+            state.shards.values().any(|s| s.unsaved)
+                && (force || state.last_saved.elapsed() >= self.save_every)
+        };
+        if due && let Err(e) = self.save() {
+            tracing::error!(target: "ledger", error = %e, "ledger state not saved; the log (or Kafka) keeps the records it would need again");
+        }
     }
 
+    /// Mirrors each chain's entries after its last published one in the `ledger` dataset.
+    /// The files are named after their chain and first entry, so a crash between writing
+    /// them and saving the new position (or a partition's new owner) writes the same names
+    /// again: replaced, never doubled.
     fn publish(&self) {
-        LedgerDesk::publish(self);
+        let work: Vec<(Shard, String, u64)> = {
+            let state = self.state.lock();
+            state
+                .shards
+                .iter()
+                .filter(|(_, s)| !s.halted && s.writer.next_seq() - 1 > s.snapshot.published_seq)
+                .map(|(id, s)| {
+                    (
+                        id.clone(),
+                        s.writer.name().to_string(),
+                        s.snapshot.published_seq,
+                    )
+                })
+                .collect()
+        };
+        for (shard_id, chain, from) in work {
+            match self.publish_chain(&chain, from) {
+                Ok((last, rows)) => {
+                    let mut state = self.state.lock();
+                    if let Some(shard) = state.shards.get_mut(&shard_id) {
+                        shard.snapshot.published_seq = last;
+                        shard.unsaved = true;
+                    }
+                    drop(state);
+                    tracing::debug!(target: "storage", chain, rows, through_seq = last, "ledger entries published");
+                }
+                Err(e) => {
+                    tracing::error!(target: "storage", chain, error = %format!("{e:#}"), "ledger entries not mirrored in the ledger dataset; they are written again later");
+                }
+            }
+        }
     }
 
     /// A line a minute while entries are appended, so `ledger.log` shows them.
