@@ -46,6 +46,17 @@ fn ledger(dir: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// A command's standard output, once it has exited 0 (else its output and errors are shown).
+fn succeeded(output: &Output) -> String {
+    let said = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    said
+}
+
 fn verify(dir: &Path) -> Output {
     ledger(
         dir,
@@ -94,12 +105,7 @@ async fn lot_events_are_chained_verified_continued_after_a_restart_and_tampering
     gaveurs.stop_cleanly();
 
     let output = verify(dir.path());
-    let said = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{said}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let said = succeeded(&output);
     assert!(said.contains("ledger ok: 7 entries"), "{said}");
     let chain = entries(dir.path());
     let kinds: Vec<&str> = chain.iter().map(|e| e["type"].as_str().unwrap()).collect();
@@ -162,11 +168,7 @@ async fn lot_events_are_chained_verified_continued_after_a_restart_and_tampering
     assert!(codes.iter().all(|c| *c == 0), "{codes:?}");
     gaveurs.stop_cleanly();
     let output = verify(dir.path());
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    succeeded(&output);
     let chain = entries(dir.path());
     assert_eq!(of_type(&chain, "genesis").len(), 1);
     let added: Vec<(u64, &str)> = chain[7..]
@@ -263,11 +265,7 @@ async fn a_sigkill_while_entries_are_appended_neither_loses_nor_repeats_an_event
     // ledger catch up with the log.
     gaveurs.stop_cleanly();
     let output = verify(dir.path());
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    succeeded(&output);
     let chain = entries(dir.path());
     assert!(chain.len() >= appended_before_kill);
     let mut events: BTreeMap<(String, String, String), usize> = BTreeMap::new();
@@ -323,12 +321,7 @@ async fn a_lots_certificate_survives_a_key_rotation_is_served_to_its_gaveur_and_
         dir.path(),
         &["rotate-key", "--config", config.to_str().unwrap()],
     );
-    let said = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{said}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let said = succeeded(&output);
     assert!(said.contains("entry 4 rotates key"), "{said}");
     let gaveurs = Gaveurs::start(dir.path(), "");
     let codes = publish_each(gaveurs.mqtt(), MqttVersion::V5, &gaveurs.admin, outcome).await;
@@ -369,12 +362,7 @@ async fn a_lots_certificate_survives_a_key_rotation_is_served_to_its_gaveur_and_
         dir.path(),
         &["rotate-key", "--config", config.to_str().unwrap()],
     );
-    let said = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{said}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let said = succeeded(&output);
     assert!(said.contains("entry 7 rotates key"), "{said}");
     let (_, body) = http_get(gaveurs.http, "/api/v1/ledger/keys").await;
     let keys: Value = serde_json::from_str(&body).unwrap();
@@ -420,12 +408,7 @@ async fn a_lots_certificate_survives_a_key_rotation_is_served_to_its_gaveur_and_
             config.to_str().unwrap(),
         ],
     );
-    let said = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{said}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let said = succeeded(&output);
     assert!(
         said.contains("gaveurs-ledger:local/LL2612201?head="),
         "{said}"
@@ -438,12 +421,7 @@ async fn a_lots_certificate_survives_a_key_rotation_is_served_to_its_gaveur_and_
         )
     };
     let output = check(&file);
-    let said = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{said}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let said = succeeded(&output);
     assert!(
         said.contains("certificate ok: lot LL2612201, 4 entries"),
         "{said}"
@@ -465,12 +443,7 @@ async fn a_lots_certificate_survives_a_key_rotation_is_served_to_its_gaveur_and_
         dir.path(),
         &["verify", "--config", config.to_str().unwrap()],
     );
-    let said = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{said}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let said = succeeded(&output);
     assert!(
         said.contains("ledger ok: 7 entries in 1 chain(s)"),
         "{said}"
