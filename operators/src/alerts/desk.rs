@@ -70,6 +70,23 @@ impl Shard {
         }
     }
 
+    /// Whether a shard's state, which covers the log up to `through_lsn` (this instance's
+    /// shard) or its partition up to `kafka_offset`, has yet to take in `committed` (whose
+    /// Kafka offset is `offset`). A record read again for another partition state is not
+    /// new to a state that starts empty: such a state starts at what is published.
+    pub(crate) fn is_new(
+        committed: &Committed,
+        offset: Option<i64>,
+        through_lsn: u64,
+        kafka_offset: Option<i64>,
+    ) -> bool {
+        match (offset, kafka_offset) {
+            (None, _) => committed.lsn > through_lsn,
+            (Some(offset), Some(covered)) => offset > covered,
+            (Some(_), None) => !matches!(committed.entry.as_ref(), WalEntry::Reread(_)),
+        }
+    }
+
     /// Folder name of a partition's shared state: `<topic>-<partition>`.
     pub(crate) fn folder(topic: &str, partition: i32) -> String {
         format!("{topic}-{partition}")
@@ -446,20 +463,13 @@ impl AlertDesk {
                 let Some(shard) = state.shards.get_mut(&shard_id) else {
                     continue;
                 };
-                match offset {
-                    None if committed.lsn <= shard.snapshot.through_lsn => continue,
-                    Some(offset) if shard.snapshot.kafka_offset.is_some_and(|o| offset <= o) => {
-                        continue;
-                    }
-                    // Read again for another partition state: a state that starts empty
-                    // starts at what is published.
-                    Some(_)
-                        if shard.snapshot.kafka_offset.is_none()
-                            && matches!(committed.entry.as_ref(), WalEntry::Reread(_)) =>
-                    {
-                        continue;
-                    }
-                    _ => {}
+                if !Shard::is_new(
+                    committed,
+                    offset,
+                    shard.snapshot.through_lsn,
+                    shard.snapshot.kafka_offset,
+                ) {
+                    continue;
                 }
                 let changes = shard.snapshot.book.evaluate_scored(
                     &state.rules,

@@ -617,20 +617,13 @@ impl LogDesk for LedgerDesk {
                     continue;
                 }
                 let snapshot = &mut shard.snapshot;
-                match offset {
-                    None if committed.lsn <= snapshot.through_lsn => continue,
-                    Some(offset) if snapshot.kafka_offset.is_some_and(|o| offset <= o) => {
-                        continue;
-                    }
-                    // Read again for another partition state: a chain that starts empty
-                    // starts at what is published.
-                    Some(_)
-                        if snapshot.kafka_offset.is_none()
-                            && matches!(committed.entry.as_ref(), WalEntry::Reread(_)) =>
-                    {
-                        continue;
-                    }
-                    _ => {}
+                if !Shard::is_new(
+                    committed,
+                    offset,
+                    snapshot.through_lsn,
+                    snapshot.kafka_offset,
+                ) {
+                    continue;
                 }
                 if let (false, Some(offset)) = (shard.anchored, offset) {
                     shard.anchor(offset);
