@@ -13,14 +13,6 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/gaveurs/target}"
 REPEAT="${REPEAT:-3}"
 DURATION="${DURATION:-10}"
 RATE="${RATE:-20000}"
-if [ -z "${GAVEURS_BIN_DIR:-}" ]; then
-  cargo build --release --locked --workspace --bins >&2
-fi
-BIN="${GAVEURS_BIN_DIR:-$CARGO_TARGET_DIR/release}"
-work=$(mktemp -d)
-pid=""
-trap 'kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
-results="$work/results.jsonl"
 source scripts/bench-common.sh
 
 n=0

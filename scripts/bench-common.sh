@@ -1,7 +1,19 @@
-# Shared by the benchmark scripts: start a fresh release pipeline in $work/<name>, stop it and
-# check that its Parquet output holds exactly the records it acknowledged.
-# Needs $BIN and $work; sets $pid, $mqtt, $http, $run, and exports GAVEURS_TOKEN (an admin
-# dev-mode token, which gaveurs-load sends with every record).
+# Shared by the benchmark scripts, sourced from the repository's root once their settings
+# are read: builds the release binaries (or takes GAVEURS_BIN_DIR's, to try a script quickly)
+# as $BIN, makes the scratch folder $work (removed on exit, with the pipeline $pid killed)
+# and names $results in it. Then: start a fresh pipeline in $work/<name>, stop it and check
+# that its Parquet output holds exactly the records it acknowledged. start_pipeline sets
+# $pid, $mqtt, $http, $run, and exports GAVEURS_TOKEN (an admin dev-mode token, which
+# gaveurs-load sends with every record).
+
+if [ -z "${GAVEURS_BIN_DIR:-}" ]; then
+  cargo build --release --locked --workspace --bins >&2
+fi
+BIN="${GAVEURS_BIN_DIR:-$CARGO_TARGET_DIR/release}"
+work=$(mktemp -d)
+pid=""
+trap 'kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+results="$work/results.jsonl"
 
 start_pipeline() {
   run="$work/$1"; mkdir -p "$run"

