@@ -5,6 +5,8 @@ mod support;
 
 use std::collections::HashSet;
 
+use std::time::Duration;
+
 use gaveurs_loadgen::producer::{MqttVersion, ServerPacket, connect};
 use support::{Gaveurs, read_rows, records};
 
@@ -66,4 +68,75 @@ async fn sigterm_publishes_everything_acknowledged_and_says_goodbye() {
         acked, stored,
         "every stored record was acknowledged before the goodbye"
     );
+}
+
+/// Meals for lots `LS900000`… numbered `from..to`, as (topic, payload).
+fn broker_meals(from: usize, to: usize) -> Vec<(String, Vec<u8>)> {
+    (from..to)
+        .map(|n| {
+            let payload = records::meal(&format!("LS9{n:05}"), 2, "LS", 1, "soir");
+            (
+                "gaveurs/LS/2/gavage".to_string(),
+                payload.to_string().into_bytes(),
+            )
+        })
+        .collect()
+}
+
+fn stored_lots(root: &std::path::Path) -> std::collections::HashMap<String, usize> {
+    let mut counts = std::collections::HashMap::new();
+    for row in read_rows(root, "gavage_meals") {
+        *counts
+            .entry(row["code_lot"].as_str().unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_a_broker_subscription_that_still_has_deliveries_waiting() {
+    const MEALS: usize = 20_000;
+    let dir = tempfile::tempdir().unwrap();
+    let kept = dir.keep();
+    eprintln!("DIR {kept:?}");
+    let dir = tempfile::TempDir::new_in(&kept).unwrap();
+    let dir = DirKeep(dir.keep());
+    let mosquitto = support::Mosquitto::start(dir.path());
+    let config = format!(
+        "[mqtt]\nbroker = \"mqtt://127.0.0.1:{}\"\nclient_id = \"gaveurs-busy\"\n\n[storage]\nroll_interval_s = 1\n",
+        mosquitto.port
+    );
+    let gaveurs = Gaveurs::start(dir.path(), &config);
+    support::wait_ready(gaveurs.http).await;
+    let token = gaveurs.admin.clone();
+    // Mosquitto takes the whole burst at once and queues it for the pipeline's session.
+    let accepted =
+        support::publish_pipelined(mosquitto.addr(), &token, &broker_meals(0, MEALS), 1000).await;
+    assert_eq!(accepted, MEALS);
+    let root = gaveurs.parquet_root();
+    support::eventually(Duration::from_secs(30), "some meals stored", || {
+        Some(()).filter(|_| !stored_lots(&root).is_empty())
+    });
+    // Deliveries are still coming when the stop arrives.
+    assert!(stored_lots(&root).len() < MEALS);
+    gaveurs.stop_cleanly();
+
+    // What the stopped pipeline had not acknowledged waits in its session for the next run.
+    let gaveurs = Gaveurs::start(dir.path(), &config);
+    support::eventually(Duration::from_secs(120), "every meal stored", || {
+        Some(()).filter(|_| stored_lots(&root).len() == MEALS)
+    });
+    gaveurs.stop_cleanly();
+    let twice: Vec<_> = stored_lots(&root)
+        .into_iter()
+        .filter(|(_, count)| *count > 1)
+        .collect();
+    assert!(twice.is_empty(), "stored twice: {twice:?}");
+}
+
+struct DirKeep(std::path::PathBuf);
+impl DirKeep {
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
 }

@@ -459,6 +459,55 @@ pub async fn publish_each_with(
     codes
 }
 
+/// Publishes every message at QoS 1 with as many in flight as the server's Receive Maximum
+/// allows (at most `window`), token in the user properties; returns how many were
+/// acknowledged with success.
+pub async fn publish_pipelined(
+    addr: SocketAddr,
+    token: &str,
+    messages: &[(String, Vec<u8>)],
+    window: usize,
+) -> usize {
+    use gaveurs_loadgen::producer::{MqttVersion, ServerPacket, connect};
+    let (mut writer, mut reader) =
+        connect(addr, MqttVersion::V5, &format!("burst-{}", rand_id()), None)
+            .await
+            .unwrap();
+    let window = window.min(usize::from(reader.receive_maximum().unwrap_or(u16::MAX)));
+    let (mut in_flight, mut acked) = (0usize, 0usize);
+    for (n, (topic, payload)) in messages.iter().enumerate() {
+        while in_flight >= window {
+            match reader.next().await.unwrap() {
+                ServerPacket::Ack { reason, .. } => {
+                    in_flight -= 1;
+                    acked += usize::from(reason == 0);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let pkid = (n % 60_000) as u16 + 1;
+        writer
+            .publish(
+                topic,
+                bytes::Bytes::from(payload.clone()),
+                1,
+                pkid,
+                Some(token),
+            )
+            .unwrap();
+        writer.flush().await.unwrap();
+        in_flight += 1;
+    }
+    while in_flight > 0 {
+        if let ServerPacket::Ack { reason, .. } = reader.next().await.unwrap() {
+            in_flight -= 1;
+            acked += usize::from(reason == 0);
+        }
+    }
+    writer.disconnect().await.unwrap();
+    acked
+}
+
 pub fn rand_id() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(1);

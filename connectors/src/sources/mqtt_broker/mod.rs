@@ -71,6 +71,11 @@ impl TryFrom<String> for BrokerUrl {
     }
 }
 
+/// Deliveries a session can have unacknowledged at once: one per MQTT packet id.
+const MAX_UNACKNOWLEDGED: usize = u16::MAX as usize;
+/// The client's request queue holds our PUBACKs plus a few subscribes and a disconnect.
+const REQUESTS_CAPACITY: usize = MAX_UNACKNOWLEDGED + 16;
+
 /// Between attempts to reach the broker: from 200 ms, doubling up to 30 s.
 const RECONNECT: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
 
@@ -91,18 +96,18 @@ pub async fn run<I: Intake>(
         .set_session_expiry_interval(Some(settings.session_expiry_s))
         .set_receive_maximum(Some(settings.max_inflight))
         .set_max_packet_size(Some(16 * 1024 * 1024))
-        .set_request_channel_capacity(usize::from(settings.max_inflight) * 2 + 16);
+        .set_request_channel_capacity(REQUESTS_CAPACITY);
     if let (Some(user), Some(password)) = (&settings.username, &settings.password) {
         options.set_credentials(user, password);
     }
-    let (client, mut eventloop) =
-        AsyncClient::new(options, usize::from(settings.max_inflight) * 2 + 16);
+    let (client, mut eventloop) = AsyncClient::new(options, REQUESTS_CAPACITY);
     let source = format!("{}:{}", settings.host, settings.port);
 
-    // The broker never has more than `max_inflight` unacknowledged deliveries out, so this
-    // queue never fills while the event loop is blocked on it.
-    let (ack_tx, mut ack_rx) =
-        mpsc::channel::<(DurableTicket, Publish)>(usize::from(settings.max_inflight) + 16);
+    // Neither this queue nor the client's requests may ever fill: the acknowledger waits on
+    // the event loop to take its PUBACK, and the event loop is not polled while this loop
+    // waits for room. Brokers do not all keep to our Receive Maximum (Mosquitto sent more
+    // than 1,024 at once), but none can have more than 65,535 packet ids unacknowledged.
+    let (ack_tx, mut ack_rx) = mpsc::channel::<(DurableTicket, Publish)>(MAX_UNACKNOWLEDGED);
     let acker = {
         let client = client.clone();
         tokio::spawn(async move {
