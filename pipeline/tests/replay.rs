@@ -454,3 +454,70 @@ async fn the_backfill_flag_survives_an_external_broker() {
     }
     assert_eq!(read_rows(&root, "lot_outcomes")[0]["_backfill"], true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_admin_and_the_sites_gateway_may_send_backfill() {
+    let dir = tempfile::tempdir().unwrap();
+    let gaveurs = Gaveurs::start(dir.path(), "[storage]\nroll_interval_s = 1\n");
+    let meal = |lot: &str| {
+        vec![(
+            "gaveurs/LL/1/gavage".to_string(),
+            records::meal(lot, 1, "LL", 1, "matin")
+                .to_string()
+                .into_bytes(),
+            1,
+        )]
+    };
+    let backfill = [("backfill", "true")];
+    let as_backfill = |token: String, lot: &'static str| {
+        let addr = gaveurs.mqtt();
+        async move {
+            support::publish_each_with(addr, MqttVersion::V5, &token, &meal(lot), &backfill).await
+        }
+    };
+    // The gaveur may write their own meals, but not silence their texts with a replay.
+    let gaveur = gaveurs.token("jean.martin@gaveur.fr");
+    assert_eq!(as_backfill(gaveur.clone(), "LLBF00001").await, vec![0x87]);
+    let live = publish_each(gaveurs.mqtt(), MqttVersion::V5, &gaveur, &meal("LLBF00002")).await;
+    assert_eq!(live, vec![0]);
+    let gateway = gaveurs.token("gateway-ll@sensors");
+    assert_eq!(as_backfill(gateway, "LLBF00003").await, vec![0]);
+    assert_eq!(
+        as_backfill(gaveurs.admin.clone(), "LLBF00004").await,
+        vec![0]
+    );
+
+    let root = gaveurs.parquet_root();
+    support::eventually(Duration::from_secs(30), "3 meals and a dead letter", || {
+        Some(()).filter(|_| {
+            read_rows(&root, "gavage_meals").len() == 3 && read_rows(&root, "dlq").len() == 1
+        })
+    });
+    gaveurs.stop_cleanly();
+    let stored: BTreeMap<String, bool> = read_rows(&root, "gavage_meals")
+        .iter()
+        .map(|r| {
+            let backfill = r["_backfill"].as_bool().unwrap();
+            (r["code_lot"].as_str().unwrap().to_string(), backfill)
+        })
+        .collect();
+    let expected = [
+        ("LLBF00002", false),
+        ("LLBF00003", true),
+        ("LLBF00004", true),
+    ];
+    assert_eq!(stored, expected.map(|(lot, b)| (lot.to_string(), b)).into());
+    let dlq = &read_rows(&root, "dlq")[0];
+    assert_eq!(dlq["reason_code"], "forbidden");
+    assert!(
+        dlq["reason"].as_str().unwrap().contains("may not replay"),
+        "{dlq:?}"
+    );
+    let audit = std::fs::read_to_string(dir.path().join("logs/audit.log")).unwrap();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("jean.martin") && l.contains("may not replay")),
+        "{audit}"
+    );
+}

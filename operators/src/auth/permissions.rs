@@ -5,10 +5,12 @@
 //! | any | any | admin |
 //! | gavage_data | read | gaveur (own `gaveur_id` only), superviseur |
 //! | gavage_data | write | gaveur (own `gaveur_id` only); client role `gateway` of `sensors` (any gaveur of its `site_id`) |
+//! | gavage_data | replay | client role `gateway` of `sensors` (its `site_id`) |
 //! | analytics | read | superviseur |
 //! | analytics | export | client role `export_reports` of `euralis-frontend` |
 //! | sqal_data | read | technicien_sqal, superviseur |
 //! | sqal_data | write | technicien_sqal; client role `gateway` of `sensors` (devices of its `site_id`) |
+//! | sqal_data | replay | client role `gateway` of `sensors` (its `site_id`) |
 //! | multi_site | read, write | superviseur |
 //!
 //! Everything else is denied.
@@ -28,6 +30,8 @@ pub enum Action {
     Read,
     Write,
     Export,
+    /// Writing a record flagged `backfill` (a replay of the past: it never sends an SMS).
+    Replay,
 }
 
 /// Whose data an action touches: the gaveur and the site, when they matter.
@@ -63,6 +67,7 @@ pub fn allowed(principal: &Principal, resource: Resource, action: Action, scope:
         (Resource::SqalData, Action::Write) => {
             principal.has_role("technicien_sqal") || gateway_of_site()
         }
+        (Resource::GavageData | Resource::SqalData, Action::Replay) => gateway_of_site(),
         (Resource::MultiSite, Action::Read | Action::Write) => superviseur,
         _ => false,
     }
@@ -98,8 +103,8 @@ mod tests {
     }
 
     /// Every principal × resource × action, against the SPEC table. `Y` allowed, `.` denied.
-    /// Columns: gavage read/write/export, analytics read/write/export, sqal read/write/export,
-    /// multi_site read/write/export — each for a scope of gaveur 1 at site LL.
+    /// Columns: read/write/export/replay of gavage, analytics, sqal and multi_site — each for
+    /// a scope of gaveur 1 at site LL.
     #[test]
     fn the_matrix() {
         use Action::*;
@@ -108,59 +113,67 @@ mod tests {
             (GavageData, Read),
             (GavageData, Write),
             (GavageData, Export),
+            (GavageData, Replay),
             (Analytics, Read),
             (Analytics, Write),
             (Analytics, Export),
+            (Analytics, Replay),
             (SqalData, Read),
             (SqalData, Write),
             (SqalData, Export),
+            (SqalData, Replay),
             (MultiSite, Read),
             (MultiSite, Write),
             (MultiSite, Export),
+            (MultiSite, Replay),
         ];
         let table: Vec<(&str, Principal, &str)> = vec![
-            ("admin", realm("admin"), "YYY YYY YYY YYY"),
-            ("superviseur", realm("superviseur"), "Y.. Y.. Y.. YY."),
-            ("own gaveur", gaveur(1), "YY. ... ... ..."),
-            ("other gaveur", gaveur(2), "... ... ... ..."),
-            ("gaveur role without id", realm("gaveur"), "... ... ... ..."),
+            ("admin", realm("admin"), "YYYY YYYY YYYY YYYY"),
+            ("superviseur", realm("superviseur"), "Y... Y... Y... YY.."),
+            ("own gaveur", gaveur(1), "YY.. .... .... ...."),
+            ("other gaveur", gaveur(2), ".... .... .... ...."),
+            (
+                "gaveur role without id",
+                realm("gaveur"),
+                ".... .... .... ....",
+            ),
             (
                 "technicien_sqal",
                 realm("technicien_sqal"),
-                "... ... YY. ...",
+                ".... .... YY.. ....",
             ),
-            ("consommateur", realm("consommateur"), "... ... ... ..."),
+            ("consommateur", realm("consommateur"), ".... .... .... ...."),
             (
                 "gateway of LL",
                 client("sensors", "gateway", Some("LL")),
-                ".Y. ... .Y. ...",
+                ".Y.Y .... .Y.Y ....",
             ),
             (
                 "gateway of LS",
                 client("sensors", "gateway", Some("LS")),
-                "... ... ... ...",
+                ".... .... .... ....",
             ),
             (
                 "gateway without site",
                 client("sensors", "gateway", None),
-                "... ... ... ...",
+                ".... .... .... ....",
             ),
             (
                 "gateway role of another client",
                 client("euralis-frontend", "gateway", Some("LL")),
-                "... ... ... ...",
+                ".... .... .... ....",
             ),
             (
                 "exporter",
                 client("euralis-frontend", "export_reports", None),
-                "... ..Y ... ...",
+                ".... ..Y. .... ....",
             ),
             (
                 "export role of another client",
                 client("sensors", "export_reports", None),
-                "... ... ... ...",
+                ".... .... .... ....",
             ),
-            ("no roles", Principal::default(), "... ... ... ..."),
+            ("no roles", Principal::default(), ".... .... .... ...."),
         ];
         let scope = Scope {
             gaveur_id: Some(1),

@@ -141,7 +141,7 @@ impl Inner {
         }
         match validated {
             Ok(Validated::Record(record)) => {
-                if let Err(e) = authorize_write(&principal, &record) {
+                if let Err(e) = authorize_write(&principal, &record, input.backfill) {
                     return self.refuse_auth(e, Some(&principal), input).await;
                 }
                 self.accept(record, principal, input).await
@@ -191,7 +191,7 @@ impl Inner {
         let Ok(Validated::Record(record)) = validated else {
             return self.after_everything_so_far(Verdict::Control);
         };
-        if authorize_write(&principal, &record).is_err() {
+        if authorize_write(&principal, &record, input.backfill).is_err() {
             return self.after_everything_so_far(Verdict::Control);
         }
         let verdict = Verdict::Accepted {
@@ -358,8 +358,13 @@ impl Inner {
 }
 
 /// May `principal` write this record? Meals and outcomes are gavage data of their gaveur and
-/// site; samples are SQAL data of their station's site.
-fn authorize_write(principal: &Principal, record: &Record) -> Result<(), AuthError> {
+/// site; samples are SQAL data of their station's site. A `backfill` record silences SMS, so
+/// it also needs the right to replay (SPEC §1.4).
+fn authorize_write(
+    principal: &Principal,
+    record: &Record,
+    backfill: bool,
+) -> Result<(), AuthError> {
     let (resource, scope, what) = match record {
         Record::Gavage(meal) => (
             Resource::GavageData,
@@ -386,14 +391,19 @@ fn authorize_write(principal: &Principal, record: &Record) -> Result<(), AuthErr
             format!("SQAL data of {}", sample.device_id),
         ),
     };
-    if permissions::allowed(principal, resource, Action::Write, scope) {
-        Ok(())
-    } else {
-        Err(AuthError::forbidden(format!(
+    if !permissions::allowed(principal, resource, Action::Write, scope) {
+        return Err(AuthError::forbidden(format!(
             "{} may not write {what}",
             principal.display_name()
-        )))
+        )));
     }
+    if backfill && !permissions::allowed(principal, resource, Action::Replay, scope) {
+        return Err(AuthError::forbidden(format!(
+            "{} may not replay {what} as backfill (only admin and the site's gateway may)",
+            principal.display_name()
+        )));
+    }
+    Ok(())
 }
 
 fn saved(record: &Record) -> Saved {
