@@ -149,6 +149,9 @@ pub struct SmsConfig {
     pub retry_max_s: u64,
     /// Attempts before a message is given up (default 10).
     pub max_attempts: u32,
+    /// A text still unsent this many seconds after its alert (or after the quiet hours that
+    /// held it) is not sent late: the outbox marks it `expired` (default 3600).
+    pub max_age_s: u64,
 }
 
 impl Default for SmsConfig {
@@ -165,6 +168,7 @@ impl Default for SmsConfig {
             retry_initial_ms: sink.retry_initial.as_millis() as u64,
             retry_max_s: sink.retry_max.as_secs(),
             max_attempts: sink.max_attempts,
+            max_age_s: sink.max_age.as_secs(),
         }
     }
 }
@@ -217,6 +221,7 @@ impl SmsConfig {
             retry_initial: std::time::Duration::from_millis(self.retry_initial_ms.max(1)),
             retry_max: std::time::Duration::from_secs(self.retry_max_s.max(1)),
             max_attempts: self.max_attempts.max(1),
+            max_age: std::time::Duration::from_secs(self.max_age_s.max(1)),
         })
     }
 

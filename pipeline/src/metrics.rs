@@ -32,18 +32,19 @@ pub fn register_components(hub: &Arc<Hub>, sms: &Arc<SmsService>) {
         move || slow.slow_disconnects() as f64,
     );
     type Read = fn(&gaveurs_sinks::sms::SmsCountersSnapshot) -> u64;
-    let outcomes: [(&str, Read); 5] = [
+    let outcomes: [(&str, Read); 6] = [
         ("sent", |c| c.sent),
         ("failed", |c| c.failed),
         ("disabled", |c| c.disabled),
         ("dropped_budget", |c| c.dropped_budget),
         ("retried", |c| c.retried),
+        ("expired", |c| c.expired),
     ];
     for (outcome, read) in outcomes {
         let sms = sms.clone();
         metrics.read_at_scrape(
             "gaveurs_sms_total",
-            "Text messages by outcome: sent, failed (refused or given up), disabled (no credentials), dropped_budget, retried.",
+            "Text messages by outcome: sent, failed (refused or given up), disabled (no credentials), dropped_budget, retried, expired (pending longer than [sms] max_age_s).",
             &[("outcome", outcome)],
             move || read(&sms.counters()) as f64,
         );

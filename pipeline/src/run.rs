@@ -704,7 +704,7 @@ pub async fn run(
     sms_stop.cancel();
     sms.stop(Duration::from_secs(1)).await;
     let texts = sms.counters();
-    tracing::info!(target: "alerts", sent = texts.sent, failed = texts.failed, retried = texts.retried, disabled = texts.disabled, dropped_budget = texts.dropped_budget, pending = sms.pending_len(), "SMS sink stopped");
+    tracing::info!(target: "alerts", sent = texts.sent, failed = texts.failed, retried = texts.retried, disabled = texts.disabled, dropped_budget = texts.dropped_budget, expired = texts.expired, pending = sms.pending_len(), "SMS sink stopped");
     let _ = http_task.await;
     tracing::info!(
         shutdown_ms = stopping.elapsed().as_millis() as u64,

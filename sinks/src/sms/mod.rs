@@ -71,6 +71,10 @@ pub struct SmsSettings {
     pub retry_max: Duration,
     /// Attempts (the first included) before a message is given up. Default 10.
     pub max_attempts: u32,
+    /// A message still pending this long after it was queued (or after the quiet hours that
+    /// held it ended) is not sent: an alert texted hours late, after an outage, misleads more
+    /// than it helps. It is settled `expired`. Default 1 h.
+    pub max_age: Duration,
 }
 
 impl Default for SmsSettings {
@@ -83,6 +87,7 @@ impl Default for SmsSettings {
             retry_initial: Duration::from_secs(1),
             retry_max: Duration::from_secs(5 * 60),
             max_attempts: 10,
+            max_age: Duration::from_secs(3600),
         }
     }
 }
@@ -181,6 +186,7 @@ pub struct SmsCounters {
     disabled: AtomicU64,
     dropped_budget: AtomicU64,
     deferred_quiet: AtomicU64,
+    expired: AtomicU64,
 }
 
 /// A copy of the [`SmsCounters`] at one moment.
@@ -198,6 +204,8 @@ pub struct SmsCountersSnapshot {
     pub dropped_budget: u64,
     /// Times a message was held until the end of the quiet hours.
     pub deferred_quiet: u64,
+    /// Messages not sent because they waited longer than `max_age`.
+    pub expired: u64,
 }
 
 impl SmsCounters {
@@ -210,6 +218,7 @@ impl SmsCounters {
             disabled: get(&self.disabled),
             dropped_budget: get(&self.dropped_budget),
             deferred_quiet: get(&self.deferred_quiet),
+            expired: get(&self.expired),
         }
     }
 }
@@ -378,6 +387,8 @@ struct Schedule {
     attempts: u32,
     /// Not to be sent before this (a backoff, or the end of the quiet hours).
     not_before: Option<Instant>,
+    /// The end of the quiet hours that last held it: its age counts from there.
+    held_until: Option<DateTime<Utc>>,
 }
 
 enum Next {
@@ -431,6 +442,7 @@ impl Sender {
         let mut outbox = shared.outbox.lock();
         let mut earliest: Option<Instant> = None;
         let mut over_budget = Vec::new();
+        let mut expired = Vec::new();
         let mut due = None;
         let pending: Vec<QueuedSms> = outbox.pending().cloned().collect();
         for sms in pending {
@@ -447,10 +459,20 @@ impl Sender {
             {
                 let not_before = now + (end - wall_now).to_std().unwrap_or_default();
                 schedule.not_before = Some(not_before);
+                schedule.held_until = Some(end);
                 earliest = Some(earliest.map_or(not_before, |e| e.min(not_before)));
                 bump(&self.counters.deferred_quiet);
                 tracing::info!(target: "alerts", id = %sms.id, gaveur_id = sms.gaveur_id,
                     to = %masked(&sms.to), until = %end, "SMS held until the end of the quiet hours");
+                continue;
+            }
+            // Quiet hours first: a message they held counts its age from their end.
+            let waiting_since = schedule
+                .held_until
+                .map_or(sms.queued_at, |end| end.max(sms.queued_at));
+            let age = wall_now - waiting_since;
+            if age.to_std().is_ok_and(|age| age > self.settings.max_age) {
+                expired.push((sms, age));
                 continue;
             }
             let sent = outbox.sent_to_since(&sms.to, wall_now - outbox::BUDGET_WINDOW);
@@ -462,6 +484,19 @@ impl Sender {
             }
             due = Some(sms);
             break;
+        }
+        for (sms, age) in expired {
+            bump(&self.counters.expired);
+            tracing::warn!(target: "alerts", id = %sms.id, gaveur_id = sms.gaveur_id,
+                to = %masked(&sms.to), waited_s = age.num_seconds(), max_age_s = self.settings.max_age.as_secs(),
+                outcome = "expired", "SMS expired: pending too long to be sent late");
+            self.settle(
+                &mut outbox,
+                &sms,
+                Outcome::Expired {
+                    waited_s: age.num_seconds(),
+                },
+            );
         }
         for (sms, sent) in over_budget {
             bump(&self.counters.dropped_budget);

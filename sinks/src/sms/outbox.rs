@@ -8,7 +8,7 @@
 //!   a message is accepted;
 //! - `{"record":"done","id":…,"to":…,"outcome":{"kind":"sent","twilio_sid":…},"at":…}` when it
 //!   is settled; `outcome.kind` is `sent`, `rejected` (with `status` and `reason`),
-//!   `dropped_budget` or `gave_up`.
+//!   `dropped_budget`, `gave_up` or `expired` (with `waited_s`).
 //!
 //! Every append is fsynced before it returns, so a message whose `enqueue` returned is on disk,
 //! and a message whose `done` was written is never sent again. Pending messages are the queued
@@ -64,6 +64,8 @@ pub enum Outcome {
     DroppedBudget,
     /// Every attempt failed with a retryable error.
     GaveUp,
+    /// It waited longer than the configured maximum age and was not sent.
+    Expired { waited_s: i64 },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -534,6 +534,48 @@ async fn a_pending_message_is_sent_once_after_a_restart() {
 }
 
 #[tokio::test]
+async fn a_message_pending_longer_than_its_max_age_expires_unsent() {
+    let fake = Fake::start(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Queued two hours ago by a run that stopped before it could send them (an outage).
+    let mut outbox = Outbox::open(dir.path()).unwrap();
+    for id in ["old1", "old2"] {
+        let stale = QueuedSms {
+            queued_at: Utc::now() - chrono::TimeDelta::hours(2),
+            ..queued(id, "+33612345678")
+        };
+        outbox.enqueue(stale).unwrap();
+    }
+    drop(outbox);
+
+    for _ in 0..2 {
+        let token = CancellationToken::new();
+        let service =
+            SmsService::start(fast(&fake), Some(credentials()), dir.path(), token.clone()).unwrap();
+        // A fresh alert still goes out, after the stale ones were settled.
+        service
+            .enqueue(message("fresh", "+33612345678", true))
+            .unwrap();
+        wait_until("the fresh one sent", || !fake.requests().is_empty()).await;
+        settle().await;
+        token.cancel();
+        service.stop(Duration::from_secs(5)).await;
+        assert_eq!(service.pending_len(), 0);
+    }
+    let sent: Vec<String> = fake.requests().iter().map(|r| r.body.clone()).collect();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(sent[0].contains("fresh"), "{sent:?}");
+    let journal = std::fs::read_to_string(dir.path().join(outbox::JOURNAL)).unwrap();
+    for id in ["old1", "old2"] {
+        let line = journal
+            .lines()
+            .find(|l| l.contains(&format!("\"id\":\"{id}\"")) && l.contains("\"done\""))
+            .unwrap_or_else(|| panic!("{id} settled: {journal}"));
+        assert!(line.contains("\"kind\":\"expired\""), "{line}");
+    }
+}
+
+#[tokio::test]
 async fn the_hourly_budget_holds_across_restarts() {
     let fake = Fake::start(&[]).await;
     let dir = tempfile::tempdir().unwrap();
@@ -604,6 +646,16 @@ async fn quiet_hours_hold_non_critical_messages() {
         )),
         ..fast(&fake)
     };
+    // Queued long ago: the quiet hours hold it, they do not expire it.
+    let held_overnight = QueuedSms {
+        critical: false,
+        queued_at: Utc::now() - TimeDelta::hours(3),
+        ..queued("held", "+33612345678")
+    };
+    Outbox::open(dir.path())
+        .unwrap()
+        .enqueue(held_overnight)
+        .unwrap();
     let service = SmsService::start(
         settings,
         Some(credentials()),
@@ -622,15 +674,16 @@ async fn quiet_hours_hold_non_critical_messages() {
     let requests = fake.requests();
     assert_eq!(requests.len(), 1);
     assert!(requests[0].body.contains("high"));
-    assert_eq!(service.counters().deferred_quiet, 1);
-    assert_eq!(service.pending_len(), 1);
+    assert_eq!(service.counters().deferred_quiet, 2);
+    assert_eq!(service.counters().expired, 0);
+    assert_eq!(service.pending_len(), 2);
 
     let start = StdInstant::now();
     service.stop(Duration::from_secs(5)).await;
     assert!(start.elapsed() < Duration::from_secs(1));
     // Still there for the next start.
     let outbox = Outbox::open(dir.path()).unwrap();
-    assert_eq!(pending_ids(&outbox), ["low"]);
+    assert_eq!(pending_ids(&outbox), ["held", "low"]);
 }
 
 #[tokio::test]
