@@ -110,9 +110,9 @@ async fn sigterm_ends_a_broker_subscription_that_still_has_deliveries_waiting() 
     support::wait_ready(gaveurs.http).await;
     let token = gaveurs.admin.clone();
     // Mosquitto takes the whole burst at once and queues it for the pipeline's session.
-    let accepted =
+    let reasons =
         support::publish_pipelined(mosquitto.addr(), &token, &broker_meals(0, MEALS), 1000).await;
-    assert_eq!(accepted, MEALS);
+    assert_eq!(reasons, vec![0; MEALS]);
     let root = gaveurs.parquet_root();
     support::eventually(Duration::from_secs(30), "some meals stored", || {
         Some(()).filter(|_| !stored_lots(&root).is_empty())

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod hostile;
 pub mod kafka;
 pub mod records;
 pub mod twilio;
@@ -82,7 +83,10 @@ impl Gaveurs {
             .append(true)
             .open(dir.join("stderr.log"))
             .unwrap();
-        let mut command = Command::new(BIN);
+        // `GAVEURS_TEST_BIN` runs the suite against another build (a release binary, for the
+        // long runs' memory figures).
+        let binary = std::env::var("GAVEURS_TEST_BIN").unwrap_or_else(|_| BIN.to_string());
+        let mut command = Command::new(binary);
         for (name, value) in env {
             match value {
                 Some(value) => command.env(name, value),
@@ -460,27 +464,27 @@ pub async fn publish_each_with(
 }
 
 /// Publishes every message at QoS 1 with as many in flight as the server's Receive Maximum
-/// allows (at most `window`), token in the user properties; returns how many were
-/// acknowledged with success.
+/// allows (at most `window`), token in the user properties; returns the reason code of every
+/// acknowledgement, in the order they came.
 pub async fn publish_pipelined(
     addr: SocketAddr,
     token: &str,
     messages: &[(String, Vec<u8>)],
     window: usize,
-) -> usize {
+) -> Vec<u8> {
     use gaveurs_loadgen::producer::{MqttVersion, ServerPacket, connect};
     let (mut writer, mut reader) =
         connect(addr, MqttVersion::V5, &format!("burst-{}", rand_id()), None)
             .await
             .unwrap();
     let window = window.min(usize::from(reader.receive_maximum().unwrap_or(u16::MAX)));
-    let (mut in_flight, mut acked) = (0usize, 0usize);
+    let (mut in_flight, mut reasons) = (0usize, Vec::with_capacity(messages.len()));
     for (n, (topic, payload)) in messages.iter().enumerate() {
         while in_flight >= window {
             match reader.next().await.unwrap() {
                 ServerPacket::Ack { reason, .. } => {
                     in_flight -= 1;
-                    acked += usize::from(reason == 0);
+                    reasons.push(reason);
                 }
                 other => panic!("unexpected {other:?}"),
             }
@@ -501,11 +505,11 @@ pub async fn publish_pipelined(
     while in_flight > 0 {
         if let ServerPacket::Ack { reason, .. } = reader.next().await.unwrap() {
             in_flight -= 1;
-            acked += usize::from(reason == 0);
+            reasons.push(reason);
         }
     }
     writer.disconnect().await.unwrap();
-    acked
+    reasons
 }
 
 pub fn rand_id() -> u64 {

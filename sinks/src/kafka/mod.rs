@@ -215,7 +215,10 @@ pub fn spawn_topic_reader(
     config
         .set("bootstrap.servers", &settings.brokers)
         .set("group.id", format!("gaveurs-{what}-{}", settings.instance))
-        .set("enable.auto.commit", "false");
+        .set("enable.auto.commit", "false")
+        // Each reader would prefetch 64 MB by default; live messages are small and current.
+        .set("queued.max.messages.kbytes", "4096")
+        .set("fetch.max.bytes", "4194304");
     for (key, value) in &settings.properties {
         config.set(key, value);
     }

@@ -138,7 +138,12 @@ const REQUEST_POLL: Duration = Duration::from_millis(20);
 
 /// Rows converted to Arrow and handed to the Parquet encoder at a time.
 const CONVERT_ROWS: usize = 4096;
+/// Buffered entries are converted sooner when they are this large (encoded): 4,096 dead
+/// letters of 64 KB, or SQAL samples, must not become one half-gigabyte Arrow batch.
+const CONVERT_BYTES: usize = 4 * 1024 * 1024;
 const ROW_GROUP_ROWS: usize = 128 * 1024;
+/// A row group is closed once its encoded data in memory reaches this, whatever its rows.
+const ROW_GROUP_BYTES: usize = 32 * 1024 * 1024;
 
 struct OpenFile {
     dataset: Dataset,
@@ -146,6 +151,8 @@ struct OpenFile {
     tmp_name: String,
     writer: ArrowWriter<File>,
     buffered: Vec<Arc<WalEntry>>,
+    /// The encoded size of `buffered`.
+    buffered_bytes: usize,
     first_lsn: Lsn,
     last_lsn: Lsn,
     rows: usize,
@@ -178,7 +185,11 @@ impl OpenFile {
             datasets::events_to_batch(self.dataset, &rows)?
         };
         self.writer.write(&batch)?;
+        if self.writer.in_progress_size() >= ROW_GROUP_BYTES {
+            self.writer.flush()?;
+        }
         self.buffered.clear();
+        self.buffered_bytes = 0;
         Ok(())
     }
 
@@ -335,9 +346,10 @@ impl Sink {
         }
         let file = self.open.get_mut(&key).expect("just opened");
         file.buffered.push(committed.entry.clone());
+        file.buffered_bytes += committed.encoded.len();
         file.last_lsn = committed.lsn;
         file.rows += 1;
-        if file.buffered.len() >= CONVERT_ROWS {
+        if file.buffered.len() >= CONVERT_ROWS || file.buffered_bytes >= CONVERT_BYTES {
             file.convert()?;
         }
         self.last_seen = committed.lsn;
@@ -371,6 +383,7 @@ impl Sink {
             tmp_name,
             writer,
             buffered: Vec::new(),
+            buffered_bytes: 0,
             first_lsn,
             last_lsn: first_lsn,
             rows: 0,

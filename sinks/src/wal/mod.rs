@@ -133,7 +133,9 @@ impl WalOptions {
         Self {
             dir,
             segment_bytes: 64 * 1024 * 1024,
-            max_pending_bytes: 32 * 1024 * 1024,
+            // Backpressure, not throughput: a group commit of a few MB keeps the disk busy,
+            // and every pending byte is held twice (encoded and decoded) until written.
+            max_pending_bytes: 8 * 1024 * 1024,
             tail_bytes: 16 * 1024 * 1024,
             max_retained_bytes: 4 * 1024 * 1024 * 1024,
         }

@@ -11,7 +11,12 @@ use crate::fsutil::{create_dir_durable, sync_dir};
 pub(super) const HEADER: usize = 16;
 
 /// No frame is larger: a header that says more is damage, not a record.
-const MAX_FRAME_PAYLOAD: usize = 256 * 1024 * 1024;
+/// Bytes of entries one read from the files hands a cursor at most (past its first entry):
+/// a cursor that fell behind on large records (SQAL samples, dead letters of 1 MB inputs)
+/// must not pull thousands of them into memory at once.
+const DISK_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+pub(super) const MAX_FRAME_PAYLOAD: usize = 256 * 1024 * 1024;
 
 /// A frame found while resynchronising after damage must continue the numbering within
 /// this distance, so random bytes are not taken for a frame.
@@ -124,7 +129,7 @@ impl Scan {
     /// The only bad range is the end of the file, and it looks like a write the process
     /// did not finish — a frame cut short, or zeros the filesystem left — rather than a
     /// complete frame whose bytes changed.
-    fn is_torn_tail(&self, bytes: &[u8]) -> bool {
+    pub(super) fn is_torn_tail(&self, bytes: &[u8]) -> bool {
         let [(start, end)] = self.bad[..] else {
             return false;
         };
@@ -451,6 +456,7 @@ impl Reader {
             .rposition(|(lsn, _)| *lsn <= want)
             .expect("want is at or after the first segment");
         let mut want = want;
+        let mut bytes_left = DISK_BATCH_BYTES;
         loop {
             let (first_lsn, path) = &files[index];
             let reuse = self
@@ -478,11 +484,12 @@ impl Reader {
                 });
             }
             let open = self.open.as_mut().expect("just opened");
-            let finished_segment = read_frames(open, &mut batch.entries, want, upto, max)?;
+            let finished_segment =
+                read_frames(open, &mut batch.entries, want, upto, max, &mut bytes_left)?;
             if let Some(last) = batch.entries.last() {
                 want = last.lsn + 1;
             }
-            if batch.entries.len() >= max || want > upto {
+            if batch.entries.len() >= max || want > upto || bytes_left == 0 {
                 return Ok(batch);
             }
             if !finished_segment || index + 1 >= files.len() {
@@ -494,19 +501,20 @@ impl Reader {
     }
 }
 
-/// Reads frames from `open` into `out` until `max`, a frame past `upto`, or the end of the
-/// file (returns true then).
+/// Reads frames from `open` into `out` until `max`, `bytes_left` spent (after one entry at
+/// least), a frame past `upto`, or the end of the file (returns true then).
 fn read_frames(
     open: &mut OpenSegment,
     out: &mut Vec<Committed>,
     want: Lsn,
     upto: Lsn,
     max: usize,
+    bytes_left: &mut usize,
 ) -> Result<bool, SegmentError> {
     open.file.seek(SeekFrom::Start(open.offset))?;
     let mut head = [0u8; HEADER];
     let mut payload = Vec::new();
-    while out.len() < max {
+    while out.len() < max && (*bytes_left > 0 || out.is_empty()) {
         match open.file.read_exact(&mut head) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(true),
@@ -539,6 +547,7 @@ fn read_frames(
                 path: open.path.clone(),
                 message: e.to_string(),
             })?;
+        *bytes_left = bytes_left.saturating_sub(h.len);
         out.push(Committed {
             lsn: h.lsn,
             entry: Arc::new(entry),

@@ -352,7 +352,11 @@ pub fn spawn<I: Intake, P: Publication>(
         // A topic created after start is picked up within seconds.
         .set("topic.metadata.refresh.interval.ms", "5000")
         // Eager rebalancing: a partition is revoked (and published) before anyone gets it.
-        .set("partition.assignment.strategy", "range");
+        .set("partition.assignment.strategy", "range")
+        // librdkafka prefetches up to 64 MB by default; the intake takes records one at a
+        // time, so a few MB ahead keeps it busy and bounds memory (256 MB for the process).
+        .set("queued.max.messages.kbytes", "8192")
+        .set("fetch.max.bytes", "8388608");
     for (key, value) in &settings.properties {
         config.set(key, value);
     }
