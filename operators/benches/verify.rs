@@ -27,6 +27,7 @@ fn verify(c: &mut Criterion) {
             audiences: vec!["backend-api".into()],
             leeway: Duration::from_secs(30),
             max_backlog_age: Duration::from_secs(7 * 24 * 3600),
+            broker_token_grace: Duration::from_secs(24 * 3600),
             cache_capacity: 10_000_000,
         },
         store,

@@ -59,6 +59,7 @@ pub async fn verifier(config: &Config) -> anyhow::Result<(Arc<Verifier>, Option<
             audiences: config.auth.audience.clone(),
             leeway: Duration::from_secs(config.auth.leeway_s),
             max_backlog_age: Duration::from_secs(config.auth.max_backlog_age_s),
+            broker_token_grace: Duration::from_secs(config.auth.broker_token_grace_s),
             cache_capacity: config.auth.token_cache,
         },
         store,

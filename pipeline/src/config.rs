@@ -433,6 +433,11 @@ pub struct AuthConfig {
     /// than this many seconds. Default 604800 (7 days).
     #[serde(default = "default_max_backlog_age_s")]
     pub max_backlog_age_s: u64,
+    /// A record from an external MQTT broker (which gives no publish time) whose token
+    /// expired while it waited there is accepted when its event time lies within the
+    /// token's validity and the token expired at most this many seconds ago. Default 86400.
+    #[serde(default = "default_broker_token_grace_s")]
+    pub broker_token_grace_s: u64,
     /// Verified tokens kept in memory. Default 10000.
     #[serde(default = "default_token_cache")]
     pub token_cache: usize,
@@ -454,6 +459,9 @@ fn default_leeway_s() -> u64 {
 fn default_max_backlog_age_s() -> u64 {
     7 * 24 * 3600
 }
+fn default_broker_token_grace_s() -> u64 {
+    24 * 3600
+}
 fn default_token_cache() -> usize {
     10_000
 }
@@ -470,6 +478,7 @@ impl Default for AuthConfig {
             jwks_url: None,
             leeway_s: default_leeway_s(),
             max_backlog_age_s: default_max_backlog_age_s(),
+            broker_token_grace_s: default_broker_token_grace_s(),
             token_cache: default_token_cache(),
             dev_token_ttl_s: default_dev_token_ttl_s(),
             dev_signin: false,
@@ -886,16 +895,25 @@ impl Config {
         let origin = path
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "built-in defaults".into());
+        Self::from_toml(&text, &origin, env)
+    }
+
+    /// [`Config::load_with_env`] of a file's text; `origin` names it in errors.
+    pub fn from_toml(
+        text: &str,
+        origin: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> anyhow::Result<Config> {
         // Parse the file alone first, so its own mistakes are reported with line numbers.
         let mut config: Config =
-            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+            toml::from_str(text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
         let overrides: Vec<(String, String)> = env
             .into_iter()
             .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains("__"))
             .collect();
         if !overrides.is_empty() {
             let mut table: toml::Table =
-                toml::from_str(&text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+                toml::from_str(text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
             for (name, value) in &overrides {
                 apply_override(&mut table, name, value)?;
             }

@@ -112,3 +112,77 @@ async fn the_broker_redelivers_what_a_killed_pipeline_never_acknowledged() {
     let twice: Vec<_> = counts.iter().filter(|(_, c)| **c > 1).collect();
     assert!(twice.is_empty(), "redeliveries stored twice: {twice:?}");
 }
+
+/// A meal of `lot` that happened at `at`.
+fn meal_at(lot: &str, at: chrono::DateTime<chrono::Utc>) -> (String, Vec<u8>, u8) {
+    let mut meal = records::meal(lot, 2, "LS", 1, "soir");
+    meal["timestamp"] = at.to_rfc3339().into();
+    (
+        "gaveurs/LS/2/gavage".to_string(),
+        meal.to_string().into_bytes(),
+        1,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_expired_while_its_record_waited_in_the_broker_is_judged_at_the_event_time()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let mosquitto = Mosquitto::start(dir.path());
+    let config = |grace_s: u64| {
+        format!(
+            "{}\n[auth]\nleeway_s = 0\nbroker_token_grace_s = {grace_s}\n",
+            broker_config(&mosquitto)
+        )
+    };
+    // The pipeline's session exists; then it goes away (an outage) while records arrive.
+    let gaveurs = Gaveurs::start(dir.path(), &config(3600));
+    wait_ready(gaveurs.http).await;
+    let minted = chrono::Utc::now();
+    let short_lived = gaveurs.token_with_ttl("admin@euralis.fr", 4);
+    gaveurs.stop_cleanly();
+    let valid_then = minted + chrono::TimeDelta::seconds(1);
+    let after_expiry = minted + chrono::TimeDelta::seconds(60);
+    let sent = [
+        meal_at("LSWAIT001", valid_then),
+        meal_at("LSWAIT002", after_expiry),
+    ];
+    publish_each(mosquitto.addr(), MqttVersion::V5, &short_lived, &sent).await;
+    // Back after the token expired: what happened while it was valid is accepted.
+    let expired = minted + chrono::TimeDelta::seconds(6);
+    tokio::time::sleep((expired - chrono::Utc::now()).to_std().unwrap_or_default()).await;
+    let gaveurs = Gaveurs::start(dir.path(), &config(3600));
+    let root = gaveurs.parquet_root();
+    support::eventually(Duration::from_secs(30), "a meal and a dead letter", || {
+        Some(()).filter(|_| lot_counts(&root).len() == 1 && read_rows(&root, "dlq").len() == 1)
+    });
+    gaveurs.stop_cleanly();
+    assert_eq!(lot_counts(&root).keys().collect::<Vec<_>>(), ["LSWAIT001"]);
+    let refused = &read_rows(&root, "dlq")[0];
+    assert_eq!(refused["reason_code"], "expired_token", "{refused:?}");
+
+    // Longer ago than the grace: refused, and the reason says so.
+    publish_each(
+        mosquitto.addr(),
+        MqttVersion::V5,
+        &short_lived,
+        &[meal_at("LSWAIT003", valid_then)],
+    )
+    .await;
+    let gaveurs = Gaveurs::start(dir.path(), &config(1));
+    support::eventually(Duration::from_secs(30), "a second dead letter", || {
+        Some(()).filter(|_| read_rows(&root, "dlq").len() == 2)
+    });
+    gaveurs.stop_cleanly();
+    assert_eq!(lot_counts(&root).len(), 1);
+    let reasons: Vec<String> = read_rows(&root, "dlq")
+        .iter()
+        .map(|r| r["reason"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("more than the 1 s a record may wait in the broker")),
+        "{reasons:?}"
+    );
+}

@@ -30,6 +30,9 @@ pub struct VerifierSettings {
     /// A record that waited in a broker is judged at its broker timestamp, but never at a
     /// time older than this before now.
     pub max_backlog_age: Duration,
+    /// How long after its token expired a record that waited in a broker may still be
+    /// accepted (see [`Verifier::verify_waited`]).
+    pub broker_token_grace: Duration,
     /// Verified tokens kept in the cache.
     pub cache_capacity: usize,
 }
@@ -107,6 +110,31 @@ impl Verifier {
             ),
         }
         result
+    }
+
+    /// A record that waited in an external MQTT broker, which keeps no publish time, and
+    /// whose token has expired since: it is accepted when the token was valid at the
+    /// record's `event_time` and expired no longer than `broker_token_grace` ago. Otherwise
+    /// the refusal says why.
+    pub async fn verify_waited(
+        &self,
+        token: &str,
+        event_time: DateTime<Utc>,
+    ) -> Result<Verified, AuthError> {
+        let verified = self.verify(token, Some(event_time)).await?;
+        let expired_for = Utc::now() - verified.expires_at;
+        let grace = self.settings.broker_token_grace;
+        if expired_for.to_std().is_ok_and(|waited| waited > grace) {
+            return Err(AuthError::new(
+                AuthErrorCode::Expired,
+                format!(
+                    "token expired at {}, more than the {} s a record may wait in the broker",
+                    verified.expires_at.to_rfc3339(),
+                    grace.as_secs()
+                ),
+            ));
+        }
+        Ok(verified)
     }
 
     /// The cached verdict for a token seen before, if any: a map lookup and two comparisons.
@@ -314,6 +342,7 @@ mod tests {
                 audiences: vec!["backend-api".into()],
                 leeway: Duration::from_secs(600),
                 max_backlog_age,
+                broker_token_grace: Duration::from_secs(24 * 3600),
                 cache_capacity: 2,
             },
             store,

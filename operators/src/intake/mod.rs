@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::auth::audit::{self, AccessContext};
 use crate::auth::permissions::{self, Action, Resource, Scope};
-use crate::auth::{AuthError, Verifier};
+use crate::auth::{AuthError, AuthErrorCode, Verifier};
 use crate::dedup::DedupIndex;
 use crate::validate::{Validated, Validator};
 use futures::FutureExt;
@@ -17,6 +17,7 @@ use gaveurs_connectors::intake::{
 };
 use gaveurs_schemas::dead_letter::Rejection;
 use gaveurs_schemas::records::{Record, SqalSample};
+use gaveurs_schemas::envelope::Transport;
 use gaveurs_schemas::{DeadLetter, Event, Principal};
 use gaveurs_sinks::kafka::KafkaOutput;
 use gaveurs_sinks::wal::{self, Lsn, Wal, WalEntry};
@@ -121,11 +122,12 @@ impl Inner {
             .or(input.credentials.connection_token.as_deref());
         let principal = match token {
             None => Err(AuthError::missing()),
-            Some(token) => self
-                .verifier
-                .verify(token, input.produced_at)
-                .await
-                .map(|v| v.principal),
+            Some(token) => match self.verifier.verify(token, input.produced_at).await {
+                Err(e) if e.code == AuthErrorCode::Expired && waited_in_broker(&input) => {
+                    self.verify_waited(token, &input, e).await
+                }
+                verified => verified.map(|v| v.principal),
+            },
         };
         let principal = match principal {
             Ok(principal) => principal,
@@ -177,6 +179,24 @@ impl Inner {
                 self.dead_letter(rejection, Some(&principal), input).await
             }
         }
+    }
+
+    /// The token of a record that waited in an external MQTT broker expired meanwhile: it is
+    /// judged at the record's own event time, within the configured grace.
+    async fn verify_waited(
+        &self,
+        token: &str,
+        input: &RawInput,
+        expired: AuthError,
+    ) -> Result<Arc<Principal>, AuthError> {
+        let validated = self
+            .validator
+            .validate(&input.route, &input.payload, input.received_at);
+        let Ok(Validated::Record(record)) = validated else {
+            return Err(expired);
+        };
+        let verified = self.verifier.verify_waited(token, record.event_time()).await?;
+        Ok(verified.principal)
     }
 
     /// A record the partition's previous owner already published, read again for the
@@ -355,6 +375,12 @@ impl Inner {
             .map(|r| r.map_err(|_| Unavailable))
             .boxed()
     }
+}
+
+/// MQTT keeps no publish time: a record from an external broker may have waited there,
+/// through an outage of the pipeline, for longer than its token lived.
+fn waited_in_broker(input: &RawInput) -> bool {
+    input.produced_at.is_none() && input.provenance.transport == Transport::MqttBroker
 }
 
 /// May `principal` write this record? Meals and outcomes are gavage data of their gaveur and
