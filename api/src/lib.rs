@@ -164,6 +164,10 @@ async fn ready(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         .unwrap_or_else(|e| Err(e.to_string()));
     let problem = if state.wal.failed() {
         Some("the durable log failed; input is refused".to_string())
+    } else if let Some(error) = state.wal.disk_full() {
+        Some(format!(
+            "the data disk is full ({error}); input is refused until there is space"
+        ))
     } else if !*state.sources_connected.borrow() {
         Some("a source is not connected".to_string())
     } else if let Err(reason) = writable {

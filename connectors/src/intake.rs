@@ -88,6 +88,9 @@ pub enum Verdict {
         reason: RejectReason,
         message: String,
     },
+    /// Not taken, and nothing written: the pipeline cannot keep anything now (its disk is
+    /// full). The producer sends it again later (MQTT 5 0x97).
+    Busy { message: String },
 }
 
 /// The intake stopped before the input became durable (shutdown or a failed disk): the

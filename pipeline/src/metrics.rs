@@ -24,6 +24,12 @@ pub fn register_components(hub: &Arc<Hub>, sms: &Arc<SmsService>) {
             move || count(clients.clients()) as f64,
         );
     }
+    metrics.read_at_scrape(
+        "gaveurs_log_lines_dropped_total",
+        "Log lines not written because the logs dir could not take them (full disk).",
+        &[],
+        || crate::logs::file::LINES_DROPPED.load(std::sync::atomic::Ordering::Relaxed) as f64,
+    );
     let slow = hub.clone();
     metrics.read_at_scrape(
         "gaveurs_ws_slow_disconnects_total",

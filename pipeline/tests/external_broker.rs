@@ -125,8 +125,7 @@ fn meal_at(lot: &str, at: chrono::DateTime<chrono::Utc>) -> (String, Vec<u8>, u8
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_token_that_expired_while_its_record_waited_in_the_broker_is_judged_at_the_event_time()
-{
+async fn a_token_that_expired_while_its_record_waited_in_the_broker_is_judged_at_the_event_time() {
     let dir = tempfile::tempdir().unwrap();
     let mosquitto = Mosquitto::start(dir.path());
     let config = |grace_s: u64| {

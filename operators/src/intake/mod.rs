@@ -16,11 +16,11 @@ use gaveurs_connectors::intake::{
     Unavailable, Verdict,
 };
 use gaveurs_schemas::dead_letter::Rejection;
-use gaveurs_schemas::records::{Record, SqalSample};
 use gaveurs_schemas::envelope::Transport;
+use gaveurs_schemas::records::{Record, SqalSample};
 use gaveurs_schemas::{DeadLetter, Event, Principal};
 use gaveurs_sinks::kafka::KafkaOutput;
-use gaveurs_sinks::wal::{self, Lsn, Wal, WalEntry};
+use gaveurs_sinks::wal::{self, AppendRefused, Lsn, Wal, WalEntry, WhenFull};
 use gaveurs_sinks::websocket::Hub;
 
 use crate::devices::DeviceRegistry;
@@ -195,7 +195,10 @@ impl Inner {
         let Ok(Validated::Record(record)) = validated else {
             return Err(expired);
         };
-        let verified = self.verifier.verify_waited(token, record.event_time()).await?;
+        let verified = self
+            .verifier
+            .verify_waited(token, record.event_time())
+            .await?;
         Ok(verified.principal)
     }
 
@@ -302,6 +305,11 @@ impl Inner {
         principal: Arc<Principal>,
         input: RawInput,
     ) -> Submitted {
+        // Before the dedup index hears of it: a record refused now must not pass for a
+        // duplicate when it is sent again.
+        if let Some(refused) = self.refused_while_disk_full(&input) {
+            return refused;
+        }
         let saved = saved(&record);
         match self.dedup.first_sighting(record.dedup_key()) {
             Ok(true) => {}
@@ -348,16 +356,35 @@ impl Inner {
     }
 
     async fn log_encoded(&self, entry: WalEntry, encoded: Vec<u8>, verdict: Verdict) -> Submitted {
-        match self.wal.append_encoded(entry, encoded).await {
+        let when_full = when_full(entry.provenance().transport);
+        match self.wal.append_encoded(entry, encoded, when_full).await {
             Ok(lsn) => Submitted {
                 verdict,
                 durable: self.ticket(lsn),
             },
-            Err(_) => Submitted {
+            Err(refused @ AppendRefused::DiskFull(_)) => Submitted {
+                verdict: Verdict::Busy {
+                    message: refused.to_string(),
+                },
+                durable: futures::future::ready(Ok(())).boxed(),
+            },
+            Err(AppendRefused::Closed(_)) => Submitted {
                 verdict,
                 durable: futures::future::ready(Err(Unavailable)).boxed(),
             },
         }
+    }
+
+    /// While the disk is full, input from producers that can hear a refusal is refused.
+    fn refused_while_disk_full(&self, input: &RawInput) -> Option<Submitted> {
+        if when_full(input.provenance.transport) == WhenFull::Wait {
+            return None;
+        }
+        let message = AppendRefused::DiskFull(self.wal.disk_full()?).to_string();
+        Some(Submitted {
+            verdict: Verdict::Busy { message },
+            durable: futures::future::ready(Ok(())).boxed(),
+        })
     }
 
     /// A duplicate's first copy may not be durable yet, and a status answer must stay in
@@ -374,6 +401,15 @@ impl Inner {
             .durable(lsn)
             .map(|r| r.map_err(|_| Unavailable))
             .boxed()
+    }
+}
+
+/// A producer that can hear a refusal is told at once that the disk is full; Kafka and an
+/// external broker keep the record until the log takes it.
+fn when_full(transport: Transport) -> WhenFull {
+    match transport {
+        Transport::Mqtt | Transport::WebSocket => WhenFull::Refuse,
+        Transport::MqttBroker | Transport::Kafka | Transport::Log => WhenFull::Wait,
     }
 }
 

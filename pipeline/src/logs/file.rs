@@ -10,6 +10,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use chrono::{DateTime, Days, Local, NaiveDate, TimeZone};
 
@@ -110,10 +111,28 @@ impl RotatingFile {
     }
 }
 
+/// Log lines that could not be written (a full or broken logs dir), since start.
+pub static LINES_DROPPED: AtomicU64 = AtomicU64::new(0);
+/// Whether a failed write was reported on standard error already: once per process, as a
+/// filling disk fails and succeeds by turns (a short line still fits in a file's last page).
+static REPORTED: AtomicBool = AtomicBool::new(false);
+
 impl Write for RotatingFile {
+    /// Never fails: a log line that cannot be written is dropped and counted (SPEC §7: the
+    /// pipeline never waits for its logs), with one line on standard error rather than one
+    /// per line.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.rotate_if_due()?;
-        self.file.write(buf)
+        if let Err(e) = self.rotate_if_due().and_then(|()| self.file.write_all(buf)) {
+            LINES_DROPPED.fetch_add(1, Ordering::Relaxed);
+            if !REPORTED.swap(true, Ordering::Relaxed) {
+                eprintln!(
+                    "gaveurs: cannot write {}: {e}; log lines are dropped (counted in \
+                         gaveurs_log_lines_dropped_total) until it can be written again",
+                    current_path(&self.dir, &self.module).display()
+                );
+            }
+        }
+        Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {

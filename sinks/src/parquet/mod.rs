@@ -69,6 +69,23 @@ pub enum SinkError {
     Arrow(#[from] arrow::error::ArrowError),
 }
 
+impl SinkError {
+    /// The disk filled up: worth trying again once there is space, unlike a broken file.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            SinkError::Io(e) => e.kind() == io::ErrorKind::StorageFull,
+            // The parquet and arrow crates wrap the I/O error, or keep only its text.
+            other => {
+                let text = format!("{other:?}");
+                text.contains("StorageFull") || text.contains("os error 28")
+            }
+        }
+    }
+}
+
+/// Between attempts to write Parquet files to a full disk.
+const DISK_FULL_RETRY: Duration = Duration::from_secs(2);
+
 /// What one roll published.
 #[derive(Debug, Clone)]
 pub struct PublishedRoll {
@@ -243,7 +260,25 @@ pub fn run(
         kafka_published: recovered.kafka.clone(),
         kafka_open: manifest::KafkaOffsets::new(),
     };
-    let result = sink.run(cursor);
+    let mut cursor = cursor;
+    let mut result = sink.run(&mut cursor);
+    while let Err(e) = &result
+        && e.is_disk_full()
+        && !cursor.log_closed()
+    {
+        tracing::error!(target: "storage", error = %e, retry_in = ?DISK_FULL_RETRY,
+            "parquet files not written: the data disk is full; the entries stay in the log and are written once there is space");
+        std::thread::sleep(DISK_FULL_RETRY);
+        // What the open files held is read from the log again; half-written files go.
+        sink.open.clear();
+        result = match state::recover(&sink.options) {
+            Ok(recovered) => {
+                sink.start_over(&recovered, &mut cursor);
+                sink.run(&mut cursor)
+            }
+            Err(e) => Err(e.into()),
+        };
+    }
     if let Err(e) = &result {
         tracing::error!(error = %e, "parquet sink failed; its entries stay in the durable log");
     }
@@ -258,7 +293,21 @@ const IDLE_WAIT: Duration = Duration::from_secs(1);
 const READ_BATCH: usize = 4096;
 
 impl Sink {
-    fn run(&mut self, mut cursor: LogCursor) -> Result<(), SinkError> {
+    /// Back to what `recovered` says is published, reading the log again from there.
+    fn start_over(&mut self, recovered: &RecoveredState, cursor: &mut LogCursor) {
+        self.open.clear();
+        self.keys.clear();
+        self.published_through = recovered.published_through;
+        self.last_seen = recovered.published_through;
+        self.buffered_rows = 0;
+        self.oldest_unpublished = None;
+        self.kafka_published = recovered.kafka.clone();
+        self.kafka_open = manifest::KafkaOffsets::new();
+        self.control.set_published(recovered.published_through);
+        cursor.rewind_to(recovered.published_through);
+    }
+
+    fn run(&mut self, cursor: &mut LogCursor) -> Result<(), SinkError> {
         let opened_at = cursor.opened_at();
         loop {
             let wait = match self.oldest_unpublished {
@@ -285,11 +334,11 @@ impl Sink {
                         || self.buffered_rows >= self.options.max_rows_per_roll
                         || self.request_reached()
                     {
-                        self.roll(&cursor)?;
+                        self.roll(cursor)?;
                     }
                 }
                 Err(LogEnded::Closed) => {
-                    self.roll(&cursor)?;
+                    self.roll(cursor)?;
                     return Ok(());
                 }
                 // Out of time, or the files cannot be read: what is not published stays in

@@ -200,6 +200,20 @@ impl LogCursor {
         }
     }
 
+    /// Reads again from after `lsn` (never before the checkpoint: the log may have released
+    /// what lies before it). For a consumer that lost what it derived from the entries it
+    /// read, and goes back to what it had made safe.
+    pub fn rewind_to(&mut self, lsn: Lsn) {
+        let lsn = lsn.max(self.state.checkpoint.load(Ordering::Acquire));
+        self.state.read_through.store(lsn, Ordering::Release);
+        self.disk = segment::Reader::default();
+    }
+
+    /// Whether the log was closed (shutdown): nothing more will be appended.
+    pub fn log_closed(&self) -> bool {
+        self.shared.tail.lock().closed
+    }
+
     /// The highest durable LSN.
     pub fn durable(&self) -> Lsn {
         self.shared.tail.lock().durable

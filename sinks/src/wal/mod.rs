@@ -28,6 +28,7 @@ mod cursor;
 pub mod salvage;
 mod segment;
 
+use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -147,10 +148,35 @@ impl WalOptions {
 #[error("the durable log is closed")]
 pub struct WalClosed;
 
+/// Why an append was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AppendRefused {
+    #[error(transparent)]
+    Closed(#[from] WalClosed),
+    /// The disk is full: the log waits for space, writing what it already took once there
+    /// is some, and takes nothing new meanwhile.
+    #[error("the data disk is full ({0}); the record was not taken, send it again later")]
+    DiskFull(String),
+}
+
+/// What an append does while the disk is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenFull {
+    /// Refuse at once, so the producer hears it (MQTT 0x97, a WebSocket error).
+    Refuse,
+    /// Queue and wait like any backpressure (Kafka: the record stays in its partition).
+    Wait,
+}
+
+/// Between two attempts to write to a full disk.
+const DISK_FULL_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Durable {
     lsn: Lsn,
     failed: bool,
+    /// The last write found the disk full; it is retried until there is space.
+    disk_full: bool,
 }
 
 struct Pending {
@@ -177,6 +203,8 @@ struct Shared {
     max_retained_bytes: u64,
     /// The last LSN the log held when it was opened.
     opened_at: Lsn,
+    /// The error of the write that found the disk full, while it is.
+    disk_full: Mutex<Option<String>>,
 }
 
 /// A handle to append to the log and to open cursors on it; cheap to clone.
@@ -204,6 +232,7 @@ impl Wal {
         let (durable, _) = watch::channel(Durable {
             lsn: next_lsn - 1,
             failed: false,
+            disk_full: false,
         });
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending {
@@ -223,6 +252,7 @@ impl Wal {
             max_pending_bytes: options.max_pending_bytes,
             max_retained_bytes: options.max_retained_bytes,
             opened_at: last_lsn,
+            disk_full: Mutex::new(None),
         });
         let thread = {
             let shared = shared.clone();
@@ -245,23 +275,33 @@ impl Wal {
     /// Appends one entry and returns its LSN. Waits while the unwritten buffer is full.
     pub async fn append(&self, entry: WalEntry) -> Result<Lsn, WalClosed> {
         let payload = encode(&entry);
-        self.append_encoded(entry, payload).await
+        match self.append_encoded(entry, payload, WhenFull::Wait).await {
+            Ok(lsn) => Ok(lsn),
+            Err(AppendRefused::Closed(closed)) => Err(closed),
+            Err(AppendRefused::DiskFull(_)) => unreachable!("waiting appends are not refused"),
+        }
     }
 
     /// [`Wal::append`] for an entry already encoded with [`encode`] (its bytes are also
-    /// sent elsewhere).
+    /// sent elsewhere), refused or queued while the disk is full as `when_full` says.
     pub async fn append_encoded(
         &self,
         entry: WalEntry,
         payload: Vec<u8>,
-    ) -> Result<Lsn, WalClosed> {
+        when_full: WhenFull,
+    ) -> Result<Lsn, AppendRefused> {
         let entry = Arc::new(entry);
         loop {
             let space = self.shared.space.notified();
             {
                 let mut pending = self.shared.pending.lock();
                 if pending.closed {
-                    return Err(WalClosed);
+                    return Err(WalClosed.into());
+                }
+                if when_full == WhenFull::Refuse
+                    && let Some(error) = self.disk_full()
+                {
+                    return Err(AppendRefused::DiskFull(error));
                 }
                 if pending.frames.is_empty()
                     || pending.frames.len() + payload.len() <= self.shared.max_pending_bytes
@@ -326,6 +366,11 @@ impl Wal {
     /// True once the log stopped because a write or fsync failed.
     pub fn failed(&self) -> bool {
         self.shared.durable.borrow().failed
+    }
+
+    /// While the disk is full: the error the last write got.
+    pub fn disk_full(&self) -> Option<String> {
+        self.shared.disk_full.lock().clone()
     }
 
     /// Resolves when the log fails (never, if it does not).
@@ -437,7 +482,7 @@ fn write_loop(shared: &Shared) {
             .last()
             .map(|(c, _)| c.lsn)
             .expect("frames come with entries");
-        let written = shared.segments.lock().append_durably(&frames, last);
+        let written = write_until_there_is_space(shared, &frames, last);
         if let Err(e) = written {
             tracing::error!(error = %e, "durable log write failed; refusing further input");
             shared.pending.lock().closed = true;
@@ -456,6 +501,72 @@ fn write_loop(shared: &Shared) {
         shared.tail_grew.notify_all();
         spare = frames;
         spare.clear();
+    }
+}
+
+/// Writes `frames`; while the disk is full, says so (input is refused meanwhile) and tries
+/// again, so nothing already taken is lost. Any other error, or a close while waiting, ends
+/// the log.
+fn write_until_there_is_space(shared: &Shared, frames: &[u8], last: Lsn) -> io::Result<()> {
+    loop {
+        let written = shared.segments.lock().append_durably(frames, last);
+        let error = match written {
+            Ok(()) => {
+                if shared.disk_full.lock().take().is_some() {
+                    shared.durable.send_modify(|d| d.disk_full = false);
+                    tracing::warn!(target: "storage", "the data disk has space again; input is taken again");
+                }
+                return Ok(());
+            }
+            Err(e) if is_disk_full(&e) => e,
+            Err(e) => return Err(e),
+        };
+        if shared.disk_full.lock().replace(error.to_string()).is_none() {
+            shared.durable.send_modify(|d| d.disk_full = true);
+            tracing::error!(target: "storage", error = %error,
+                "the data disk is full: new input is refused (MQTT 0x97) and Kafka waits, until there is space");
+        }
+        let mut pending = shared.pending.lock();
+        if pending.closed {
+            return Err(error);
+        }
+        shared.writer_wake.wait_for(&mut pending, DISK_FULL_RETRY);
+    }
+}
+
+fn is_disk_full(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
+}
+
+/// Entry point for `cargo fuzz` (`fuzz/fuzz_targets/wal_frames.rs`), which builds with
+/// `--cfg fuzzing`: what recovery does with a segment's bytes, and the decoding of each entry.
+#[cfg(fuzzing)]
+pub mod fuzzing {
+    use super::{WalEntry, segment};
+
+    /// Scans `bytes` as a segment file, decodes every frame found, and decodes `bytes` as
+    /// one frame's payload too (random bytes seldom carry a valid checksum).
+    pub fn segment_bytes(bytes: &[u8]) {
+        let scan = segment::scan(bytes);
+        let _ = scan.is_torn_tail(bytes);
+        for frame in &scan.frames {
+            let payload = &bytes[frame.start + segment::HEADER..frame.end];
+            let _ = serde_json::from_slice::<WalEntry>(payload);
+        }
+        let mut framed = Vec::new();
+        segment::frame(&mut framed, 1, bytes);
+        let scan = segment::scan(&framed);
+        assert!(
+            bytes.len() > segment::MAX_FRAME_PAYLOAD || scan.frames.len() == 1,
+            "a frame just written must read back"
+        );
+        if let Ok(entry) = serde_json::from_slice::<WalEntry>(bytes) {
+            let again = super::encode(&entry);
+            assert!(serde_json::from_slice::<WalEntry>(&again).is_ok());
+        }
     }
 }
 

@@ -319,14 +319,22 @@ impl Segments {
 
     /// Writes `frames` (ending at `last_lsn`) to the active segment and fsyncs it; starts a new
     /// segment afterwards if this one is full.
+    /// A failed write is cut back off the file, so the same frames can be written again
+    /// (the disk was full).
     pub(super) fn append_durably(&mut self, frames: &[u8], last_lsn: Lsn) -> io::Result<()> {
         let file = self.active.as_mut().expect("a segment is active");
-        file.write_all(frames)?;
-        file.sync_data()?;
         let active = self.all.last_mut().expect("a segment is active");
+        if let Err(e) = file.write_all(frames).and_then(|()| file.sync_data()) {
+            file.set_len(active.bytes)?;
+            file.seek(SeekFrom::Start(active.bytes))?;
+            return Err(e);
+        }
         active.bytes += frames.len() as u64;
-        if active.bytes >= self.segment_bytes {
-            self.start_segment(last_lsn + 1)?;
+        if active.bytes >= self.segment_bytes
+            && let Err(e) = self.start_segment(last_lsn + 1)
+        {
+            // What was written is durable; the next write tries again to start a segment.
+            tracing::warn!(target: "storage", error = %e, "cannot start a new log segment; the current one grows");
         }
         Ok(())
     }

@@ -328,6 +328,7 @@ impl Encoder {
                     Verdict::Rejected { reason, message } => {
                         (ReasonCode::for_rejection(*reason), Some(message))
                     }
+                    Verdict::Busy { message } => (ReasonCode::QuotaExceeded, Some(message)),
                 };
                 let reason_string = message
                     .filter(|_| self.reason_strings)

@@ -20,7 +20,7 @@ use super::codec::{
     self, ConnectInfo, ConnectRefusal, Encoder, FrameError, Inbound, Protocol, PublishInfo,
     ServerLimits,
 };
-use crate::intake::{Credentials, DurableTicket, Intake, RawInput};
+use crate::intake::{Credentials, DurableTicket, Intake, RawInput, Unavailable, Verdict};
 use crate::topics;
 
 /// An acknowledgement (or any packet) waiting for its turn on the socket.
@@ -299,6 +299,18 @@ impl<I: Intake> Reading<I> {
             reread: false,
         };
         let submitted = self.intake.submit(input).await;
+        if let Verdict::Busy { message } = &submitted.verdict
+            && self.encoder.protocol == Protocol::V311
+        {
+            // 3.1.1 has no way to refuse a message: it is left unacknowledged, and the
+            // connection closed, for the client to send it again later.
+            let unacknowledged = futures::future::ready(Err(Unavailable)).boxed();
+            self.send(Some(unacknowledged), Bytes::new()).await?;
+            return Err(End::ProtocolError(
+                DisconnectReasonCode::QuotaExceeded,
+                message.clone(),
+            ));
+        }
         match publish.qos {
             0 => Ok(()),
             1 => {

@@ -231,7 +231,7 @@ async fn handle<I: Intake>(
     let text = match submitted.verdict {
         Verdict::Control => return None,
         Verdict::Accepted { saved, duplicate } => ack(&saved, duplicate),
-        Verdict::Rejected { message, .. } => {
+        Verdict::Rejected { message, .. } | Verdict::Busy { message } => {
             serde_json::json!({"type": "error", "message": message})
         }
     };
