@@ -55,3 +55,5 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo deny --log-level error check bans licenses sources
 cargo test --workspace --locked "$@"
+# Every fuzz target for a short while (scripts/fuzz.sh 600 is the long run).
+./scripts/fuzz.sh "${FUZZ_SECONDS:-30}"

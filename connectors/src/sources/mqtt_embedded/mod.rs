@@ -9,7 +9,7 @@
 //! token) and `backfill: true` (a replay of past records, e.g. by `gaveurs replay`: the
 //! envelope's `backfill` flag is set, so the record never triggers an SMS).
 
-mod codec;
+pub mod codec;
 mod session;
 
 use std::collections::HashMap;
