@@ -159,12 +159,15 @@ impl Access {
         if permissions::allowed(&self.principal, resource, action, scope) {
             return Ok(());
         }
-        let error = AuthError::forbidden(format!(
-            "{} may not {action:?} {resource:?}",
-            self.principal.display_name()
-        ));
+        Err(self.refuse(&format!("{action:?} {resource:?}")))
+    }
+
+    /// The 403 (and its audit line) for a caller who may not `what`.
+    pub fn refuse(&self, what: &str) -> Forbidden {
+        let error =
+            AuthError::forbidden(format!("{} may not {what}", self.principal.display_name()));
         audit::unauthorized(&error, self.context());
-        Err(Forbidden(error))
+        Forbidden(error)
     }
 
     /// 403 unless the caller may read the gavage data of the lot's gaveur and site (its

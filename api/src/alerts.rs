@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use gaveurs_operators::alerts::AckError;
 use gaveurs_operators::auth::AuthError;
 use gaveurs_operators::auth::audit;
+use gaveurs_operators::auth::permissions::{self, Action, Resource};
 use gaveurs_schemas::alert::AlertState;
 use serde::Deserialize;
 use serde_json::json;
@@ -47,6 +48,14 @@ pub(super) async fn list(
                 .into_response();
         }
     };
+    // Alerts are gavage or SQAL data: whoever may read neither (a gateway) is refused
+    // rather than shown an empty list.
+    let reader = [Resource::GavageData, Resource::SqalData]
+        .into_iter()
+        .any(|r| permissions::allowed_somewhere(&access.principal, r, Action::Read));
+    if !reader {
+        return access.refuse("read alerts").into_response();
+    }
     let alerts = state.alerts.alerts(&access.principal, |a| {
         wanted(a.state)
             && query
@@ -66,6 +75,15 @@ pub(super) async fn acknowledge(
     Path(alert_id): Path<String>,
     access: access::Access,
 ) -> Response {
+    // Only a gaveur (their lots' alerts), a superviseur or an admin acknowledges; anyone else
+    // is refused before the id is looked up, so nobody learns which alerts exist.
+    if let Err(forbidden) = access.require(
+        Resource::GavageData,
+        Action::Read,
+        permissions::own_scope(&access.principal),
+    ) {
+        return forbidden.into_response();
+    }
     let desk = state.alerts.clone();
     let principal = access.principal.clone();
     let id = alert_id.clone();

@@ -310,9 +310,23 @@ fn ingest(
         .on_upgrade(move |mut socket| {
             let tracker = state.ingest_sockets.clone();
             let task = async move {
-                let Some((_, token)) = caller.authenticate(&mut socket).await else {
+                let Some((verified, token)) = caller.authenticate(&mut socket).await else {
                     return;
                 };
+                // Each record is authorized again for its own gaveur and site; who may write
+                // none at all has no business on the socket.
+                let resource = match path {
+                    IngestPath::Gavage => Resource::GavageData,
+                    IngestPath::Sensors => Resource::SqalData,
+                };
+                let writer =
+                    permissions::allowed_somewhere(&verified.principal, resource, Action::Write);
+                if !caller
+                    .authorize(&mut socket, &verified.principal, writer)
+                    .await
+                {
+                    return;
+                }
                 serve_ingest(
                     socket,
                     state.intake.clone(),

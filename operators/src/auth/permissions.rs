@@ -73,6 +73,21 @@ pub fn allowed(principal: &Principal, resource: Resource, action: Action, scope:
     }
 }
 
+/// The scope a principal's own claims name: its gaveur and site.
+pub fn own_scope(principal: &Principal) -> Scope<'_> {
+    Scope {
+        gaveur_id: principal.gaveur_id,
+        site: principal.site_id.as_deref(),
+    }
+}
+
+/// Whether `principal` may do `action` on `resource` for someone at all: in its own scope,
+/// which is wide enough for every role that may do it anywhere. For endpoints that serve
+/// many scopes; each item is checked again for its own.
+pub fn allowed_somewhere(principal: &Principal, resource: Resource, action: Action) -> bool {
+    allowed(principal, resource, action, own_scope(principal))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
