@@ -97,10 +97,6 @@ fn stored_lots(root: &std::path::Path) -> std::collections::HashMap<String, usiz
 async fn sigterm_ends_a_broker_subscription_that_still_has_deliveries_waiting() {
     const MEALS: usize = 20_000;
     let dir = tempfile::tempdir().unwrap();
-    let kept = dir.keep();
-    eprintln!("DIR {kept:?}");
-    let dir = tempfile::TempDir::new_in(&kept).unwrap();
-    let dir = DirKeep(dir.keep());
     let mosquitto = support::Mosquitto::start(dir.path());
     let config = format!(
         "[mqtt]\nbroker = \"mqtt://127.0.0.1:{}\"\nclient_id = \"gaveurs-busy\"\n\n[storage]\nroll_interval_s = 1\n",
@@ -132,11 +128,4 @@ async fn sigterm_ends_a_broker_subscription_that_still_has_deliveries_waiting() 
         .filter(|(_, count)| *count > 1)
         .collect();
     assert!(twice.is_empty(), "stored twice: {twice:?}");
-}
-
-struct DirKeep(std::path::PathBuf);
-impl DirKeep {
-    fn path(&self) -> &std::path::Path {
-        &self.0
-    }
 }
