@@ -678,8 +678,8 @@ pub struct StorageConfig {
     #[serde(default = "default_log_segment_mb")]
     pub log_segment_mb: f64,
     /// Newest log entries kept in memory for the log's consumers (Parquet, analytics,
-    /// alerts, live topic), MiB of their encoded size; a consumer further behind reads the
-    /// segment files. Default 16.
+    /// alerts, live topic), MiB of their encoded size (each is held decoded as well, about
+    /// as large again); a consumer further behind reads the segment files. Default 8.
     #[serde(default = "default_log_tail_mb")]
     pub log_tail_mb: u64,
     /// Most log disk a lagging derived consumer (analytics, alerts, live topic) may hold,
@@ -786,7 +786,9 @@ fn default_log_segment_mb() -> f64 {
     64.0
 }
 fn default_log_tail_mb() -> u64 {
-    16
+    // About a second of records at 20 k/s: consumers that keep up read memory, and 10,000
+    // hostile 64 KB dead letters stay within the 256 MB the process may use.
+    8
 }
 fn default_log_max_retained_mb() -> u64 {
     4096

@@ -271,6 +271,47 @@ async fn a_crash_mid_stream_neither_loses_nor_repeats_a_record() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_kafka_still_has_records_exits_in_time_and_commits_only_what_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let tansu = Tansu::start(dir.path());
+    topics(&tansu, 4).await;
+    let data = dir.path().join("data");
+    let work = instance_dir(dir.path(), "a");
+    let config = kafka_config(&tansu, "busy", &data);
+    let gaveurs = Gaveurs::start(&work, &config);
+    let admin = gaveurs.admin.clone();
+    // A backlog far larger than a few seconds of consumption.
+    let total = 20_000;
+    let producer = tansu.producer();
+    let sends = (0..total).map(|n| {
+        let (lot, payload) = meal(n);
+        let (producer, admin) = (&producer, &admin);
+        async move { produce(producer, GAVAGE, &lot, &payload, Some(admin)).await }
+    });
+    futures::future::join_all(sends).await;
+    let root = data.join("parquet");
+    eventually(Duration::from_secs(60), "a first roll", || {
+        (!stored_meals(&root).is_empty()).then_some(())
+    });
+    // Exit 0 within 5 s although the partitions are far from drained.
+    gaveurs.stop_cleanly();
+    let stored = stored_meals(&root).len();
+    assert!(stored < total, "the backlog was drained before the stop");
+    let committed = tansu.committed_total("busy", GAVAGE, 4);
+    assert!(
+        committed <= stored as i64,
+        "{committed} offsets committed for {stored} stored records"
+    );
+
+    let gaveurs = Gaveurs::start(&work, &config);
+    eventually(Duration::from_secs(180), "every record in Parquet", || {
+        (stored_meals(&root).len() == total).then_some(())
+    });
+    gaveurs.stop_cleanly();
+    assert_eq!(stored_meals(&root).len(), total);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_survivor_takes_over_a_killed_peer_and_its_gaveurs_miss_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let tansu = Tansu::start(dir.path());

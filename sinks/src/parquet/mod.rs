@@ -157,10 +157,11 @@ const REQUEST_POLL: Duration = Duration::from_millis(20);
 const CONVERT_ROWS: usize = 4096;
 /// Buffered entries are converted sooner when they are this large (encoded): 4,096 dead
 /// letters of 64 KB, or SQAL samples, must not become one half-gigabyte Arrow batch.
-const CONVERT_BYTES: usize = 4 * 1024 * 1024;
+const CONVERT_BYTES: usize = 2 * 1024 * 1024;
 const ROW_GROUP_ROWS: usize = 128 * 1024;
-/// A row group is closed once its encoded data in memory reaches this, whatever its rows.
-const ROW_GROUP_BYTES: usize = 32 * 1024 * 1024;
+/// A row group is closed once its encoded data in memory reaches this, whatever its rows (a
+/// row group of meals reaches its row count long before; dead letters of 64 KB do not).
+const ROW_GROUP_BYTES: usize = 8 * 1024 * 1024;
 
 struct OpenFile {
     dataset: Dataset,

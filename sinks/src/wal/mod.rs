@@ -137,7 +137,7 @@ impl WalOptions {
             // Backpressure, not throughput: a group commit of a few MB keeps the disk busy,
             // and every pending byte is held twice (encoded and decoded) until written.
             max_pending_bytes: 8 * 1024 * 1024,
-            tail_bytes: 16 * 1024 * 1024,
+            tail_bytes: 8 * 1024 * 1024,
             max_retained_bytes: 4 * 1024 * 1024 * 1024,
         }
     }
