@@ -347,16 +347,27 @@ impl Inner {
             saved,
             duplicate: false,
         };
-        self.log(WalEntry::Event(event), verdict).await
+        // The dedup index has seen it: refused now, its resend would pass for a duplicate.
+        // So it waits for space like Kafka does (the disk filled since the check above).
+        let entry = WalEntry::Event(event);
+        let encoded = wal::encode(&entry);
+        self.log_encoded(entry, encoded, verdict, WhenFull::Wait)
+            .await
     }
 
     async fn log(&self, entry: WalEntry, verdict: Verdict) -> Submitted {
         let encoded = wal::encode(&entry);
-        self.log_encoded(entry, encoded, verdict).await
+        let when_full = when_full(entry.provenance().transport);
+        self.log_encoded(entry, encoded, verdict, when_full).await
     }
 
-    async fn log_encoded(&self, entry: WalEntry, encoded: Vec<u8>, verdict: Verdict) -> Submitted {
-        let when_full = when_full(entry.provenance().transport);
+    async fn log_encoded(
+        &self,
+        entry: WalEntry,
+        encoded: Vec<u8>,
+        verdict: Verdict,
+        when_full: WhenFull,
+    ) -> Submitted {
         match self.wal.append_encoded(entry, encoded, when_full).await {
             Ok(lsn) => Submitted {
                 verdict,
