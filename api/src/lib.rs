@@ -30,7 +30,6 @@ use gaveurs_operators::devices::DeviceRegistry;
 use gaveurs_operators::intake::PipelineIntake;
 use gaveurs_sinks::wal::Wal;
 use gaveurs_sinks::websocket::Hub;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -42,7 +41,8 @@ pub use web::DevSignin;
 pub struct AppState {
     pub wal: Wal,
     /// False while a source is not connected (an external broker that is down).
-    pub sources_connected: watch::Receiver<bool>,
+    /// Sources that depend on a broker (an external MQTT broker, Kafka).
+    pub sources: gaveurs_connectors::sources::health::SourceHealth,
     pub intake: PipelineIntake,
     pub hub: Arc<Hub>,
     pub devices: Arc<DeviceRegistry>,
@@ -63,6 +63,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// WebSocket ingest sockets, awaited at shutdown before the log closes.
     pub ingest_sockets: TaskTracker,
+    /// One permit per open WebSocket (`[websocket] max_connections`).
+    pub socket_slots: Arc<tokio::sync::Semaphore>,
     /// `<data_dir>/parquet`, which `POST /api/v1/query` reads.
     pub parquet_root: PathBuf,
     /// What one `POST /api/v1/query` may use (`[query]`).
@@ -168,8 +170,8 @@ async fn ready(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         Some(format!(
             "the data disk is full ({error}); input is refused until there is space"
         ))
-    } else if !*state.sources_connected.borrow() {
-        Some("a source is not connected".to_string())
+    } else if let Some(source) = state.sources.problem() {
+        Some(format!("a source is not connected: {source}"))
     } else if let Err(reason) = writable {
         Some(format!(
             "the data dir {} is not writable: {reason}",

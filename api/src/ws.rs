@@ -31,6 +31,30 @@ use super::{AppState, RequestId, bearer_from_headers};
 /// Largest message the ingest sockets take; larger records are refused by the record limit.
 const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
+/// Largest message a channel or dashboard socket takes: they only ever send small control
+/// messages, so a client streaming megabytes at one is cut off early.
+const MAX_CHANNEL_MESSAGE_BYTES: usize = 64 * 1024;
+
+fn channel_upgrade(upgrade: WebSocketUpgrade) -> WebSocketUpgrade {
+    upgrade
+        .max_message_size(MAX_CHANNEL_MESSAGE_BYTES)
+        .max_frame_size(MAX_CHANNEL_MESSAGE_BYTES)
+}
+
+/// A slot for one more WebSocket (`[websocket] max_connections`), held while it is open.
+fn socket_slot(state: &AppState) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    state.socket_slots.clone().try_acquire_owned().ok()
+}
+
+fn too_many_sockets() -> Response {
+    use axum::response::IntoResponse;
+    (
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "too many WebSockets are open ([websocket] max_connections); try again later",
+    )
+        .into_response()
+}
+
 /// How long a client without a token has to send its `auth` message.
 const AUTH_WINDOW: Duration = Duration::from_secs(3);
 
@@ -305,11 +329,15 @@ fn ingest(
     path: IngestPath,
     caller: Caller,
 ) -> Response {
+    let Some(slot) = socket_slot(&state) else {
+        return too_many_sockets();
+    };
     upgrade
         .max_message_size(MAX_MESSAGE_BYTES)
         .on_upgrade(move |mut socket| {
             let tracker = state.ingest_sockets.clone();
             let task = async move {
+                let _slot = slot;
                 let Some((verified, token)) = caller.authenticate(&mut socket).await else {
                     return;
                 };
@@ -359,7 +387,11 @@ pub(super) async fn gaveur_channel(
         &query,
     );
     let since = query.since;
-    upgrade.on_upgrade(move |mut socket| async move {
+    let Some(slot) = socket_slot(&state) else {
+        return too_many_sockets();
+    };
+    channel_upgrade(upgrade).on_upgrade(move |mut socket| async move {
+        let _slot = slot;
         let Some((verified, _)) = caller.authenticate(&mut socket).await else {
             return;
         };
@@ -432,7 +464,11 @@ pub(super) async fn realtime(
         &headers,
         &query,
     );
-    upgrade.on_upgrade(move |mut socket| async move {
+    let Some(slot) = socket_slot(&state) else {
+        return too_many_sockets();
+    };
+    channel_upgrade(upgrade).on_upgrade(move |mut socket| async move {
+        let _slot = slot;
         let Some((verified, _)) = caller.authenticate(&mut socket).await else {
             return;
         };

@@ -12,4 +12,5 @@
 
 pub mod intake;
 pub mod sources;
+pub mod tls;
 pub mod topics;

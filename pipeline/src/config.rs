@@ -22,6 +22,9 @@ pub struct Config {
     pub http: HttpConfig,
     #[serde(default)]
     pub mqtt: MqttConfig,
+    /// The server certificate for MQTT over TLS and HTTPS/WSS; absent = plain listeners only.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
     #[serde(default)]
     pub storage: StorageConfig,
     #[serde(default)]
@@ -508,6 +511,10 @@ pub struct WebSocketConfig {
     /// dropped (a client resuming it later is told of the gap). Default 3600.
     #[serde(default = "default_channel_idle_s")]
     pub channel_idle_s: u64,
+    /// WebSockets open at once (channels, dashboards and ingest, over HTTP and HTTPS); past
+    /// it a new one is answered 503. Default 10000.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 fn default_replay() -> usize {
@@ -525,6 +532,9 @@ fn default_replay_budget_mb() -> u64 {
 fn default_channel_idle_s() -> u64 {
     3600
 }
+fn default_max_connections() -> usize {
+    10_000
+}
 
 impl Default for WebSocketConfig {
     fn default() -> Self {
@@ -534,6 +544,7 @@ impl Default for WebSocketConfig {
             ping_interval_s: default_ping_interval_s(),
             replay_budget_mb: default_replay_budget_mb(),
             channel_idle_s: default_channel_idle_s(),
+            max_connections: default_max_connections(),
         }
     }
 }
@@ -554,6 +565,42 @@ pub struct HttpConfig {
     /// Address of the HTTP server (health, metrics, WebSockets). Default `127.0.0.1:8000`.
     #[serde(default = "default_http_listen")]
     pub listen: SocketAddr,
+    /// Address of the same server over TLS (HTTPS and WSS), with `[tls]`'s certificate.
+    /// Default `0.0.0.0:8443` when `[tls]` is set.
+    pub tls_listen: Option<SocketAddr>,
+}
+
+/// `[tls]`: one server certificate for every TLS listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, PEM, the server's own certificate first.
+    pub cert: PathBuf,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+impl Config {
+    /// Where HTTPS/WSS listens, if it does.
+    pub fn https_listen(&self) -> Option<SocketAddr> {
+        self.tls.as_ref()?;
+        Some(
+            self.http
+                .tls_listen
+                .unwrap_or_else(|| "0.0.0.0:8443".parse().expect("valid address")),
+        )
+    }
+
+    /// Where MQTT over TLS listens, if it does: only beside the embedded listener.
+    pub fn mqtts_listen(&self) -> Option<SocketAddr> {
+        self.tls.as_ref()?;
+        self.mqtt.embedded_listen()?;
+        Some(
+            self.mqtt
+                .tls_listen
+                .unwrap_or_else(|| "0.0.0.0:8883".parse().expect("valid address")),
+        )
+    }
 }
 
 fn default_http_listen() -> SocketAddr {
@@ -564,6 +611,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: default_http_listen(),
+            tls_listen: None,
         }
     }
 }
@@ -575,6 +623,9 @@ pub struct MqttConfig {
     /// Address of the embedded MQTT listener. Default `127.0.0.1:1883`, unless `broker` is
     /// set, in which case the embedded listener runs only if `listen` is given too.
     pub listen: Option<SocketAddr>,
+    /// Address of the embedded listener's MQTT over TLS, with `[tls]`'s certificate. Default
+    /// `0.0.0.0:8883` when `[tls]` is set and the embedded listener runs.
+    pub tls_listen: Option<SocketAddr>,
     /// `mqtt://host:port` of an external broker to subscribe to instead.
     pub broker: Option<BrokerUrl>,
     /// Client id at the external broker; it names the persistent session. Default
@@ -593,6 +644,10 @@ pub struct MqttConfig {
     /// Largest MQTT packet accepted by the embedded listener, bytes. Default 16 MiB.
     #[serde(default = "default_max_packet_bytes")]
     pub max_packet_bytes: usize,
+    /// Connections the embedded listener keeps open at once (plain and TLS); past it a new
+    /// one is closed on arrival. Default 10000.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 fn default_session_expiry_s() -> u32 {
@@ -609,6 +664,7 @@ impl Default for MqttConfig {
     fn default() -> Self {
         Self {
             listen: None,
+            tls_listen: None,
             broker: None,
             client_id: None,
             username: None,
@@ -617,6 +673,7 @@ impl Default for MqttConfig {
             shared_group: None,
             max_inflight: default_max_inflight(),
             max_packet_bytes: default_max_packet_bytes(),
+            max_connections: default_max_connections(),
         }
     }
 }
@@ -990,6 +1047,15 @@ impl Config {
         }
         if self.mqtt.max_inflight == 0 {
             bail!("[mqtt] max_inflight must be at least 1");
+        }
+        if self.mqtt.max_connections == 0 || self.websocket.max_connections == 0 {
+            bail!("[mqtt] max_connections and [websocket] max_connections must be at least 1");
+        }
+        if self.tls.is_none() && (self.mqtt.tls_listen.is_some() || self.http.tls_listen.is_some())
+        {
+            bail!(
+                "[mqtt] tls_listen and [http] tls_listen need a certificate: add [tls] cert = \"server.pem\" and key = \"server.key\""
+            );
         }
         if self.mqtt.embedded_listen().is_none() && self.mqtt.broker.is_none() {
             bail!("[mqtt] needs `listen` or `broker`");

@@ -17,6 +17,7 @@ use anyhow::Context;
 use gaveurs_connectors::sources::kafka::{self as kafka_source, KafkaSettings, Publication};
 use gaveurs_connectors::sources::mqtt_broker::{self, BrokerSettings};
 use gaveurs_connectors::sources::mqtt_embedded::{EmbeddedListener, ListenerLimits};
+use gaveurs_connectors::tls::{self, TlsIncoming};
 use gaveurs_operators::alerts::rules::RuleSet;
 use gaveurs_operators::analytics::Engine;
 use gaveurs_operators::dedup::DedupIndex;
@@ -27,7 +28,6 @@ use gaveurs_sinks::parquet::{self, ParquetOptions, RollControl};
 use gaveurs_sinks::sms::{Credentials, SmsService};
 use gaveurs_sinks::wal::{CheckpointFile, CursorOptions, Wal, WalEntry};
 use gaveurs_sinks::websocket::{Hub, HubOptions};
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -497,19 +497,38 @@ pub async fn run(
     });
     let mut sources = tokio::task::JoinSet::new();
     let mut mqtt_addr: Option<SocketAddr> = None;
+    let mut mqtts_addr: Option<SocketAddr> = None;
+    let tls = config
+        .tls
+        .as_ref()
+        .map(|files| -> anyhow::Result<TlsConfigs> {
+            Ok(TlsConfigs {
+                mqtt: tls::server_config(&files.cert, &files.key, &[])?,
+                http: tls::server_config(&files.cert, &files.key, &[b"http/1.1"])?,
+            })
+        })
+        .transpose()?;
     if let Some(addr) = config.mqtt.embedded_listen() {
         let limits = ListenerLimits {
             max_packet_bytes: config.mqtt.max_packet_bytes,
             max_inflight: config.mqtt.max_inflight,
+            max_connections: config.mqtt.max_connections,
             ..ListenerLimits::default()
         };
-        let listener = EmbeddedListener::bind(addr, limits)
+        let mut listener = EmbeddedListener::bind(addr, limits)
             .await
             .with_context(|| format!("cannot listen for MQTT on {addr}"))?;
         mqtt_addr = Some(listener.local_addr()?);
+        if let (Some(tls), Some(tls_addr)) = (&tls, config.mqtts_listen()) {
+            let socket = tokio::net::TcpListener::bind(tls_addr)
+                .await
+                .with_context(|| format!("cannot listen for MQTT over TLS on {tls_addr}"))?;
+            listener = listener.with_tls(TlsIncoming::spawn(socket, tls.mqtt.clone())?);
+            mqtts_addr = listener.tls_local_addr();
+        }
         sources.spawn(listener.run(intake.clone(), shutdown.clone()));
     }
-    let (connected_tx, connected_rx) = watch::channel(config.mqtt.broker.is_none());
+    let source_health = gaveurs_connectors::sources::health::SourceHealth::default();
     if let Some(broker) = &config.mqtt.broker {
         let settings = BrokerSettings {
             host: broker.host.clone(),
@@ -529,7 +548,7 @@ pub async fn run(
             settings,
             intake.clone(),
             shutdown.clone(),
-            connected_tx,
+            source_health.register(format!("MQTT broker {}:{}", broker.host, broker.port)),
         ));
     }
 
@@ -563,6 +582,7 @@ pub async fn run(
                     intake.clone(),
                     publication,
                     Arc::new(kafka_source::PartitionStates(partition_states)),
+                    source_health.register(format!("Kafka {}", kafka.brokers)),
                     shutdown.clone(),
                 )
                 .context("starting the Kafka consumer")?,
@@ -604,7 +624,7 @@ pub async fn run(
         .flatten();
     let app = http::router(http::AppState {
         wal: wal.clone(),
-        sources_connected: connected_rx,
+        sources: source_health.clone(),
         intake: intake.clone(),
         hub: hub.clone(),
         devices,
@@ -617,12 +637,16 @@ pub async fn run(
         ping_every: Duration::from_secs(config.websocket.ping_interval_s),
         shutdown: shutdown.clone(),
         ingest_sockets: ingest_sockets.clone(),
+        socket_slots: Arc::new(tokio::sync::Semaphore::new(
+            config.websocket.max_connections,
+        )),
         parquet_root: paths.parquet_root.clone(),
         query_limits: config.query.limits(),
         data_dir: paths.data_dir.clone(),
     });
     let http_task = tokio::spawn({
         let shutdown = shutdown.clone();
+        let app = app.clone();
         async move {
             axum::serve(
                 http_listener,
@@ -632,6 +656,34 @@ pub async fn run(
             .await
         }
     });
+    for (what, addr) in [("MQTT", mqtt_addr), ("HTTP", Some(http_addr))] {
+        if let Some(addr) = addr.filter(|a| !a.ip().is_loopback()) {
+            tracing::warn!(target: "auth", listen = %addr, "plain {what} on {addr} carries tokens in clear; set [tls] and keep the plain listener on loopback");
+        }
+    }
+    let https = match (&tls, config.https_listen()) {
+        (Some(tls), Some(addr)) => {
+            let socket = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for HTTPS on {addr}"))?;
+            let incoming = TlsIncoming::spawn(socket, tls.http.clone())?;
+            let https_addr = incoming.local_addr();
+            let app = app
+                .clone()
+                .layer(axum::middleware::map_request(tls_peer_as_connect_info));
+            let shutdown = shutdown.clone();
+            let task = tokio::spawn(async move {
+                axum::serve(
+                    incoming,
+                    app.into_make_service_with_connect_info::<tls::TlsPeer>(),
+                )
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+            });
+            Some((https_addr, task))
+        }
+        _ => None,
+    };
     let mqtt_text = mqtt_addr
         .map(|a| a.to_string())
         .unwrap_or_else(|| "off".into());
@@ -643,7 +695,13 @@ pub async fn run(
         "gaveurs ready"
     );
     // One machine-readable line on stdout, for scripts and tests that bind port 0.
-    println!("gaveurs ready mqtt={mqtt_text} http={http_addr} instance={instance_id}");
+    let optional =
+        |addr: Option<SocketAddr>| addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into());
+    println!(
+        "gaveurs ready mqtt={mqtt_text} http={http_addr} mqtts={} https={} instance={instance_id}",
+        optional(mqtts_addr),
+        optional(https.as_ref().map(|(addr, _)| *addr)),
+    );
 
     let simulator_stop = CancellationToken::new();
     let simulator = demo.then(|| {
@@ -706,6 +764,9 @@ pub async fn run(
     let texts = sms.counters();
     tracing::info!(target: "alerts", sent = texts.sent, failed = texts.failed, retried = texts.retried, disabled = texts.disabled, dropped_budget = texts.dropped_budget, expired = texts.expired, pending = sms.pending_len(), "SMS sink stopped");
     let _ = http_task.await;
+    if let Some((_, https_task)) = https {
+        let _ = https_task.await;
+    }
     tracing::info!(
         shutdown_ms = stopping.elapsed().as_millis() as u64,
         "gaveurs stopped: everything accepted is durable and published"
@@ -806,4 +867,24 @@ impl StopSignals {
             _ = wal.on_failure() => Some("the durable log failed; stopping so nothing is acknowledged that is not on disk".into()),
         }
     }
+}
+
+/// The two server configurations of `[tls]`'s certificate: HTTP offers `http/1.1` by ALPN.
+struct TlsConfigs {
+    mqtt: Arc<rustls::ServerConfig>,
+    http: Arc<rustls::ServerConfig>,
+}
+
+/// The HTTPS server's peer, where the handlers look for it (`ConnectInfo<SocketAddr>`).
+async fn tls_peer_as_connect_info(mut request: axum::extract::Request) -> axum::extract::Request {
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<tls::TlsPeer>>()
+        .map(|info| info.0.0);
+    if let Some(peer) = peer {
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+    }
+    request
 }

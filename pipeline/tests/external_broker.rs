@@ -2,11 +2,10 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use gaveurs_loadgen::producer::MqttVersion;
-use support::{Gaveurs, Mosquitto, publish_each, read_rows, records, wait_ready};
+use support::{Gaveurs, Mosquitto, lot_counts, publish_each, read_rows, records, wait_ready};
 
 fn broker_config(mosquitto: &Mosquitto) -> String {
     format!(
@@ -15,29 +14,12 @@ fn broker_config(mosquitto: &Mosquitto) -> String {
     )
 }
 
+/// One meal per lot, at QoS 1.
 fn meals(from: usize, to: usize) -> Vec<(String, Vec<u8>, u8)> {
-    (from..to)
-        .map(|n| {
-            let lot = format!("LS{n:06}");
-            (
-                "gaveurs/LS/2/gavage".to_string(),
-                records::meal(&lot, 2, "LS", 1, "soir")
-                    .to_string()
-                    .into_bytes(),
-                1,
-            )
-        })
+    records::one_meal_per_lot(from, to)
+        .into_iter()
+        .map(|(topic, payload)| (topic, payload, 1))
         .collect()
-}
-
-fn lot_counts(root: &std::path::Path) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    for row in read_rows(root, "gavage_meals") {
-        *counts
-            .entry(row["code_lot"].as_str().unwrap().to_string())
-            .or_insert(0) += 1;
-    }
-    counts
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

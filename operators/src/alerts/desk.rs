@@ -717,6 +717,17 @@ impl PartitionState for AlertDesk {
         next
     }
 
+    fn offsets_reset(&self, topic: &str, partition: i32) {
+        let shard = Shard::Kafka {
+            topic: topic.to_string(),
+            partition,
+        };
+        if let Some(state) = self.state.lock().shards.get_mut(&shard) {
+            state.snapshot.kafka_offset = None;
+            state.unsaved = true;
+        }
+    }
+
     fn released(&self, topic: &str, partition: i32, through: u64, wait: Duration) {
         let shard = Shard::Kafka {
             topic: topic.to_string(),

@@ -345,7 +345,10 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("analytics".into())
         .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread().build() {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+            {
                 Ok(runtime) => runtime,
                 Err(e) => {
                     tracing::error!(error = %e, "analytics could not start; no KPIs this run");
@@ -389,11 +392,12 @@ pub fn spawn(
                     Err(ended) => Some(ended),
                 };
                 let finishing = ended == Some(LogEnded::Closed);
-                if ended.is_some() && !finishing {
+                if (ended.is_some() && !finishing) || cursor.abandoned() {
                     // Out of time: what was not processed stays in the log, and the
-                    // checkpoint where it was.
+                    // checkpoint where it was. Rows derived since the last publication are
+                    // not published either: the next start derives them again from the
+                    // checkpoint, and writing them now could outlast the shutdown deadline.
                     tracing::info!(unprocessed = pending.len(), "analytics stopped before catching up with the log");
-                    publish(&mut outputs.writer);
                     return Ok(());
                 }
                 let batch_full = pending.len() >= batching.max_records;
@@ -401,7 +405,19 @@ pub fn spawn(
                     && (finishing || batch_full || batch_started.elapsed() >= batching.interval)
                 {
                     let batch = std::mem::take(&mut pending);
-                    runtime.block_on(step(&mut engine, &batch, &mut outputs));
+                    let abandonment = cursor.abandonment();
+                    let stepped = runtime.block_on(async {
+                        tokio::select! {
+                            _ = step(&mut engine, &batch, &mut outputs) => true,
+                            _ = abandonment.passed() => false,
+                        }
+                    });
+                    if !stepped {
+                        // A step on a loaded machine can take seconds: at the deadline it is
+                        // dropped, and the next start derives its rows again.
+                        tracing::info!(unprocessed = batch.len(), "analytics stopped before catching up with the log");
+                        return Ok(());
+                    }
                     outputs.board.forget(&engine.take_evicted());
                     if !batching.step_delay.is_zero() {
                         std::thread::sleep(batching.step_delay);

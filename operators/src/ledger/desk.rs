@@ -519,6 +519,17 @@ impl PartitionState for LedgerDesk {
         next
     }
 
+    fn offsets_reset(&self, topic: &str, partition: i32) {
+        let shard = Shard::Kafka {
+            topic: topic.to_string(),
+            partition,
+        };
+        if let Some(shard) = self.state.lock().shards.get_mut(&shard) {
+            shard.snapshot.kafka_offset = None;
+            shard.unsaved = true;
+        }
+    }
+
     fn released(&self, topic: &str, partition: i32, through: u64, wait: Duration) {
         let shard = Shard::Kafka {
             topic: topic.to_string(),

@@ -18,6 +18,8 @@ use super::{eventually, free_port};
 /// A broker on a free port with in-memory storage, stopped on drop.
 pub struct Tansu {
     pub port: u16,
+    advertised: u16,
+    dir: PathBuf,
     child: Child,
 }
 
@@ -42,15 +44,36 @@ fn tansu_binary() -> PathBuf {
 impl Tansu {
     pub fn start(dir: &Path) -> Tansu {
         let port = free_port();
+        Self::start_advertising(dir, port, port)
+    }
+
+    /// A broker on `port` that tells clients to connect to `advertised` instead (a proxy in
+    /// front of it, which can cut them off).
+    pub fn start_advertising(dir: &Path, port: u16, advertised: u16) -> Tansu {
+        let child = Self::spawn(dir, port, advertised);
+        Tansu {
+            port,
+            advertised,
+            dir: dir.to_path_buf(),
+            child,
+        }
+    }
+
+    fn spawn(dir: &Path, port: u16, advertised: u16) -> Child {
         let url = format!("tcp://127.0.0.1:{port}");
-        let log = std::fs::File::create(dir.join("tansu.log")).unwrap();
+        let advertised = format!("tcp://127.0.0.1:{advertised}");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("tansu.log"))
+            .unwrap();
         let child = Command::new(tansu_binary())
             .args([
                 "broker",
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised,
                 "--storage-engine",
                 "memory://tansu/",
             ])
@@ -61,11 +84,23 @@ impl Tansu {
         eventually(Duration::from_secs(20), "tansu to listen", || {
             std::net::TcpStream::connect(("127.0.0.1", port)).ok()
         });
-        Tansu { port, child }
+        child
+    }
+
+    /// Kills the broker.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts an empty broker on the same port: storage is in memory, so topics, records
+    /// and the groups' offsets are gone, as after a broker that lost its disk.
+    pub fn start_again_empty(&mut self) {
+        self.child = Self::spawn(&self.dir, self.port, self.advertised);
     }
 
     pub fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("127.0.0.1:{}", self.advertised)
     }
 
     pub async fn create_topic(&self, name: &str, partitions: i32) {

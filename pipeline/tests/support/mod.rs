@@ -26,6 +26,9 @@ pub struct Gaveurs {
     pub dir: PathBuf,
     pub mqtt: Option<SocketAddr>,
     pub http: SocketAddr,
+    /// MQTT over TLS and HTTPS/WSS, when `[tls]` is configured.
+    pub mqtts: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
     pub instance: String,
     /// A dev-mode token of admin@euralis.fr, who may write everything.
     pub admin: String,
@@ -134,6 +137,8 @@ impl Gaveurs {
             dir: dir.to_path_buf(),
             mqtt: field("mqtt").parse().ok(),
             http: field("http").parse().unwrap(),
+            mqtts: field("mqtts").parse().ok(),
+            https: field("https").parse().ok(),
             instance: field("instance"),
             admin: String::new(),
             config,
@@ -300,6 +305,17 @@ pub fn read_rows(root: &Path, dataset: &str) -> Vec<serde_json::Map<String, Valu
 
 /// Runs `sql` in DuckDB (an independent Parquet reader) and returns the rows as JSON.
 /// `{root}` in the query is replaced by the Parquet root.
+/// Stored meals per lot (`gavage_meals`).
+pub fn lot_counts(root: &Path) -> std::collections::HashMap<String, usize> {
+    let mut counts = std::collections::HashMap::new();
+    for row in read_rows(root, "gavage_meals") {
+        *counts
+            .entry(row["code_lot"].as_str().unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    counts
+}
+
 pub fn duckdb(root: &Path, sql: &str) -> Vec<Value> {
     let sql = sql.replace("{root}", &root.display().to_string());
     let script = r#"
@@ -337,24 +353,45 @@ pub fn eventually<T>(limit: Duration, what: &str, mut probe: impl FnMut() -> Opt
 /// A Mosquitto broker on a free port, stopped on drop.
 pub struct Mosquitto {
     pub port: u16,
+    conf: PathBuf,
     child: Child,
 }
 
 impl Mosquitto {
+    /// A broker that keeps sessions and queued messages in memory only.
     pub fn start(dir: &Path) -> Mosquitto {
+        Self::start_with(dir, free_port(), "persistence false\n")
+    }
+
+    /// A broker that saves sessions and queued messages in `dir` when it stops, so a
+    /// restart keeps them.
+    pub fn start_persistent(dir: &Path) -> Mosquitto {
+        // Run as root, Mosquitto would drop to its own user, which cannot write in `dir`.
+        let persistence = format!(
+            "persistence true\npersistence_location {}/\nuser root\n",
+            dir.display()
+        );
+        Self::start_with(dir, free_port(), &persistence)
+    }
+
+    fn start_with(dir: &Path, port: u16, persistence: &str) -> Mosquitto {
+        let conf = dir.join(format!("mosquitto-{port}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\n{persistence}max_queued_messages 100000\n"
+            ),
+        )
+        .unwrap();
+        let child = Self::spawn(&conf, port);
+        Mosquitto { port, conf, child }
+    }
+
+    fn spawn(conf: &Path, port: u16) -> Child {
         let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
             .into_iter()
             .find(|p| Path::new(p).exists())
             .expect("mosquitto is not installed: run ./scripts/test.sh, which installs it");
-        let port = free_port();
-        let conf = dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\n"
-            ),
-        )
-        .unwrap();
         let child = Command::new(binary)
             .args(["-c", conf.to_str().unwrap()])
             .stdout(Stdio::null())
@@ -364,7 +401,18 @@ impl Mosquitto {
         eventually(Duration::from_secs(10), "mosquitto to listen", || {
             std::net::TcpStream::connect(("127.0.0.1", port)).ok()
         });
-        Mosquitto { port, child }
+        child
+    }
+
+    /// Stops the broker: SIGTERM (it saves its persistence) or SIGKILL.
+    pub fn stop(&mut self, signal: Signal) {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), signal);
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port with the same configuration.
+    pub fn restart(&mut self) {
+        self.child = Self::spawn(&self.conf, self.port);
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -52,3 +52,17 @@ pub fn outcome(code_lot: &str, gaveur_id: i64, site: &str) -> Value {
         "poids_foie_moyen_g": 562.5, "date_fin": "2026-01-31"
     })
 }
+
+/// One evening meal of each lot `LS<n>` for `n` in `from..to`, on gaveur 2's topic: a
+/// record per lot, so counting lots counts records.
+pub fn one_meal_per_lot(from: usize, to: usize) -> Vec<(String, Vec<u8>)> {
+    (from..to)
+        .map(|n| {
+            let lot = format!("LS{n:06}");
+            (
+                "gaveurs/LS/2/gavage".to_string(),
+                meal(&lot, 2, "LS", 1, "soir").to_string().into_bytes(),
+            )
+        })
+        .collect()
+}

@@ -153,6 +153,23 @@ impl CursorState {
 
 /// One consumer's position in the log. Reads return entries in LSN order; the consumer
 /// calls [`LogCursor::checkpoint`] once what it derived from them is safe in its own state.
+/// Whether the shutdown deadline passed, for a consumer in the middle of a long step.
+#[derive(Clone)]
+pub struct Abandonment(Arc<Shared>);
+
+impl Abandonment {
+    pub fn is_set(&self) -> bool {
+        self.0.abandoned.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once the deadline has passed (checked every 20 ms; needs a tokio timer).
+    pub async fn passed(&self) {
+        while !self.is_set() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
 pub struct LogCursor {
     shared: Arc<Shared>,
     state: Arc<CursorState>,
@@ -207,6 +224,17 @@ impl LogCursor {
         let lsn = lsn.max(self.state.checkpoint.load(Ordering::Acquire));
         self.state.read_through.store(lsn, Ordering::Release);
         self.disk = segment::Reader::default();
+    }
+
+    /// Whether the shutdown deadline passed ([`super::Wal::abandon_cursors`]): a consumer
+    /// should leave now, leaving what it has not checkpointed to the log.
+    pub fn abandoned(&self) -> bool {
+        self.abandonment().is_set()
+    }
+
+    /// [`Self::abandoned`], to watch while the cursor itself is borrowed (during a long step).
+    pub fn abandonment(&self) -> Abandonment {
+        Abandonment(self.shared.clone())
     }
 
     /// Whether the log was closed (shutdown): nothing more will be appended.

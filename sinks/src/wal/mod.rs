@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 
 pub use checkpoint::CheckpointFile;
-pub use cursor::{Checkpointer, CursorOptions, CursorStatus, LogCursor, LogEnded};
+pub use cursor::{Abandonment, Checkpointer, CursorOptions, CursorStatus, LogCursor, LogEnded};
 pub use segment::{Damage, SegmentError};
 
 /// Log sequence number: the position of an entry in the log, from 1.

@@ -28,12 +28,13 @@ use parking_lot::Mutex;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers};
-use rdkafka::types::RDKafkaRespErr;
+use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::intake::{BACKFILL, Credentials, Intake, RawInput, Route, Target, backfill_flag};
+use crate::sources::health::SourceFlag;
 
 /// How long a handover or shutdown waits for its roll to be published.
 const PUBLISH_WAIT: Duration = Duration::from_secs(4);
@@ -79,6 +80,9 @@ pub trait PartitionState: Send + Sync + 'static {
     /// to log position `through` is taken into that state (waiting at most `wait`), which
     /// is saved and let go.
     fn released(&self, topic: &str, partition: i32, through: u64, wait: std::time::Duration);
+    /// The partition, just taken, starts again at offset 0 (its topic was recreated or its
+    /// broker lost its data): offsets the state has seen no longer name the same records.
+    fn offsets_reset(&self, topic: &str, partition: i32);
 }
 
 /// Several states of each partition (the alerts', the ledger's): a partition is read from
@@ -100,6 +104,12 @@ impl PartitionState for PartitionStates {
         for state in &self.0 {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             state.released(topic, partition, through, left);
+        }
+    }
+
+    fn offsets_reset(&self, topic: &str, partition: i32) {
+        for state in &self.0 {
+            state.offsets_reset(topic, partition);
         }
     }
 }
@@ -160,12 +170,25 @@ struct SourceContext<P: Publication> {
     /// Partitions this instance owns right now; a batch drops the messages of partitions
     /// revoked while it was being gathered (the next owner reads them).
     assigned: Mutex<HashSet<(String, i32)>>,
+    /// Up while librdkafka has a connection to some broker, for readiness.
+    connected: SourceFlag,
 }
 
 impl<P: Publication> ClientContext for SourceContext<P> {
-    /// librdkafka's statistics (every `statistics.interval.ms`): the consumer lag of the
-    /// partitions this instance owns, summed per topic, for `/metrics`.
+    /// librdkafka's statistics (every `statistics.interval.ms`): whether any broker is
+    /// connected, and the consumer lag of the partitions this instance owns, summed per
+    /// topic, for `/metrics`.
     fn stats(&self, statistics: rdkafka::Statistics) {
+        if statistics
+            .brokers
+            .values()
+            .any(|broker| broker.state == "UP")
+        {
+            self.connected.up();
+        } else {
+            self.connected
+                .down("no Kafka broker connected; reconnecting");
+        }
         let metrics = gaveurs_telemetry::registry();
         for (topic, stats) in &statistics.topics {
             let lag: i64 = stats
@@ -182,6 +205,17 @@ impl<P: Publication> ClientContext for SourceContext<P> {
                 )
                 .set(lag as f64);
         }
+    }
+
+    /// librdkafka reconnects by itself; readiness says so at once rather than at the next
+    /// statistics.
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.connected.down(format!(
+                "no Kafka broker reachable ({reason}); reconnecting"
+            ));
+        }
+        tracing::warn!(target: "connectors", error = %error, reason, "Kafka client error");
     }
 }
 
@@ -248,7 +282,21 @@ impl<P: Publication> SourceContext<P> {
                 .get(&topic)
                 .and_then(|p| p.get(&partition))
                 .map(|last| committed_next.unwrap_or(0).max(last + 1));
-            let next = published_next.or(committed_next);
+            let mut next = published_next.or(committed_next);
+            if let Some(expected) = next
+                && let Ok((_, end)) = consumer.fetch_watermarks(
+                    &topic,
+                    partition,
+                    Timeout::After(Duration::from_secs(5)),
+                )
+                && end < expected
+            {
+                // Offsets only grow: a partition that ends before what was already taken from
+                // it was recreated, or its broker lost its data. Its records are new.
+                tracing::warn!(target: "connectors", topic, partition, end, expected, "the Kafka partition ends before offsets already taken from it: the topic was recreated or its broker lost its data; reading it from the start");
+                next = Some(0);
+                self.owners.offsets_reset(&topic, partition);
+            }
             let start = match (needed, next) {
                 (Some(needed), Some(next)) if needed < next => {
                     self.reread_through
@@ -328,6 +376,7 @@ pub fn spawn<I: Intake, P: Publication>(
     intake: I,
     publication: Arc<P>,
     owners: Arc<dyn PartitionState>,
+    connected: SourceFlag,
     stop: CancellationToken,
 ) -> Result<std::thread::JoinHandle<()>, KafkaError> {
     let tracker = Arc::new(Mutex::new(Tracker::default()));
@@ -339,8 +388,8 @@ pub fn spawn<I: Intake, P: Publication>(
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        // Feeds the consumer-lag metric (`SourceContext::stats`).
-        .set("statistics.interval.ms", "5000")
+        // Feeds readiness and the consumer-lag metric (`SourceContext::stats`).
+        .set("statistics.interval.ms", "1000")
         .set(
             "session.timeout.ms",
             settings.session_timeout_ms.to_string(),
@@ -366,6 +415,7 @@ pub fn spawn<I: Intake, P: Publication>(
         reread_through: Mutex::new(HashMap::new()),
         tracker: tracker.clone(),
         assigned: Mutex::new(HashSet::new()),
+        connected,
     })?;
     consumer.subscribe(&[&settings.gavage_topic, &settings.sqal_topic])?;
     let runtime = tokio::runtime::Handle::current();

@@ -17,10 +17,11 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish};
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use serde::Deserialize;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::intake::{Credentials, DurableTicket, Intake, RawInput, backfill_in_user_properties};
+use crate::sources::health::SourceFlag;
 use crate::topics;
 
 /// `[mqtt]` settings used when `broker` is set.
@@ -81,12 +82,12 @@ const RECONNECT: Backoff = Backoff::new(Duration::from_millis(200), Duration::fr
 
 /// Runs the subscription until `shutdown`; then acknowledges what became durable and
 /// disconnects, leaving anything unacknowledged to the broker. `connected` follows the
-/// broker connection, for readiness.
+/// broker connection, for readiness: up once subscribed, down while reconnecting.
 pub async fn run<I: Intake>(
     settings: BrokerSettings,
     intake: I,
     shutdown: CancellationToken,
-    connected: watch::Sender<bool>,
+    connected: SourceFlag,
 ) {
     let mut options = MqttOptions::new(&settings.client_id, &settings.host, settings.port);
     options
@@ -145,7 +146,7 @@ pub async fn run<I: Intake>(
                 }
                 tracing::info!(broker = %source, session_present = ack.session_present, "connected to MQTT broker");
                 if ack.session_present {
-                    connected.send_replace(true);
+                    connected.up();
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
@@ -163,7 +164,7 @@ pub async fn run<I: Intake>(
                     tracing::error!(broker = %source, refused, "the broker refused subscriptions");
                 }
                 // Ready once subscribed: a message published before that would be missed.
-                connected.send_replace(true);
+                connected.up();
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 let input = raw_input(&publish, &source);
@@ -176,7 +177,7 @@ pub async fn run<I: Intake>(
             }
             Ok(_) => {}
             Err(e) => {
-                connected.send_replace(false);
+                connected.down(format!("connection failed ({e}); reconnecting"));
                 let delay = reconnect.failed();
                 tracing::warn!(broker = %source, error = %e, retry_in = ?delay, "MQTT broker connection failed");
                 tokio::select! {
@@ -211,7 +212,7 @@ pub async fn run<I: Intake>(
     {
         tracing::warn!(broker = %source, "MQTT broker did not take every acknowledgement before shutdown");
     }
-    connected.send_replace(false);
+    connected.down("stopped");
 }
 
 fn raw_input(publish: &Publish, source: &str) -> RawInput {

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::intake::Intake;
+use crate::tls::TlsIncoming;
 
 pub use codec::{Protocol, ReasonCode};
 
@@ -36,6 +37,9 @@ pub struct ListenerLimits {
     pub max_inflight: u16,
     /// Time a new connection has to send its CONNECT, seconds.
     pub connect_timeout_s: u64,
+    /// Connections open at once, over both ports; a connection beyond it is closed as soon
+    /// as it is accepted, so a flood of clients cannot take the process's memory.
+    pub max_connections: usize,
 }
 
 impl Default for ListenerLimits {
@@ -44,6 +48,7 @@ impl Default for ListenerLimits {
             max_packet_bytes: 16 * 1024 * 1024,
             max_inflight: 1024,
             connect_timeout_s: 10,
+            max_connections: 10_000,
         }
     }
 }
@@ -53,6 +58,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub struct EmbeddedListener {
     listener: TcpListener,
+    /// MQTT over TLS (`[mqtt] tls_listen`): the same sessions, so a client id taken over on
+    /// one port is taken over on the other.
+    tls: Option<TlsIncoming>,
     limits: ListenerLimits,
 }
 
@@ -67,6 +75,7 @@ pub(crate) struct Shared {
     limits: ListenerLimits,
     registry: Mutex<Registry>,
     shutdown: CancellationToken,
+    refused_logged: Mutex<Option<std::time::Instant>>,
 }
 
 impl EmbeddedListener {
@@ -74,8 +83,19 @@ impl EmbeddedListener {
     pub async fn bind(addr: SocketAddr, limits: ListenerLimits) -> std::io::Result<Self> {
         Ok(Self {
             listener: TcpListener::bind(addr).await?,
+            tls: None,
             limits,
         })
+    }
+
+    /// Also accepts MQTT over TLS from `tls`.
+    pub fn with_tls(mut self, tls: TlsIncoming) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    pub fn tls_local_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().map(TlsIncoming::local_addr)
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -84,11 +104,12 @@ impl EmbeddedListener {
 
     /// Accepts connections until `shutdown`, then stops reading from every connection, sends
     /// the acknowledgements it owes (up to a few seconds) and returns.
-    pub async fn run<I: Intake>(self, intake: I, shutdown: CancellationToken) {
+    pub async fn run<I: Intake>(mut self, intake: I, shutdown: CancellationToken) {
         let shared = Arc::new(Shared {
             limits: self.limits,
             registry: Mutex::new(Registry::default()),
             shutdown: shutdown.clone(),
+            refused_logged: Mutex::new(None),
         });
         let tracker = TaskTracker::new();
         loop {
@@ -96,17 +117,29 @@ impl EmbeddedListener {
                 _ = shutdown.cancelled() => break,
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, peer)) => {
+                        if !shared.has_room(&tracker) {
+                            continue;
+                        }
                         let _ = stream.set_nodelay(true);
-                        tracker.spawn(session::run(stream, peer, intake.clone(), shared.clone()));
+                        let (reader, writer) = stream.into_split();
+                        tracker.spawn(session::run(reader, writer, peer, intake.clone(), shared.clone()));
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "mqtt accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
+                },
+                Some((stream, peer)) = next_tls(&mut self.tls) => {
+                    if !shared.has_room(&tracker) {
+                        continue;
+                    }
+                    let (reader, writer) = tokio::io::split(stream);
+                    tracker.spawn(session::run(reader, writer, peer, intake.clone(), shared.clone()));
                 }
             }
         }
         drop(self.listener);
+        drop(self.tls);
         tracker.close();
         if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
             .await
@@ -120,7 +153,44 @@ impl EmbeddedListener {
     }
 }
 
+/// The next TLS connection, or never when there is no TLS listener.
+async fn next_tls(
+    tls: &mut Option<TlsIncoming>,
+) -> Option<(
+    tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    SocketAddr,
+)> {
+    match tls {
+        Some(tls) => tls.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Shared {
+    /// Whether another connection may open; at the limit the new one is dropped unread
+    /// (and that is logged once a minute at most).
+    fn has_room(&self, sessions: &TaskTracker) -> bool {
+        if sessions.len() < self.limits.max_connections {
+            return true;
+        }
+        let mut last = self.refused_logged.lock();
+        if last.is_none_or(|at: std::time::Instant| at.elapsed() >= Duration::from_secs(60)) {
+            *last = Some(std::time::Instant::now());
+            tracing::warn!(
+                limit = self.limits.max_connections,
+                "MQTT connection refused: [mqtt] max_connections are open"
+            );
+        }
+        gaveurs_telemetry::registry()
+            .counter(
+                "gaveurs_mqtt_connections_refused_total",
+                "MQTT connections closed on arrival because [mqtt] max_connections were open.",
+                &[],
+            )
+            .inc();
+        false
+    }
+
     /// Registers a session under its client id; an existing session with the same id is told
     /// to leave. Returns the session's id and its eviction token.
     fn register(&self, client_id: &str) -> (u64, CancellationToken) {

@@ -10,9 +10,7 @@ use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
 use gaveurs_schemas::envelope::{Provenance, Transport};
 use rumqttc::v5::mqttbytes::v5::DisconnectReasonCode;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::Shared;
@@ -39,13 +37,18 @@ enum End {
     ProtocolError(DisconnectReasonCode, String),
 }
 
-pub(super) async fn run<I: Intake>(
-    stream: TcpStream,
+/// `reader` and `writer` are the two halves of one connection, plain TCP or TLS.
+pub(super) async fn run<I, R, W>(
+    mut reader: R,
+    mut writer: W,
     peer: SocketAddr,
     intake: I,
     shared: Arc<Shared>,
-) {
-    let (mut reader, mut writer) = stream.into_split();
+) where
+    I: Intake,
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let connect_timeout = Duration::from_secs(shared.limits.connect_timeout_s);
     let first = tokio::select! {
@@ -371,7 +374,7 @@ impl std::fmt::Display for ReadError {
 
 /// Reads until one whole frame is buffered; `None` at a clean end of stream.
 async fn read_frame(
-    reader: &mut OwnedReadHalf,
+    reader: &mut (impl AsyncRead + Unpin),
     buf: &mut BytesMut,
     max_packet: usize,
 ) -> Result<Option<BytesMut>, ReadError> {
@@ -400,7 +403,7 @@ async fn read_frame(
 
 /// Writes acknowledgements in arrival order, each once its ticket resolves. Everything that
 /// is already durable when the head of the queue becomes durable goes out in the same write.
-async fn write_loop(mut writer: OwnedWriteHalf, mut rx: mpsc::Receiver<Outbound>) {
+async fn write_loop(mut writer: impl AsyncWrite + Unpin, mut rx: mpsc::Receiver<Outbound>) {
     let mut out = BytesMut::with_capacity(4096);
     let mut next = rx.recv().await;
     while let Some(item) = next.take() {

@@ -13,7 +13,7 @@
 
 use std::net::SocketAddr;
 
-use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use gaveurs_schemas::envelope::{Provenance, Transport};
@@ -74,6 +74,7 @@ pub async fn serve_ingest<I: Intake>(
 ) {
     let (mut sink, mut stream) = socket.split();
     let (replies, mut queue) = mpsc::channel::<Reply>(MAX_PENDING_REPLIES);
+    let (close_tx, close_rx) = tokio::sync::oneshot::channel::<CloseFrame>();
     let writer = tokio::spawn(async move {
         while let Some(reply) = queue.recv().await {
             if let Some(ticket) = reply.ticket
@@ -85,7 +86,14 @@ pub async fn serve_ingest<I: Intake>(
                 return;
             }
         }
-        let _ = sink.close().await;
+        match close_rx.await {
+            Ok(frame) => {
+                let _ = sink.send(Message::Close(Some(frame))).await;
+            }
+            Err(_) => {
+                let _ = sink.close().await;
+            }
+        }
     });
     let welcome = serde_json::json!({
         "type": "connection_established",
@@ -105,7 +113,11 @@ pub async fn serve_ingest<I: Intake>(
         let payload: Bytes = match message {
             Some(Ok(Message::Text(text))) => text.into(),
             Some(Ok(Message::Binary(bytes))) => bytes,
-            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+            Some(Ok(Message::Close(_))) | None => break,
+            Some(Err(e)) => {
+                let _ = close_tx.send(close_for(&e));
+                break;
+            }
             Some(Ok(_)) => continue,
         };
         let reply = match renewal(&payload) {
@@ -124,6 +136,24 @@ pub async fn serve_ingest<I: Intake>(
     drop(replies);
     // Replies owed to a client that is still there go out; a bounded wait at shutdown.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(3), writer).await;
+}
+
+/// The close frame that tells a client why its socket could not be read: 1009 for a
+/// message over the size limit (the WebSocket library reports it as a capacity error),
+/// 1002 for anything else it could not decode.
+fn close_for(error: &axum::Error) -> CloseFrame {
+    let text = error.to_string();
+    if text.contains("Space limit exceeded") || text.contains("too long") {
+        CloseFrame {
+            code: 1009,
+            reason: Utf8Bytes::from_static("message too big: records are at most 16 MiB"),
+        }
+    } else {
+        CloseFrame {
+            code: 1002,
+            reason: Utf8Bytes::from_static("unreadable WebSocket frame"),
+        }
+    }
 }
 
 /// The token of an `{"type":"auth","token":…}` message, which renews the socket's token.
