@@ -49,8 +49,9 @@ import json, sys, statistics, subprocess, datetime, os
 rows = [json.loads(l) for l in open(sys.argv[1])]
 med = statistics.median
 cpu = subprocess.run(["sh","-c","grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
+build = "release build" if not os.environ.get("GAVEURS_BIN_DIR") else f"binaries of {os.path.basename(os.environ['GAVEURS_BIN_DIR'].rstrip('/'))} profile"
 out = ["# Hostile clients beside well-behaved ones", "",
-       f"Measured {datetime.date.today()} by `scripts/bench-hostile-clients.sh` (release build, {len(rows)} runs of {os.environ.get('DURATION','20')} s per phase), {cpu}, 2 cores, shared by the pipeline, the load tool and `gaveurs-hostile`.",
+       f"Measured {datetime.date.today()} by `scripts/bench-hostile-clients.sh` ({build}, {len(rows)} runs of {os.environ.get('DURATION','20')} s per phase), {cpu}, 2 cores, shared by the pipeline, the load tool and `gaveurs-hostile`.",
        "Two clients on `/ws/gaveur/1` read meals published at 250/s; latency = receive time − publish time. The hostile phase runs `gaveurs-hostile` in its own process: a deaf channel on the same gaveur, 500 idle MQTT connections, 500 idle channel sockets and, every second, a 100 MB MQTT packet, a 100 MB channel message, a 100 MB ingest message, 50 sessions opened and dropped and 30 bad-password CONNECTs.", "",
        "| run | push p50 alone ms | push p50 hostile ms | push p99 alone ms | push p99 hostile ms | p99 ratio | frames alone / hostile | hostile rounds | pipeline peak RSS MB |",
        "|---|---|---|---|---|---|---|---|---|"]

@@ -520,11 +520,24 @@ pub async fn publish_pipelined(
     messages: &[(String, Vec<u8>)],
     window: usize,
 ) -> Vec<u8> {
-    use gaveurs_loadgen::producer::{MqttVersion, ServerPacket, connect};
-    let (mut writer, mut reader) =
-        connect(addr, MqttVersion::V5, &format!("burst-{}", rand_id()), None)
-            .await
-            .unwrap();
+    use gaveurs_loadgen::producer::{MqttVersion, connect};
+    let session = connect(addr, MqttVersion::V5, &format!("burst-{}", rand_id()), None)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+    publish_pipelined_on(session, token, messages, window).await
+}
+
+/// `publish_pipelined` on a session already open.
+pub async fn publish_pipelined_on(
+    (mut writer, mut reader): (
+        gaveurs_loadgen::producer::ProducerWriter,
+        gaveurs_loadgen::producer::ProducerReader,
+    ),
+    token: &str,
+    messages: &[(String, Vec<u8>)],
+    window: usize,
+) -> Vec<u8> {
+    use gaveurs_loadgen::producer::ServerPacket;
     let window = window.min(usize::from(reader.receive_maximum().unwrap_or(u16::MAX)));
     let (mut in_flight, mut reasons) = (0usize, Vec::with_capacity(messages.len()));
     for (n, (topic, payload)) in messages.iter().enumerate() {
