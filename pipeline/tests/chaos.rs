@@ -75,14 +75,14 @@ fn common_config(dir: &Path, twilio: &FakeTwilio) -> String {
     )
 }
 
-/// Records acknowledged to their producers, by lot, and the batches each continuous
-/// producer has had acknowledged.
 /// A stored or acknowledged meal: `(code_lot, jour, moment)`.
 type MealKey = (String, i64, String);
 
 /// Meals of a lot's life: jour 1–14, matin and soir.
 const LOT_MEALS: u64 = 28;
 
+/// Meals acknowledged to their producers, and the batches each continuous producer has had
+/// acknowledged.
 #[derive(Clone, Default)]
 struct Acknowledged {
     meals: Arc<Mutex<HashSet<MealKey>>>,
@@ -135,9 +135,9 @@ fn refused_meal(lot: &str, n: usize) -> (MealKey, Vec<u8>) {
 }
 
 /// Publishes meals to the embedded listener, `BURST` every 100 ms and each burst's
-/// acknowledgements awaited, until the connection breaks (the kill); every lot the pipeline
-/// acknowledged goes to `acked`. Its `n`th meal is meal `n % 28` of lot `n / 28`. Paced, so that twenty restarts measure recovery rather
-/// than a backlog a debug build cannot drain.
+/// acknowledgements awaited, until the connection breaks (the kill); every meal the pipeline
+/// acknowledged goes to `acked`. Its `n`th meal is meal `n % 28` of lot `n / 28`. Paced, so
+/// that twenty restarts measure recovery rather than a backlog a debug build cannot drain.
 async fn embedded_producer(addr: SocketAddr, name: String, token: String, acked: Acknowledged) {
     const BURST: u64 = 25;
     let Ok((mut writer, mut reader)) = connect(addr, MqttVersion::V5, &name, Some(&token)).await
@@ -373,7 +373,7 @@ fn recovered(root: &Path, acked: &HashSet<MealKey>) {
     assert!(twice.is_empty(), "stored more than once: {twice:?}");
 }
 
-/// Waits until every acknowledged lot is stored and every alert lot texted.
+/// Waits until every acknowledged meal is stored and every alert lot texted.
 fn wait_for_everything(
     root: &Path,
     acked: &HashSet<MealKey>,
