@@ -15,7 +15,7 @@ source scripts/bench-common.sh
 
 measure() {
   "$BIN/gaveurs-load" --mqtt "$mqtt" --http "$http" --rate 250 --gaveurs 1 \
-    --clients-per-gaveur 2 --connections 1 --window 8 --duration "$DURATION" \
+    --clients-per-gaveur 2 --connections 1 --window 8 --meals-per-lot 28 --duration "$DURATION" \
     --pid "$pid" --tag "$1" --json
 }
 
@@ -55,7 +55,7 @@ cpu = subprocess.run(["sh","-c","grep -m1 'model name' /proc/cpuinfo | cut -d: -
 build = "release build" if not os.environ.get("GAVEURS_BIN_DIR") else f"binaries of {os.path.basename(os.environ['GAVEURS_BIN_DIR'].rstrip('/'))} profile"
 out = ["# Hostile clients beside well-behaved ones", "",
        f"Measured {datetime.date.today()} by `scripts/bench-hostile-clients.sh` ({build}, {len(rows)} runs of {os.environ.get('DURATION','20')} s per phase), {cpu}, 2 cores, shared by the pipeline, the load tool and `gaveurs-hostile` (at nice {os.environ.get('HOSTILE_NICE', '19')}).",
-       "Two clients on `/ws/gaveur/1` read meals published at 250/s; latency = receive time − publish time. The hostile phase runs `gaveurs-hostile` in its own process: a deaf channel on the same gaveur, 500 idle MQTT connections, 500 idle channel sockets and, every second, a 100 MB MQTT packet, a 100 MB channel message, a 100 MB ingest message, 50 sessions opened and dropped and 30 bad-password CONNECTs.", "",
+       "Two clients on `/ws/gaveur/1` read meals published at 250/s, 28 to a lot (as on a farm: with a new lot per meal the pipeline's per-lot state grows all run long, and a pipeline's second phase was slower than its first whatever ran in it); latency = receive time − publish time. The hostile phase runs `gaveurs-hostile` in its own process: a deaf channel on the same gaveur, 500 idle MQTT connections, 500 idle channel sockets and, every second, a 100 MB MQTT packet, a 100 MB channel message, a 100 MB ingest message, 50 sessions opened and dropped and 30 bad-password CONNECTs.", "",
        "| run | push p50 alone ms | push p50 hostile ms | push p99 alone ms | push p99 hostile ms | p99 ratio | frames alone / hostile | hostile rounds | pipeline peak RSS MB |",
        "|---|---|---|---|---|---|---|---|---|"]
 ratios = []

@@ -60,6 +60,11 @@ struct Args {
     /// timestamp, which is set to the publish time).
     #[arg(long)]
     http: Option<SocketAddr>,
+    /// Meals each lot gets before the next lot starts (jour 1–14, matin then soir; 1 to 28).
+    /// 1 (the default): every record is a meal of a new lot, so the pipeline's per-lot state
+    /// grows for the whole run.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=28))]
+    meals_per_lot: u64,
     /// Gaveurs the gavage records are spread over (ids 1..=N), with `--http`.
     #[arg(long, default_value_t = 10)]
     gaveurs: i64,
@@ -147,7 +152,11 @@ fn payload(args: &Args, conn: usize, n: u64) -> (String, Bytes) {
     let tag = &args.tag;
     match args.kind {
         Kind::Gavage => {
-            let lot = format!("LL{tag}{conn:02}{n:09}");
+            let lot = format!("LL{tag}{conn:02}{:09}", n / args.meals_per_lot);
+            let (jour, moment) = match n % args.meals_per_lot {
+                _ if args.meals_per_lot == 1 => (1 + n % 14, "soir"),
+                meal => (1 + meal / 2, if meal % 2 == 0 { "matin" } else { "soir" }),
+            };
             let gaveur = if args.http.is_some() {
                 1 + (n as i64 % args.gaveurs)
             } else {
@@ -160,8 +169,7 @@ fn payload(args: &Args, conn: usize, n: u64) -> (String, Bytes) {
                 "2026-01-20T18:05:00".to_string()
             };
             let body = format!(
-                r#"{{"code_lot":"{lot}","gaveur_id":{gaveur},"gaveur_nom":"Jean Martin","site":"LL","genetique":"Mulard","jour":{jour},"moment":"soir","dose_theorique":380.0,"dose_reelle":371.5,"poids_moyen":5820.0,"nb_canards_vivants":996,"taux_mortalite":0.4,"temperature_stabule":21.3,"humidite_stabule":63.0,"timestamp":"{timestamp}","pret_abattage":false}}"#,
-                jour = 1 + n % 14
+                r#"{{"code_lot":"{lot}","gaveur_id":{gaveur},"gaveur_nom":"Jean Martin","site":"LL","genetique":"Mulard","jour":{jour},"moment":"{moment}","dose_theorique":380.0,"dose_reelle":371.5,"poids_moyen":5820.0,"nb_canards_vivants":996,"taux_mortalite":0.4,"temperature_stabule":21.3,"humidite_stabule":63.0,"timestamp":"{timestamp}","pret_abattage":false}}"#
             );
             (format!("gaveurs/LL/{gaveur}/gavage"), Bytes::from(body))
         }
