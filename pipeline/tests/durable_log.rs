@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use gaveurs_loadgen::producer::{MqttVersion, ServerPacket, connect};
 use serde_json::Value;
 use support::records::meal;
-use support::{BIN, Gaveurs, http_get, parquet_files, rand_id, read_rows};
+use support::{BIN, Gaveurs, http_get, parquet_files, publish_pipelined, rand_id, read_rows};
 
 /// Publishes `meals` at QoS 1 over MQTT 5, one every `every` (pipelined: acknowledgements
 /// are read by another task), and returns how long each took to be acknowledged, with its
@@ -235,13 +235,28 @@ const SMALL_SEGMENTS: &str = "[storage]\nroll_interval_s = 3600\nlog_segment_mb 
 async fn a_damaged_closed_segment_stops_start_up_and_salvage_keeps_every_other_record() {
     let dir = tempfile::tempdir().unwrap();
     let pipeline = Gaveurs::start(dir.path(), SMALL_SEGMENTS);
-    let meals = lots("LL26992", 10, 8);
-    let acks = publish_timed(pipeline.mqtt(), &pipeline.admin, &meals, Duration::ZERO).await;
-    assert!(acks.iter().all(|(_, r)| *r == 0));
+    let meals = lots("LL26992", 10, 14);
+    // One at a time: a group commit of many records could fill a whole segment past its size
+    // (segments roll between commits), and the test needs three.
+    let messages: Vec<(String, Vec<u8>)> = meals
+        .iter()
+        .map(|m| {
+            (
+                "gaveurs/LL/1/gavage".to_string(),
+                m.to_string().into_bytes(),
+            )
+        })
+        .collect();
+    let codes = publish_pipelined(pipeline.mqtt(), &pipeline.admin, &messages, 1).await;
+    assert!(codes.iter().all(|c| *c == 0));
     // Nothing is published yet (roll every hour): every record is only in the log.
     pipeline.kill9();
     let files = segments(dir.path());
-    assert!(files.len() >= 3, "{} segments", files.len());
+    let sizes: Vec<u64> = files
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .collect();
+    assert!(files.len() >= 3, "segments of {sizes:?} bytes");
     let damaged = &files[0];
     let offset = flip_in_frame(damaged, 2);
 
