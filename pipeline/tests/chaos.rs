@@ -4,9 +4,7 @@
 //! and restarted. After each restart, every record acknowledged before the kill (a PUBACK
 //! from the pipeline or from Mosquitto, a delivery report from Kafka) is in Parquet exactly
 //! once; at the end, every acknowledged record is, every alert lot has one alert (no twin)
-//! and one text, and the ledger verifies. Lots live as on a farm, 28 meals each (jour 1–14,
-//! matin and soir), so that the pipeline's per-lot state stays what a farm gives it however
-//! long the run.
+//! and one text, and the ledger verifies.
 //!
 //! CI kills each setup a few times; `GAVEURS_CHAOS_KILLS=20` (scripts/chaos.sh) runs the long
 //! version.
@@ -19,14 +17,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gaveurs_loadgen::producer::{
-    MqttVersion, ProducerReader, ProducerWriter, ServerPacket, connect,
-};
+use gaveurs_loadgen::producer::{MqttVersion, ServerPacket, connect};
 use parking_lot::Mutex;
 use serde_json::json;
 use support::kafka::{Tansu, produce};
 use support::twilio::FakeTwilio;
-use support::{Gaveurs, Mosquitto, eventually, http_get, publish_pipelined_on, read_rows, records};
+use support::{Gaveurs, Mosquitto, eventually, http_get, publish_pipelined, read_rows, records};
 use tokio_util::sync::CancellationToken;
 
 const GAVAGE: &str = "gaveurs.gavage.v1";
@@ -75,23 +71,17 @@ fn common_config(dir: &Path, twilio: &FakeTwilio) -> String {
     )
 }
 
-/// A stored or acknowledged meal: `(code_lot, jour, moment)`.
-type MealKey = (String, i64, String);
-
-/// Meals of a lot's life: jour 1–14, matin and soir.
-const LOT_MEALS: u64 = 28;
-
-/// Meals acknowledged to their producers, and the batches each continuous producer has had
-/// acknowledged.
+/// Records acknowledged to their producers, by lot, and the batches each continuous
+/// producer has had acknowledged.
 #[derive(Clone, Default)]
 struct Acknowledged {
-    meals: Arc<Mutex<HashSet<MealKey>>>,
+    lots: Arc<Mutex<HashSet<String>>>,
     batches: Arc<Mutex<HashMap<&'static str, usize>>>,
 }
 
 impl Acknowledged {
-    fn add(&self, meals: impl IntoIterator<Item = MealKey>) {
-        self.meals.lock().extend(meals);
+    fn add(&self, lots: impl IntoIterator<Item = String>) {
+        self.lots.lock().extend(lots);
     }
 
     fn batch_done(&self, producer: &'static str) {
@@ -106,38 +96,29 @@ impl Acknowledged {
             .all(|p| batches.get(p).copied().unwrap_or(0) >= ALERT_MEALS)
     }
 
-    fn meals(&self) -> HashSet<MealKey> {
-        self.meals.lock().clone()
+    fn lots(&self) -> HashSet<String> {
+        self.lots.lock().clone()
     }
 }
 
-/// The `n`th meal (from 0) of a lot's life, at its theoretical dose but 1.5 g.
-fn normal_meal(lot: &str, n: u64) -> (MealKey, Vec<u8>) {
-    let jour = (n / 2) as i64 + 1;
-    let moment = if n.is_multiple_of(2) { "matin" } else { "soir" };
-    let meal = records::meal(lot, 1, "LL", jour, moment);
-    (
-        (lot.to_string(), jour, moment.to_string()),
-        meal.to_string().into_bytes(),
-    )
+fn normal_meal(lot: &str) -> Vec<u8> {
+    records::meal(lot, 1, "LL", 1, "matin")
+        .to_string()
+        .into_bytes()
 }
 
 /// The `n`th meal of an alert lot: half its theoretical dose.
-fn refused_meal(lot: &str, n: usize) -> (MealKey, Vec<u8>) {
-    let jour = (n / 2) as i64 + 1;
+fn refused_meal(lot: &str, n: usize) -> Vec<u8> {
     let moment = if n.is_multiple_of(2) { "matin" } else { "soir" };
-    let mut meal = records::meal(lot, 1, "LL", jour, moment);
+    let mut meal = records::meal(lot, 1, "LL", (n / 2) as i64 + 1, moment);
     meal["dose_reelle"] = json!(meal["dose_theorique"].as_f64().unwrap() * 0.5);
-    (
-        (lot.to_string(), jour, moment.to_string()),
-        meal.to_string().into_bytes(),
-    )
+    meal.to_string().into_bytes()
 }
 
 /// Publishes meals to the embedded listener, `BURST` every 100 ms and each burst's
-/// acknowledgements awaited, until the connection breaks (the kill); every meal the pipeline
-/// acknowledged goes to `acked`. Its `n`th meal is meal `n % 28` of lot `n / 28`. Paced, so
-/// that twenty restarts measure recovery rather than a backlog a debug build cannot drain.
+/// acknowledgements awaited, until the connection breaks (the kill); every lot the pipeline
+/// acknowledged goes to `acked`. Paced, so that twenty restarts measure recovery rather
+/// than a backlog a debug build cannot drain.
 async fn embedded_producer(addr: SocketAddr, name: String, token: String, acked: Acknowledged) {
     const BURST: u64 = 25;
     let Ok((mut writer, mut reader)) = connect(addr, MqttVersion::V5, &name, Some(&token)).await
@@ -146,21 +127,27 @@ async fn embedded_producer(addr: SocketAddr, name: String, token: String, acked:
     };
     let mut pace = tokio::time::interval(Duration::from_millis(100));
     pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut inflight: HashMap<u16, MealKey> = HashMap::new();
+    let mut inflight: HashMap<u16, String> = HashMap::new();
     let mut n: u64 = 0;
     loop {
         pace.tick().await;
         for _ in 0..BURST {
-            let (key, meal) = normal_meal(&format!("{name}K{:05}", n / LOT_MEALS), n % LOT_MEALS);
-            let pkid = (n % 65_000) as u16 + 1;
             n += 1;
+            let lot = format!("{name}K{n:07}");
+            let pkid = (n % 65_000) as u16 + 1;
             if writer
-                .publish("gaveurs/LL/1/gavage", meal.into(), 1, pkid, None)
+                .publish(
+                    "gaveurs/LL/1/gavage",
+                    normal_meal(&lot).into(),
+                    1,
+                    pkid,
+                    None,
+                )
                 .is_err()
             {
                 return;
             }
-            inflight.insert(pkid, key);
+            inflight.insert(pkid, lot);
         }
         if writer.flush().await.is_err() {
             return;
@@ -169,8 +156,8 @@ async fn embedded_producer(addr: SocketAddr, name: String, token: String, acked:
             match reader.next().await {
                 Ok(ServerPacket::Ack { pkid, reason }) => {
                     assert_eq!(reason, 0, "the pipeline refused a meal");
-                    let meal = inflight.remove(&pkid).expect("ack for a message in flight");
-                    acked.add([meal]);
+                    let lot = inflight.remove(&pkid).expect("ack for a message in flight");
+                    acked.add([lot]);
                 }
                 Ok(other) => panic!("unexpected {other:?}"),
                 Err(_) => return,
@@ -179,53 +166,26 @@ async fn embedded_producer(addr: SocketAddr, name: String, token: String, acked:
     }
 }
 
-/// Lots a continuous producer feeds at once, one meal each per batch (five batches a
-/// second); every 28 batches a new generation of lots takes their place.
+/// New lots in each batch of a continuous producer (five batches a second).
 const BATCH_LOTS: usize = 40;
 
-/// A batch of meals for a continuous producer: the next meal of each of its `BATCH_LOTS`
-/// lots, then the next meal of each of its alert lots.
-fn batch(prefix: &'static str, round: usize) -> Vec<(MealKey, Vec<u8>)> {
-    let generation = round as u64 / LOT_MEALS;
-    let mut meals: Vec<(MealKey, Vec<u8>)> = (0..BATCH_LOTS)
+/// A batch of meals for a continuous producer: `BATCH_LOTS` new lots, then the next meal of
+/// each of its alert lots.
+fn batch(prefix: &'static str, round: usize) -> Vec<(String, Vec<u8>)> {
+    let mut meals: Vec<(String, Vec<u8>)> = (0..BATCH_LOTS)
         .map(|i| {
-            normal_meal(
-                &format!("{prefix}{generation:04}x{i:02}"),
-                round as u64 % LOT_MEALS,
-            )
+            let lot = format!("{prefix}{round:05}x{i:03}");
+            let meal = normal_meal(&lot);
+            (lot, meal)
         })
         .collect();
     if round < ALERT_MEALS {
         for a in 0..ALERT_LOTS {
-            meals.push(refused_meal(&format!("{prefix}ALERT{a}"), round));
+            let lot = format!("{prefix}ALERT{a}");
+            meals.push((lot.clone(), refused_meal(&lot, round)));
         }
     }
     meals
-}
-
-/// Opens an MQTT session with Mosquitto as a station would: a refused or failed connection
-/// is tried again (said on stderr: Mosquitto, not the pipeline, turned it away), at most 50
-/// times.
-async fn connect_retrying(mosquitto: SocketAddr) -> (ProducerWriter, ProducerReader) {
-    let mut tries = 0;
-    loop {
-        match connect(
-            mosquitto,
-            MqttVersion::V5,
-            &format!("mq-{}", support::rand_id()),
-            None,
-        )
-        .await
-        {
-            Ok(session) => return session,
-            Err(e) if tries < 50 => {
-                eprintln!("chaos: Mosquitto turned a connection away ({e}); trying again");
-                tries += 1;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => panic!("Mosquitto refused 50 connections in a row, the last with {e}"),
-        }
-    }
 }
 
 /// Publishes a batch to Mosquitto every 200 ms until `stop`; Mosquitto's PUBACKs are the
@@ -243,10 +203,9 @@ async fn mosquitto_producer(
             .iter()
             .map(|(_, meal)| ("gaveurs/LL/1/gavage".to_string(), meal.clone()))
             .collect();
-        let codes =
-            publish_pipelined_on(connect_retrying(mosquitto).await, &token, &messages, 64).await;
+        let codes = publish_pipelined(mosquitto, &token, &messages, 64).await;
         assert!(codes.iter().all(|c| *c == 0), "Mosquitto refused a meal");
-        acked.add(meals.into_iter().map(|(key, _)| key));
+        acked.add(meals.into_iter().map(|(lot, _)| lot));
         acked.batch_done("MQ");
         round += 1;
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -270,13 +229,13 @@ async fn kafka_producer(
     let mut round = 0;
     while !stop.is_cancelled() {
         let meals = batch("KF", round);
-        let sends = meals.iter().map(|((lot, _, _), meal)| {
+        let sends = meals.iter().map(|(lot, meal)| {
             let producer = producer.clone();
             let token = token.clone();
             async move { produce(&producer, GAVAGE, lot, meal, Some(&token)).await }
         });
         futures::future::join_all(sends).await;
-        acked.add(meals.into_iter().map(|(key, _)| key));
+        acked.add(meals.into_iter().map(|(lot, _)| lot));
         acked.batch_done("KF");
         round += 1;
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -284,7 +243,7 @@ async fn kafka_producer(
 }
 
 /// Stored meals per `(code_lot, jour, moment)`.
-fn stored(root: &Path) -> HashMap<MealKey, usize> {
+fn stored(root: &Path) -> HashMap<(String, i64, String), usize> {
     let mut counts = HashMap::new();
     for row in read_rows(root, "gavage_meals") {
         let key = (
@@ -298,22 +257,18 @@ fn stored(root: &Path) -> HashMap<MealKey, usize> {
 }
 
 /// What a run must hold at its end, whatever was killed when.
-fn check_outcome(
-    root: &Path,
-    acked: &HashSet<MealKey>,
-    alert_lots: &[String],
-    twilio: &FakeTwilio,
-) {
+fn check_outcome(root: &Path, acked: &HashSet<String>, alert_lots: &[String], twilio: &FakeTwilio) {
     let counts = stored(root);
     let twice: Vec<_> = counts.iter().filter(|(_, c)| **c > 1).take(5).collect();
     assert!(twice.is_empty(), "stored more than once: {twice:?}");
+    let lots: HashSet<&str> = counts.keys().map(|(lot, _, _)| lot.as_str()).collect();
     let lost: Vec<_> = acked
         .iter()
-        .filter(|meal| !counts.contains_key(*meal))
+        .filter(|lot| !lots.contains(lot.as_str()))
         .collect();
     assert!(
         lost.is_empty(),
-        "{} of {} acknowledged meals lost, e.g. {:?}",
+        "{} of {} acknowledged lots lost, e.g. {:?}",
         lost.len(),
         acked.len(),
         lost.first()
@@ -353,15 +308,16 @@ fn ledger_verifies(dir: &Path, data: &Path) {
 
 /// After a restart: everything acknowledged before the kill reaches Parquet, none of it
 /// twice.
-fn recovered(root: &Path, acked: &HashSet<MealKey>) {
+fn recovered(root: &Path, acked: &HashSet<String>) {
     eventually(
         Duration::from_secs(90),
         "what was acknowledged before the kill, in Parquet",
         || {
             let counts = stored(root);
+            let lots: HashSet<&str> = counts.keys().map(|(lot, _, _)| lot.as_str()).collect();
             acked
                 .iter()
-                .all(|meal| counts.contains_key(meal))
+                .all(|lot| lots.contains(lot.as_str()))
                 .then_some(())
         },
     );
@@ -373,28 +329,29 @@ fn recovered(root: &Path, acked: &HashSet<MealKey>) {
     assert!(twice.is_empty(), "stored more than once: {twice:?}");
 }
 
-/// Waits until every acknowledged meal is stored and every alert lot texted.
+/// Waits until every acknowledged lot is stored and every alert lot texted.
 fn wait_for_everything(
     root: &Path,
-    acked: &HashSet<MealKey>,
+    acked: &HashSet<String>,
     alert_lots: &[String],
     twilio: &FakeTwilio,
 ) {
     let deadline = std::time::Instant::now() + Duration::from_secs(180);
     loop {
         let counts = stored(root);
-        let missing: Vec<&MealKey> = acked
+        let lots: HashSet<&str> = counts.keys().map(|(lot, _, _)| lot.as_str()).collect();
+        let missing: Vec<&String> = acked
             .iter()
-            .filter(|meal| !counts.contains_key(*meal))
+            .filter(|lot| !lots.contains(lot.as_str()))
             .collect();
         if missing.is_empty() {
             break;
         }
-        let mut examples: Vec<&&MealKey> = missing.iter().take(5).collect();
+        let mut examples: Vec<&&String> = missing.iter().take(5).collect();
         examples.sort();
         assert!(
             std::time::Instant::now() < deadline,
-            "{} of {} acknowledged meals not in Parquet after 180 s, e.g. {examples:?}",
+            "{} of {} acknowledged lots not in Parquet after 180 s, e.g. {examples:?}",
             missing.len(),
             acked.len()
         );
@@ -525,7 +482,7 @@ async fn random_kills_under_load_over_three_transports_lose_and_repeat_nothing()
             producer.await.unwrap();
         }
         embedded_count += 1;
-        acked_at_kill = acked.meals();
+        acked_at_kill = acked.lots();
     }
 
     let gaveurs = Gaveurs::start_with_env(dir.path(), &config, &twilio_env());
@@ -539,7 +496,7 @@ async fn random_kills_under_load_over_three_transports_lose_and_repeat_nothing()
     for producer in continuous {
         producer.await.unwrap();
     }
-    let acked = acked.meals();
+    let acked = acked.lots();
     let alert_lots = alert_lots(&["MQ", "KF"]);
     let root = gaveurs.parquet_root();
     wait_for_everything(&root, &acked, &alert_lots, &twilio);
@@ -547,7 +504,7 @@ async fn random_kills_under_load_over_three_transports_lose_and_repeat_nothing()
     check_outcome(&root, &acked, &alert_lots, &twilio);
     ledger_verifies(dir.path(), &dir.path().join("data"));
     eprintln!(
-        "chaos: {kills} kills survived ({embedded_count} rounds of embedded producers), {} meals acknowledged and found once, {} alert lots with one alert and one text each",
+        "chaos: {kills} kills survived ({embedded_count} rounds of embedded producers), {} lots acknowledged and found once, {} alert lots with one alert and one text each",
         acked.len(),
         alert_lots.len()
     );
@@ -610,7 +567,7 @@ async fn two_instances_in_one_kafka_group_killed_in_turn_lose_and_repeat_nothing
     );
     stop.cancel();
     producer.await.unwrap();
-    let acked = acked.meals();
+    let acked = acked.lots();
     let alert_lots = alert_lots(&["KF"]);
     let root = data.join("parquet");
     wait_for_everything(&root, &acked, &alert_lots, &twilio);
@@ -620,7 +577,7 @@ async fn two_instances_in_one_kafka_group_killed_in_turn_lose_and_repeat_nothing
     check_outcome(&root, &acked, &alert_lots, &twilio);
     ledger_verifies(dir.path(), &data);
     eprintln!(
-        "chaos, two instances: {kills} kills survived, {} meals acknowledged and found once, {} alert lots with one alert and one text each",
+        "chaos, two instances: {kills} kills survived, {} lots acknowledged and found once, {} alert lots with one alert and one text each",
         acked.len(),
         alert_lots.len()
     );
