@@ -144,8 +144,10 @@ struct Proxy {
 }
 
 impl Proxy {
-    async fn start(port: u16, target: u16) -> Proxy {
-        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    /// Listens on a port of its own choosing (given back), forwarding to `target`.
+    async fn start(target: u16) -> (Proxy, u16) {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
         let (up, up_rx) = watch::channel(true);
         tokio::spawn(async move {
             loop {
@@ -167,7 +169,7 @@ impl Proxy {
                 });
             }
         });
-        Proxy { up }
+        (Proxy { up }, port)
     }
 
     fn cut(&self) {
@@ -189,8 +191,10 @@ fn kafka_config(tansu: &Tansu) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kafka_broker_out_of_reach_mid_stream_is_waited_for_and_nothing_is_lost() {
     let dir = tempfile::tempdir().unwrap();
-    let (broker_port, proxy_port) = (free_port(), free_port());
-    let proxy = Proxy::start(proxy_port, broker_port).await;
+    // The proxy binds first: a port picked free and bound later may be taken meanwhile by
+    // another test.
+    let broker_port = free_port();
+    let (proxy, proxy_port) = Proxy::start(broker_port).await;
     let tansu = Tansu::start_advertising(dir.path(), broker_port, proxy_port);
     kafka_topics(&tansu).await;
     let gaveurs = Gaveurs::start(dir.path(), &kafka_config(&tansu));
